@@ -1,0 +1,18 @@
+"""Root conftest: loads the infermatrix core plugin and the built-in plugins.
+
+Adding a backend or a model is one module under plugins/ and one line here.
+Outside packages need no line: they register through the ``infermatrix``
+entry-point group (see README).
+"""
+
+BUILTIN_PLUGINS = (
+    # models, one module per family
+    "plugins.models.resnet",
+    "plugins.models.mobilenet",
+    "plugins.models.vgg",
+    "plugins.models.bert",
+    # backends, one module per backend (variants live beside their backend)
+    "plugins.backends.torch",
+)
+
+pytest_plugins = ["infermatrix.plugin", *BUILTIN_PLUGINS]

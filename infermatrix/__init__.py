@@ -1,0 +1,5 @@
+"""infermatrix: a pytest-native benchmark suite for deep-learning inference."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,133 @@
+"""The accuracy gate: every case's outputs against the model's fp32 reference.
+
+A case is checked *before* it is timed; a case that fails is a failed test whose
+timing is never stored. Tolerances depend on precision: fp32 must match tightly,
+half precisions loosely, int8 is judged by cosine similarity and top-1 agreement
+(the error of a quantized network is expected, its direction is what matters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """Limits a case's outputs must meet; None means "not judged"."""
+
+    max_rel_l2: float | None = None
+    min_cosine: float | None = None
+    min_top1_agreement: float | None = None
+
+
+#: Chosen from measurements on this project's models (see docs/accuracy.md): fp32
+#: backends agree with torch to ~1e-6 relative, bf16 to ~1e-2, int8 to cosine ~0.99.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_rel_l2=1e-3, min_cosine=0.99999, min_top1_agreement=1.0),
+    "tf32": Tolerance(max_rel_l2=1e-2, min_cosine=0.9999, min_top1_agreement=0.9),
+    "fp16": Tolerance(max_rel_l2=5e-2, min_cosine=0.998, min_top1_agreement=0.8),
+    "bf16": Tolerance(max_rel_l2=1e-1, min_cosine=0.995, min_top1_agreement=0.75),
+    "int8": Tolerance(min_cosine=0.97, min_top1_agreement=0.5),
+    "int8-dynamic": Tolerance(min_cosine=0.97, min_top1_agreement=0.5),
+    "int4": Tolerance(min_cosine=0.9, min_top1_agreement=0.3),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AccuracyReport:
+    """How one case's outputs compare with the fp32 reference."""
+
+    precision: str
+    max_abs_error: float
+    rel_l2_error: float
+    cosine_similarity: float
+    top1_agreement: float | None
+    finite: bool
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["failures"] = list(self.failures)
+        data["passed"] = self.passed
+        return data
+
+    def message(self, case_id: str) -> str:
+        figures = (
+            f"max_abs_error={self.max_abs_error:.3g} rel_l2_error={self.rel_l2_error:.3g} "
+            f"cosine={self.cosine_similarity:.6f}"
+        )
+        if self.top1_agreement is not None:
+            figures += f" top1_agreement={self.top1_agreement:.3f}"
+        return f"{case_id}: accuracy check failed ({'; '.join(self.failures)}): {figures}"
+
+
+def compare_outputs(
+    outputs: Sequence[NDArray[Any]],
+    reference: Sequence[NDArray[Any]],
+    precision: str,
+    classifier: bool,
+    tolerance: Tolerance | None = None,
+) -> AccuracyReport:
+    """Compare ``outputs`` with ``reference`` (same order, same shapes) for ``precision``."""
+    if len(outputs) != len(reference):
+        raise ValueError(f"backend returned {len(outputs)} outputs, the reference has {len(reference)}")
+    tol = tolerance or TOLERANCES.get(precision)
+    if tol is None:
+        raise ValueError(f"no accuracy tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}")
+    failures: list[str] = []
+    got_parts, ref_parts = [], []
+    for i, (got, ref) in enumerate(zip(outputs, reference)):
+        got = np.asarray(got)
+        if got.shape != ref.shape:
+            raise ValueError(f"output {i}: shape {got.shape} differs from the reference's {ref.shape}")
+        got_parts.append(got.astype(np.float64).ravel())
+        ref_parts.append(ref.astype(np.float64).ravel())
+    got_flat = np.concatenate(got_parts)
+    ref_flat = np.concatenate(ref_parts)
+
+    finite = bool(np.isfinite(got_flat).all())
+    if not finite:
+        n_bad = int((~np.isfinite(got_flat)).sum())
+        failures.append(f"{n_bad} of {got_flat.size} output values are NaN or Inf")
+        got_flat = np.nan_to_num(got_flat, nan=0.0, posinf=0.0, neginf=0.0)
+
+    diff = got_flat - ref_flat
+    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
+    ref_norm = float(np.linalg.norm(ref_flat))
+    rel_l2 = float(np.linalg.norm(diff) / ref_norm) if ref_norm > 0 else float(np.linalg.norm(diff))
+    got_norm = float(np.linalg.norm(got_flat))
+    cosine = float(got_flat @ ref_flat / (got_norm * ref_norm)) if got_norm > 0 and ref_norm > 0 else 0.0
+
+    top1: float | None = None
+    if classifier:
+        # Logits are the first output, shape (batch, classes).
+        got_logits, ref_logits = np.asarray(outputs[0]), reference[0]
+        top1 = float((got_logits.argmax(axis=-1) == ref_logits.argmax(axis=-1)).mean())
+
+    if tol.max_rel_l2 is not None and not rel_l2 <= tol.max_rel_l2:
+        failures.append(f"relative L2 error {rel_l2:.3g} > {tol.max_rel_l2:g}")
+    if tol.min_cosine is not None and not cosine >= tol.min_cosine:
+        failures.append(f"cosine similarity {cosine:.6f} < {tol.min_cosine:g}")
+    if top1 is not None and tol.min_top1_agreement is not None and not top1 >= tol.min_top1_agreement:
+        failures.append(f"top-1 agreement {top1:.3f} < {tol.min_top1_agreement:g}")
+
+    return AccuracyReport(
+        precision=precision,
+        max_abs_error=max_abs,
+        rel_l2_error=rel_l2,
+        cosine_similarity=cosine,
+        top1_agreement=top1,
+        finite=finite,
+        failures=tuple(failures),
+    )

@@ -1,0 +1,96 @@
+"""Hook specifications of infermatrix, all in one place (registered through pytest's
+plugin manager by :mod:`infermatrix.plugin`).
+
+Implementations live in plugins: the built-in ones listed in the root ``conftest.py``
+and outside packages registered through the ``infermatrix`` entry-point group. Every
+hook name starts with ``pytest_infermatrix_`` because pytest only collects hook
+implementations whose names carry the ``pytest_`` prefix. An implementation may accept
+only the arguments it needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from infermatrix.types import BackendInfo, MemoryReport, ModelSpec, PrepareContext, Session, Target
+
+hookspec = pytest.hookspec
+
+# -------------------------------------------------------------------------
+# Announcing: models and backends
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def pytest_infermatrix_models() -> list[ModelSpec]:
+    """Return the models this plugin provides.
+
+    Every plugin's list is flattened into the matrix. A model must be cheap to
+    announce: build its weights only when ``ModelSpec.build_torch`` is called.
+    """
+
+
+@hookspec
+def pytest_infermatrix_backends() -> list[BackendInfo]:
+    """Return the backends this plugin provides.
+
+    Announce a backend even when its framework is missing, with ``available=False``
+    and a ``reason`` a person can act on (``"tensorrt: not installed"``); its cases
+    are then listed as skipped. Never import the framework just to announce it:
+    use :func:`importlib.util.find_spec`.
+    """
+
+
+# -------------------------------------------------------------------------
+# Targets and sessions
+# -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def pytest_infermatrix_targets(backend: BackendInfo, config: pytest.Config) -> list[Target] | None:
+    """Return every device × precision of ``backend`` on this machine.
+
+    A target this machine cannot run carries a ``skip_reason``
+    (``"torch: bf16 needs a CPU with avx512_bf16 or AMX"``). Return None for a
+    backend that is not yours.
+
+    Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def pytest_infermatrix_prepare(
+    backend: BackendInfo, model: ModelSpec, target: Target, batch_size: int, context: PrepareContext
+) -> Session | None:
+    """Return a ready :class:`~infermatrix.types.Session` for one case.
+
+    Convert, quantize (with ``model.calibration_inputs``), compile; record the time of
+    each phase in ``session.times``. Run warm-up calls here or let the core do it:
+    the core always makes untimed warm-up calls before the timed rounds. ``context``
+    carries the case's work directory (converted models, engines), the shared cache,
+    the CPU thread count to use and the pytest config. Raise
+    ``pytest.skip.Exception`` (``pytest.skip(...)``) for a combination found
+    unsupported only while preparing. Return None for a backend that is not yours.
+
+    Stops at first non-None result.
+    """
+
+
+# -------------------------------------------------------------------------
+# Measurements
+# -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def pytest_infermatrix_memory(session: Session, baseline_rss_bytes: int) -> MemoryReport | None:
+    """Return the peak memory of ``session``'s case.
+
+    ``baseline_rss_bytes`` is the process RSS just before the case was prepared.
+    The core provides a ``trylast`` default (process peak RSS via psutil/resource);
+    a backend with a device overrides it to add device memory.
+
+    Stops at first non-None result.
+    """

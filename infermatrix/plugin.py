@@ -1,0 +1,270 @@
+"""The core pytest plugin: options, the case matrix, the case fixture, results.
+
+Loaded by the root ``conftest.py`` (``pytest_plugins``) or with ``-p infermatrix.plugin``.
+Outside plugins arrive through the ``infermatrix`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infermatrix import hookspec, matrix, reference, runner
+from infermatrix.cache import resolve_cache_dir
+from infermatrix.machine import machine_summary
+from infermatrix.timing import TimingPolicy
+from infermatrix.types import BackendInfo, Case, MemoryReport, ModelSpec, PrepareContext, Session
+
+ENTRY_POINT_GROUP = "infermatrix"
+
+matrix_key = pytest.StashKey["InfermatrixState"]()
+
+
+@dataclasses.dataclass
+class InfermatrixState:
+    config: pytest.Config
+    selection: matrix.Selection
+    models: list[ModelSpec]
+    backends: list[BackendInfo]
+    cache_root: Path
+    policy: TimingPolicy
+    accuracy_samples: int
+    _entries: list[matrix.MatrixEntry] | None = None
+
+    def entries(self) -> list[matrix.MatrixEntry]:
+        """The matrix, built on first use: stating targets may import a framework."""
+        if self._entries is None:
+            hook = self.config.hook
+            self._entries = matrix.build(
+                self.selection,
+                self.models,
+                self.backends,
+                lambda backend: hook.pytest_infermatrix_targets(backend=backend, config=self.config),
+            )
+        return self._entries
+
+
+# -------------------------------------------------------------------------
+# registration and options
+# -------------------------------------------------------------------------
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspec)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("infermatrix", "infermatrix: the inference benchmark matrix")
+    group.addoption("--models", help="comma list of models to run (default: all)")
+    group.addoption("--backends", help="comma list of backends to run (default: all)")
+    group.addoption("--devices", help="comma list of devices, e.g. cpu,cuda (default: all)")
+    group.addoption("--precisions", help="comma list of precisions, e.g. fp32,int8 (default: all)")
+    group.addoption("--batch-sizes", help="comma list of batch sizes (default: each model's own)")
+    group.addoption(
+        "--model-weights",
+        action="append",
+        default=[],
+        metavar="MODEL=PATH",
+        help="use pretrained weights (a torch state_dict file) for MODEL instead of seeded ones",
+    )
+    group.addoption("--infermatrix-cache", metavar="DIR", help="cache of exported models and references "
+                    "(default: $INFERMATRIX_CACHE_DIR or <rootdir>/.infermatrix-cache)")
+    group.addoption("--accuracy-samples", type=int, default=8,
+                    help="samples in each case's accuracy check (default: 8)")
+    group.addoption("--min-rounds", type=int, default=TimingPolicy.min_rounds,
+                    help=f"timed rounds at least (default: {TimingPolicy.min_rounds})")
+    group.addoption("--min-time", type=float, default=TimingPolicy.min_time_s,
+                    help=f"seconds of timed rounds at least (default: {TimingPolicy.min_time_s})")
+    group.addoption("--max-time", type=float, default=TimingPolicy.max_time_s,
+                    help=f"time budget of a case's timed rounds in seconds (default: {TimingPolicy.max_time_s})")
+    group.addoption("--target-precision", type=float, default=TimingPolicy.target_precision,
+                    help="stop timing when the median's 95%% CI half-width is below this share "
+                    f"(default: {TimingPolicy.target_precision})")
+    group.addoption("--threads", type=int, default=None,
+                    help="CPU threads per backend (default: the physical cores)")
+
+
+def _parse_weights(raw: list[str], models: list[ModelSpec]) -> dict[str, str]:
+    names = {m.name for m in models}
+    found: dict[str, str] = {}
+    for item in raw:
+        model, sep, path = item.partition("=")
+        if not sep or not path:
+            raise pytest.UsageError(f"--model-weights {item!r}: expected MODEL=PATH, e.g. resnet18=~/resnet18.pth")
+        if model not in names:
+            raise pytest.UsageError(f"--model-weights: unknown model {model!r}; valid: {', '.join(sorted(names))}")
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise pytest.UsageError(f"--model-weights {model}: file {file} does not exist")
+        found[model] = str(file.resolve())
+    return found
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "infermatrix: a benchmark test run once per case of the matrix")
+    config.pluginmanager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    hook = config.hook
+    models = [m for group in hook.pytest_infermatrix_models() for m in group]
+    backends = [b for group in hook.pytest_infermatrix_backends() for b in group]
+    try:
+        selection = matrix.Selection(
+            models=matrix.parse_list("--models", config.getoption("--models")),
+            backends=matrix.parse_list("--backends", config.getoption("--backends")),
+            devices=matrix.parse_list("--devices", config.getoption("--devices")),
+            precisions=matrix.parse_list("--precisions", config.getoption("--precisions")),
+            batch_sizes=matrix.parse_batch_sizes(config.getoption("--batch-sizes")),
+        )
+        matrix.validate(selection, models, backends)
+        policy = TimingPolicy(
+            min_rounds=config.getoption("--min-rounds"),
+            min_time_s=config.getoption("--min-time"),
+            max_time_s=config.getoption("--max-time"),
+            target_precision=config.getoption("--target-precision"),
+        )
+    except (matrix.SelectionError, ValueError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+    accuracy_samples = config.getoption("--accuracy-samples")
+    if accuracy_samples < 1:
+        raise pytest.UsageError(f"--accuracy-samples={accuracy_samples}: must be at least 1")
+    weights = _parse_weights(config.getoption("--model-weights"), models)
+    models = [dataclasses.replace(m, weights_path=weights[m.name]) if m.name in weights else m for m in models]
+    config.stash[matrix_key] = InfermatrixState(
+        config=config,
+        selection=selection,
+        models=models,
+        backends=backends,
+        cache_root=resolve_cache_dir(config.getoption("--infermatrix-cache"), config.rootpath),
+        policy=policy,
+        accuracy_samples=accuracy_samples,
+    )
+
+
+def threads_option(config: pytest.Config) -> int:
+    """The CPU threads every backend uses: ``--threads`` or the physical cores."""
+    from infermatrix.machine import physical_cores
+
+    value = config.getoption("--threads", default=None)
+    if value is not None and value < 1:
+        raise pytest.UsageError(f"--threads={value}: must be at least 1")
+    return int(value) if value else physical_cores()
+
+
+# -------------------------------------------------------------------------
+# the matrix as parametrized tests
+# -------------------------------------------------------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "infermatrix_case" not in metafunc.fixturenames:
+        return
+    state = metafunc.config.stash[matrix_key]
+    try:
+        entries = state.entries()
+    except matrix.SelectionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    params = [
+        pytest.param(e.case, id=e.case.id, marks=[pytest.mark.skip(reason=e.skip_reason)] if e.skip_reason else [])
+        for e in entries
+    ]
+    if not params:
+        params = [pytest.param(None, id="no-cases", marks=pytest.mark.skip(reason="the selection matches no case"))]
+    metafunc.parametrize("infermatrix_case", params)
+
+
+@pytest.fixture
+def infermatrix_prepared(
+    infermatrix_case: Case, request: pytest.FixtureRequest, tmp_path: Path, benchmark: Any
+) -> Iterator[runner.PreparedCase]:
+    """The case's session, prepared, warmed up and checked against the fp32 reference.
+
+    A case whose outputs fail the accuracy check fails here, before any timing; the
+    figures still go to ``benchmark.extra_info`` so the JSON says why.
+    """
+    config = request.config
+    state = config.stash[matrix_key]
+    case = infermatrix_case
+    benchmark.group = f"{case.model.name}-b{case.batch_size}"
+    benchmark.extra_info["case_id"] = case.id
+
+    def prepare_session() -> Session | None:
+        context = PrepareContext(
+            workdir=tmp_path, cache_root=state.cache_root, threads=threads_option(config), config=config
+        )
+        return config.hook.pytest_infermatrix_prepare(
+            backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size, context=context
+        )
+
+    try:
+        prepared = runner.prepare(case, prepare_session, state.cache_root, state.policy, state.accuracy_samples)
+    except reference.ReferenceUnavailable as exc:
+        pytest.skip(str(exc))
+    benchmark.extra_info.update(runner.case_info(prepared))
+    if not prepared.accuracy.passed:
+        prepared.session.close()
+        pytest.fail(prepared.accuracy.message(case.id), pytrace=False)
+    try:
+        yield prepared
+        memory = config.hook.pytest_infermatrix_memory(
+            session=prepared.session, baseline_rss_bytes=prepared.rss_before_bytes
+        )
+        prepared.extra_info.update(runner.memory_info(memory))
+        benchmark.extra_info.update(prepared.extra_info)
+    finally:
+        prepared.session.close()
+
+
+@pytest.fixture
+def infermatrix_policy(request: pytest.FixtureRequest) -> TimingPolicy:
+    return request.config.stash[matrix_key].policy
+
+
+# -------------------------------------------------------------------------
+# defaults and results
+# -------------------------------------------------------------------------
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_infermatrix_memory(session: Session, baseline_rss_bytes: int) -> MemoryReport:
+    """Host memory only: RSS now minus before the case, and the process's peak RSS."""
+    import resource
+
+    rss = runner.process_rss_bytes()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return MemoryReport(
+        host_peak_rss_bytes=int(peak_kib) * 1024,
+        host_rss_delta_bytes=rss - baseline_rss_bytes,
+        source="psutil rss (delta) + getrusage ru_maxrss (process peak)",
+    )
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    """Record the hardware and every backend's version with the results."""
+    machine_info["infermatrix"] = machine_summary()
+    state = config.stash.get(matrix_key, None)
+    if state is not None:
+        machine_info["infermatrix"]["backends"] = {
+            b.name: {"version": b.version, "available": b.available, "reason": b.reason} for b in state.backends
+        }
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash.get(matrix_key, None)
+    if state is None:
+        return []
+    lines = [f"infermatrix: cache {state.cache_root}"]
+    for b in state.backends:
+        status = f"{b.version or 'available'}" if b.available else f"unavailable ({b.reason})"
+        lines.append(f"  backend {b.name}: {status}")
+    return lines
+
+
+def case_id_pattern() -> re.Pattern[str]:
+    """What every case id looks like: ``model-backend-device-precision-bN``."""
+    return re.compile(r"^(?P<model>[^-]+)-(?P<backend>.+)-(?P<device>[^-]+)-(?P<precision>fp32|tf32|fp16|bf16|int8|int8-dynamic|int4)-b(?P<batch>\d+)$")
+

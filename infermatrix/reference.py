@@ -1,0 +1,153 @@
+"""The model's reference side: its torch build, fp32 reference outputs, FLOP count.
+
+All three need torch the first time and are cached by content, so an environment
+without torch (the onnxruntime or openvino tox environment) can still check accuracy
+and report efficiency once the cache is warm.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from infermatrix.cache import ModelCache, load_arrays, save_arrays
+from infermatrix.types import Arrays, ModelSpec, make_inputs
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+WEIGHTS_FILE = "weights.npz"
+#: Batch-norm statistics are estimated on this many seeded samples (see weights.py).
+BATCHNORM_SAMPLES = 16
+
+
+class ReferenceUnavailable(RuntimeError):
+    """The cache lacks something only torch can produce, and torch is not installed."""
+
+
+def model_cache(model: ModelSpec, cache_root: Path) -> ModelCache:
+    return ModelCache(cache_root, model.name, model.cache_key())
+
+
+def torch_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def build_torch_model(model: ModelSpec, cache_root: Path) -> Any:
+    """The fp32 torch module in eval mode with the model's weights.
+
+    User weights (``--model-weights``) win; otherwise the seeded weights stored in the
+    cache, created on first use.
+    """
+    import torch
+
+    from infermatrix import weights
+
+    module = model.build_torch()
+    if model.weights_path is not None:
+        state = torch.load(model.weights_path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{model.weights_path}: these weights do not fit model {model.name!r} "
+                f"(expected a state_dict of torch's definition): {str(exc)[:400]}"
+            ) from exc
+        return module.eval()
+
+    cache = model_cache(model, cache_root)
+    stored = cache.dir / WEIGHTS_FILE
+    if stored.exists():
+        try:
+            weights.load_state(module, stored)
+            return module.eval()
+        except (OSError, ValueError, RuntimeError, KeyError):
+            stored.unlink(missing_ok=True)  # damaged: rebuild from the seed below
+    weights.seed_module(module, model.weight_seed)
+    stat_batches = [
+        tuple(torch.from_numpy(a) for a in make_inputs(model.inputs, 4, model.weight_seed + 1 + i).values())
+        for i in range(BATCHNORM_SAMPLES // 4)
+    ]
+    weights.estimate_batchnorm_statistics(module, stat_batches)
+    weights.save_state(module, cache.path(WEIGHTS_FILE))
+    return module.eval()
+
+
+def accuracy_sample_count(batch_size: int, minimum: int) -> int:
+    """Samples in the accuracy check: at least ``minimum``, a whole number of batches."""
+    return math.ceil(max(minimum, batch_size) / batch_size) * batch_size
+
+
+def accuracy_inputs(model: ModelSpec, n_samples: int) -> Arrays:
+    return model.eval_inputs(n_samples)
+
+
+def run_torch(module: Any, model: ModelSpec, inputs: Arrays) -> list[NDArray[Any]]:
+    import torch
+
+    with torch.inference_mode():
+        out = module(*(torch.from_numpy(inputs[spec.name]) for spec in model.inputs))
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.float().cpu().numpy() for o in outs]
+
+
+def reference_outputs(model: ModelSpec, n_samples: int, cache_root: Path) -> list[NDArray[Any]]:
+    """fp32 outputs of the torch model on the first ``n_samples`` accuracy inputs, cached."""
+    cache = model_cache(model, cache_root)
+    path = cache.dir / f"reference-n{n_samples}.npz"
+    if path.exists():
+        try:
+            return load_arrays(path)
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)
+    if not torch_available():
+        raise ReferenceUnavailable(
+            f"{model.name}: no cached fp32 reference in {cache.dir} and torch is not installed to "
+            "compute one; run the torch environment once (tox -e torch) or install infermatrix[torch]"
+        )
+    import torch
+
+    module = build_torch_model(model, cache_root)
+    with torch.inference_mode():
+        outputs = run_torch(module, model, accuracy_inputs(model, n_samples))
+    save_arrays(cache.path(path.name), outputs)
+    return outputs
+
+
+def flops_per_sample(model: ModelSpec, cache_root: Path) -> int | None:
+    """Floating-point operations of one sample's forward pass (torch's FlopCounterMode,
+    which counts a multiply-add as 2), cached; None without torch and without a cache."""
+    cache = model_cache(model, cache_root)
+    stored = cache.read_json("flops.json")
+    if stored is not None:
+        return int(stored["flops_per_sample"])
+    if not torch_available():
+        return None
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = build_torch_model(model, cache_root)
+    counter = FlopCounterMode(display=False)
+    sample = make_inputs(model.inputs, 1, model.eval_seed)
+    started = time.perf_counter()
+    with torch.inference_mode(), counter:
+        module(*(torch.from_numpy(sample[s.name]) for s in model.inputs))
+    flops = int(counter.get_total_flops())
+    cache.write_json(
+        "flops.json",
+        {"flops_per_sample": flops, "counted_by": "torch.utils.flop_counter.FlopCounterMode",
+         "seconds": time.perf_counter() - started, "torch": torch.__version__},
+    )
+    return flops
+
+
+def as_float32(arrays: list[NDArray[Any]]) -> list[NDArray[np.float32]]:
+    return [np.asarray(a, dtype=np.float32) for a in arrays]

@@ -1,0 +1,144 @@
+"""One case from start to finish: prepare the session, check accuracy, time it, record.
+
+Kept apart from the pytest wiring (``plugin.py``) so each step can be tested alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from infermatrix import reference
+from infermatrix.accuracy import AccuracyReport, compare_outputs
+from infermatrix.timing import TimingPolicy, TimingResult, measure, percentiles, warm_up
+from infermatrix.types import Arrays, Case, MemoryReport, Session
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+
+def process_rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+@dataclasses.dataclass
+class PreparedCase:
+    """A case whose session is ready, warmed and checked against the reference."""
+
+    case: Case
+    session: Session
+    inputs: Arrays
+    accuracy: AccuracyReport
+    prepare_s: float
+    warmup_calls: int
+    rss_before_bytes: int
+    flops_per_sample: int | None
+    extra_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def call(self) -> list[NDArray[Any]]:
+        return self.session.run(self.inputs)
+
+
+def run_in_batches(session: Session, inputs: Arrays, batch_size: int) -> list[NDArray[Any]]:
+    """Run ``inputs`` (n samples) through ``session`` one case-sized batch at a time."""
+    n = len(next(iter(inputs.values())))
+    pieces: list[list[NDArray[Any]]] = []
+    for start in range(0, n, batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
+        pieces.append([np.asarray(o) for o in session.run(batch)])
+    return [np.concatenate(parts, axis=0) for parts in zip(*pieces)]
+
+
+def check_accuracy(case: Case, session: Session, cache_root: Path, min_samples: int) -> AccuracyReport:
+    n = reference.accuracy_sample_count(case.batch_size, min_samples)
+    expected = reference.reference_outputs(case.model, n, cache_root)
+    got = run_in_batches(session, reference.accuracy_inputs(case.model, n), case.batch_size)
+    return compare_outputs(got, expected, case.target.precision, classifier=case.model.task == "classification")
+
+
+def prepare(
+    case: Case,
+    prepare_session: Callable[[], Session | None],
+    cache_root: Path,
+    policy: TimingPolicy,
+    accuracy_samples: int,
+) -> PreparedCase:
+    """Prepare, first-infer, warm up and check one case. Raises AssertionError-free:
+    the caller decides how a failed accuracy check ends the test."""
+    rss_before = process_rss_bytes()
+    started = time.perf_counter()
+    session = prepare_session()
+    prepare_s = time.perf_counter() - started
+    if session is None:
+        raise RuntimeError(f"{case.id}: no plugin prepared a session for backend {case.backend.name!r}")
+    inputs = case.model.eval_inputs(case.batch_size)
+    try:
+        if session.times.first_inference_s is None:
+            t0 = time.perf_counter()
+            session.run(inputs)
+            session.times.first_inference_s = time.perf_counter() - t0
+        warmup_calls = warm_up(lambda: session.run(inputs), policy)
+        accuracy = check_accuracy(case, session, cache_root, accuracy_samples)
+        flops = reference.flops_per_sample(case.model, cache_root)
+    except BaseException:
+        session.close()
+        raise
+    return PreparedCase(case, session, inputs, accuracy, prepare_s, warmup_calls, rss_before, flops)
+
+
+def case_info(prepared: PreparedCase) -> dict[str, Any]:
+    """What every result records about its case, whatever the scenario."""
+    case, session = prepared.case, prepared.session
+    return {
+        "case_id": case.id,
+        "model": case.model.name,
+        "backend": case.backend.name,
+        "backend_version": case.backend.version,
+        "device": case.target.device,
+        "precision": case.target.precision,
+        "batch_size": case.batch_size,
+        "backend_config": dict(session.config),
+        "prepare_s": prepared.prepare_s,
+        **{f"{k}": v for k, v in session.times.as_dict().items()},
+        "warmup_calls": prepared.warmup_calls,
+        "accuracy": prepared.accuracy.as_dict(),
+        "model_size_bytes": session.size_bytes,
+        "flops_per_sample": prepared.flops_per_sample,
+    }
+
+
+def latency_info(prepared: PreparedCase, timing: TimingResult) -> dict[str, Any]:
+    if not timing.samples_s:
+        return {"stop_reason": timing.stop_reason}
+    median = timing.median_s
+    batch = prepared.case.batch_size
+    info: dict[str, Any] = {f"latency_{k}_ms": v * 1e3 for k, v in percentiles(timing.samples_s).items()}
+    info.update(
+        rounds=len(timing.samples_s),
+        stop_reason=timing.stop_reason,
+        median_ci95_ms=[timing.median_ci_s[0] * 1e3, timing.median_ci_s[1] * 1e3],
+        median_ci95_relative_half_width=timing.relative_half_width,
+        throughput_samples_per_s=batch / median,
+    )
+    if prepared.flops_per_sample:
+        info["achieved_gflops_per_s"] = prepared.flops_per_sample * batch / median / 1e9
+    return info
+
+
+def measure_latency(prepared: PreparedCase, benchmark: Any, policy: TimingPolicy) -> TimingResult:
+    timing = measure(benchmark, prepared.call, policy, prepared.warmup_calls)
+    prepared.extra_info.update(latency_info(prepared, timing))
+    return timing
+
+
+def memory_info(report: MemoryReport | None) -> dict[str, Any]:
+    if report is None:
+        return {}
+    return {f"memory_{k}": v for k, v in dataclasses.asdict(report).items() if v is not None}

@@ -1,0 +1,155 @@
+"""Timing loops: warm-up outside the timed rounds, then rounds until the median is
+known precisely enough or the case's time budget is spent.
+
+Rounds are recorded into pytest-benchmark's own statistics, so its JSON, its table
+and ``pytest-benchmark compare`` keep working on our results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+Clock = Callable[[], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingPolicy:
+    """How long a case is timed. Defaults suit a noisy 2-core CPU machine."""
+
+    warmup_rounds: int = 2
+    warmup_time_s: float = 0.2
+    min_rounds: int = 10
+    min_time_s: float = 0.5
+    max_time_s: float = 5.0
+    max_rounds: int = 100_000
+    #: Stop when the 95% confidence half-width of the median is below this share of it.
+    target_precision: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.min_rounds < 3:
+            raise ValueError(f"min_rounds={self.min_rounds}: at least 3 rounds are needed for a median interval")
+        if self.max_time_s < self.min_time_s:
+            raise ValueError(f"max_time_s={self.max_time_s} is below min_time_s={self.min_time_s}")
+        if not 0 < self.target_precision < 1:
+            raise ValueError(f"target_precision={self.target_precision}: give a fraction, e.g. 0.02 for ±2%")
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingResult:
+    samples_s: list[float]
+    stop_reason: str  # "precision reached" | "time budget spent" | "max rounds"
+    median_ci_s: tuple[float, float]
+    warmup_calls: int
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.samples_s))
+
+    @property
+    def relative_half_width(self) -> float:
+        lo, hi = self.median_ci_s
+        return (hi - lo) / 2 / self.median_s if self.median_s > 0 else math.inf
+
+
+def median_confidence_interval(samples: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval for the median from order statistics (binomial ranks).
+
+    Latencies are skewed and often bimodal, so no normal approximation is assumed.
+    """
+    from scipy.stats import binom
+
+    ordered = np.sort(np.asarray(samples, dtype=float))
+    n = len(ordered)
+    if n < 3:
+        return (float(ordered[0]), float(ordered[-1])) if n else (math.nan, math.nan)
+    alpha = 1 - confidence
+    lo_rank = int(binom.ppf(alpha / 2, n, 0.5))
+    hi_rank = int(binom.isf(alpha / 2, n, 0.5))
+    lo_rank = max(lo_rank - 1, 0)
+    hi_rank = min(hi_rank, n - 1)
+    return float(ordered[lo_rank]), float(ordered[hi_rank])
+
+
+def percentiles(samples: Sequence[float]) -> dict[str, float]:
+    values = np.asarray(samples, dtype=float)
+    return {
+        "p50": float(np.percentile(values, 50)),
+        "p90": float(np.percentile(values, 90)),
+        "p99": float(np.percentile(values, 99)),
+        "p99_9": float(np.percentile(values, 99.9)),
+    }
+
+
+def warm_up(call: Callable[[], Any], policy: TimingPolicy, clock: Clock = time.perf_counter) -> int:
+    """Untimed calls: at least ``warmup_rounds``, and at least ``warmup_time_s`` worth."""
+    calls = 0
+    started = clock()
+    while calls < policy.warmup_rounds or (clock() - started) < policy.warmup_time_s:
+        call()
+        calls += 1
+        if calls >= 1000:
+            break
+    return calls
+
+
+def timed_rounds(
+    call: Callable[[], Any],
+    policy: TimingPolicy,
+    record: Callable[[float], None] | None = None,
+    clock: Clock = time.perf_counter,
+) -> tuple[list[float], str]:
+    """Time ``call`` round by round until the median is precise or the budget is spent."""
+    samples: list[float] = []
+    started = clock()
+    next_check = policy.min_rounds
+    while True:
+        t0 = clock()
+        call()
+        t1 = clock()
+        duration = t1 - t0
+        samples.append(duration)
+        if record is not None:
+            record(duration)
+        n = len(samples)
+        elapsed = t1 - started
+        if n >= policy.max_rounds:
+            return samples, "max rounds"
+        if elapsed >= policy.max_time_s and n >= policy.min_rounds:
+            return samples, "time budget spent"
+        if n >= next_check and elapsed >= policy.min_time_s:
+            # Checking costs a sort; do it at geometrically spaced round counts.
+            next_check = max(n + 1, int(n * 1.25))
+            lo, hi = median_confidence_interval(samples)
+            median = float(np.median(samples))
+            if median > 0 and (hi - lo) / 2 / median <= policy.target_precision:
+                return samples, "precision reached"
+
+
+def measure(
+    benchmark: Any,
+    call: Callable[[], Any],
+    policy: TimingPolicy,
+    warmup_calls: int,
+) -> TimingResult:
+    """Time ``call`` into pytest-benchmark's fixture ``benchmark``.
+
+    pytest-benchmark's ``pedantic`` mode needs the round count up front, and its
+    ``--benchmark-precision`` judges the mean, which a few slow outliers (common
+    here) keep wide; the suite's stopping rule is on the median. So the rounds are fed
+    to the fixture's own statistics object, the way ``pedantic`` does internally.
+    """
+    if getattr(benchmark, "disabled", False):
+        call()
+        return TimingResult([], "benchmark disabled", (math.nan, math.nan), warmup_calls)
+    if benchmark._mode:  # same guard as pytest-benchmark's pedantic()
+        raise RuntimeError(f"benchmark fixture already used in {benchmark._mode} mode")
+    benchmark._mode = "infermatrix.timing.measure(...)"
+    stats = benchmark._make_stats(1)
+    samples, reason = timed_rounds(call, policy, record=stats.update)
+    return TimingResult(samples, reason, median_confidence_interval(samples), warmup_calls)

@@ -1,0 +1,234 @@
+"""The data that crosses module borders: models, backends, targets, cases, sessions.
+
+Everything here is framework-neutral (numpy only) so that a backend environment without
+torch can still import the core, read the matrix and check accuracy against cached
+references.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+#: The precisions a case id may carry. ``int8`` is always a calibrated *static*
+#: quantization with the backend's own tool; ``int8-dynamic`` is its own precision.
+KNOWN_PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "int8", "int8-dynamic", "int4")
+
+Task = Literal["classification", "embedding"]
+Arrays = dict[str, "NDArray[Any]"]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """One named model input; ``shape`` excludes the leading batch dimension."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name: "float32", "int64"
+    #: For integer inputs (token ids): values are drawn from ``[0, high)``.
+    high: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            np.dtype(self.dtype)
+        except TypeError as exc:
+            raise ValueError(f"InputSpec {self.name!r}: unknown dtype {self.dtype!r}") from exc
+        if any(d <= 0 for d in self.shape):
+            raise ValueError(f"InputSpec {self.name!r}: every dimension must be > 0, got {self.shape}")
+        if np.issubdtype(np.dtype(self.dtype), np.integer) and self.high <= 0:
+            raise ValueError(f"InputSpec {self.name!r}: integer inputs need high > 0 (the vocabulary size)")
+
+
+def make_inputs(signature: Sequence[InputSpec], batch_size: int, seed: int) -> Arrays:
+    """Seeded inputs for ``signature``: the same seed gives the same arrays everywhere."""
+    rng = np.random.default_rng(seed)
+    arrays: Arrays = {}
+    for spec in signature:
+        shape = (batch_size, *spec.shape)
+        if np.issubdtype(np.dtype(spec.dtype), np.integer):
+            arrays[spec.name] = rng.integers(0, spec.high, size=shape).astype(spec.dtype)
+        else:
+            arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    return arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model announces itself with one of these (``pytest_infermatrix_models``).
+
+    ``build_torch`` returns the fp32 ``torch.nn.Module`` in eval mode with its seeded (or
+    user-provided) weights; it is only called by code that has torch. Evaluation inputs
+    and calibration inputs come from different seeds, so quantization is never calibrated
+    on the very samples it is judged on.
+    """
+
+    name: str
+    family: str
+    task: Task
+    inputs: tuple[InputSpec, ...]
+    output_names: tuple[str, ...]
+    build_torch: Callable[[], Any]
+    default_batch_sizes: tuple[int, ...] = (1,)
+    weight_seed: int = 0
+    eval_seed: int = 1000
+    calibration_seed: int = 2000
+    calibration_samples: int = 16
+    #: Convolutional networks run channels_last on torch CPU (measured ~20% faster).
+    is_cnn: bool = False
+    #: Linear-heavy models are where dynamic int8 quantization pays off.
+    linear_heavy: bool = False
+    #: Path of user-provided weights (a torch state_dict); None = seeded weights.
+    weights_path: str | None = None
+    #: Changes whenever the network definition changes; part of every cache key.
+    version: str = "1"
+
+    def __post_init__(self) -> None:
+        if not self.name or "-" in self.name:
+            raise ValueError(f"model name {self.name!r}: must be non-empty and contain no '-' (ids use '-')")
+        if not self.inputs:
+            raise ValueError(f"model {self.name!r}: needs at least one input")
+        if any(b <= 0 for b in self.default_batch_sizes):
+            raise ValueError(f"model {self.name!r}: batch sizes must be > 0, got {self.default_batch_sizes}")
+
+    def eval_inputs(self, batch_size: int) -> Arrays:
+        """The timed batch: the first ``batch_size`` samples of the accuracy inputs."""
+        return make_inputs(self.inputs, batch_size, self.eval_seed)
+
+    def calibration_inputs(self, batch_size: int = 1) -> list[Arrays]:
+        """``calibration_samples`` seeded batches, distinct from the evaluation inputs."""
+        n_batches = max(1, self.calibration_samples // batch_size)
+        return [make_inputs(self.inputs, batch_size, self.calibration_seed + i) for i in range(n_batches)]
+
+    def cache_key(self) -> str:
+        """Content key of the network: definition version, seeds, inputs and weights file."""
+        weights = "seeded"
+        if self.weights_path is not None:
+            with open(self.weights_path, "rb") as fh:
+                weights = hashlib.sha256(fh.read()).hexdigest()
+        blob = json.dumps(
+            {
+                "name": self.name,
+                "version": self.version,
+                "weight_seed": self.weight_seed,
+                "inputs": [dataclasses.astuple(i) for i in self.inputs],
+                "weights": weights,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendInfo:
+    """A backend announces itself with one of these (``pytest_infermatrix_backends``).
+
+    ``devices`` and ``precisions`` are what the backend can run *somewhere*; the matrix
+    lists them even when the backend is unavailable here, so a missing framework shows
+    up as skipped cases with ``reason`` rather than as cases that silently vanish.
+    """
+
+    name: str
+    devices: tuple[str, ...]
+    precisions: tuple[str, ...]
+    available: bool = True
+    reason: str = ""
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.available and not self.reason:
+            raise ValueError(f"backend {self.name!r}: unavailable backends must say why (reason=...)")
+        unknown = sorted(set(self.precisions) - set(KNOWN_PRECISIONS))
+        if unknown:
+            raise ValueError(
+                f"backend {self.name!r}: unknown precisions {unknown}; valid: {', '.join(KNOWN_PRECISIONS)}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One device × precision of a backend on this machine; ``skip_reason`` if it cannot run."""
+
+    device: str
+    precision: str
+    skip_reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One model × backend × device × precision × batch size."""
+
+    model: ModelSpec
+    backend: BackendInfo
+    target: Target
+    batch_size: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.model.name}-{self.backend.name}-{self.target.device}-{self.target.precision}-b{self.batch_size}"
+
+
+@dataclasses.dataclass
+class PrepareTimes:
+    """Seconds spent in each preparation phase; None where the backend has no such phase."""
+
+    load_s: float | None = None
+    convert_s: float | None = None
+    quantize_s: float | None = None
+    compile_s: float | None = None
+    first_inference_s: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareContext:
+    """What a backend gets to prepare one case besides the case itself."""
+
+    #: A fresh directory for this case's files (converted models, engines).
+    workdir: Path
+    #: The shared content-keyed cache (exported ONNX, references, weights).
+    cache_root: Path
+    #: CPU threads the backend should use (``--threads``, default: physical cores).
+    threads: int
+    #: The pytest config, for backend-specific options.
+    config: Any
+
+
+@runtime_checkable
+class Session(Protocol):
+    """What ``pytest_infermatrix_prepare`` returns: a model ready to run one case.
+
+    ``run`` takes and returns host (numpy) arrays and must not return before the
+    device has finished (GPU work synchronized), so that timing it is honest.
+    ``config`` is the exact configuration used (threads, layout, precision as the
+    backend reports it), recorded in the results. ``size_bytes`` is the model's size
+    on disk or in memory as the backend holds it (None if unknown).
+    """
+
+    config: Mapping[str, Any]
+    times: PrepareTimes
+    size_bytes: int | None
+
+    def run(self, inputs: Arrays) -> list[NDArray[Any]]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+    """Peak memory of a case: host RSS (bytes) and device memory where there is a device."""
+
+    host_peak_rss_bytes: int | None = None
+    host_rss_delta_bytes: int | None = None
+    device_peak_bytes: int | None = None
+    source: str = ""

@@ -1,0 +1,231 @@
+"""PyTorch: ``torch`` (eager) and its variant ``torch-compile`` (Inductor).
+
+The path, and why (see docs/backends.md):
+- ``torch.inference_mode()`` around every call; channels_last for CNNs (measured ~20%
+  faster on this CPU than NCHW); threads set to the physical cores.
+- bf16 runs the whole module in bfloat16 (only where the CPU has native bf16 — on a
+  CPU without it torch would emulate it, slowly, which is not a number worth having).
+- int8 is a calibrated static quantization with PyTorch's own x86 flow: PT2E
+  (``torch.export`` → ``prepare_pt2e`` with ``X86InductorQuantizer`` → calibrate →
+  ``convert_pt2e``), from torchao since torch.ao's copy was removed. Its int8
+  kernels exist only once Inductor lowers the graph, so int8 is a ``torch-compile``
+  target; eager int8 is a skip that says so rather than a slow reference run.
+- int8-dynamic uses torchao's ``Int8DynamicActivationInt8WeightConfig`` (the
+  supported successor of ``torch.ao.quantization.quantize_dynamic``).
+- On cuda every call ends with the outputs copied to the host (a synchronizing
+  copy), so the timed call includes all device work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import io
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from infermatrix.announce import announce_backend
+from infermatrix.machine import cpu_supports_bf16
+from infermatrix.reference import build_torch_model
+from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
+
+EAGER = "torch"
+COMPILE = "torch-compile"
+DEVICES = ("cpu", "cuda")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "int8-dynamic")
+
+
+@pytest.hookimpl
+def pytest_infermatrix_backends() -> list[BackendInfo]:
+    return [
+        announce_backend(name, "torch", "torch", DEVICES, PRECISIONS, extra="torch") for name in (EAGER, COMPILE)
+    ]
+
+
+def _cpu_reason(backend: str, precision: str) -> str | None:
+    if precision == "bf16" and not cpu_supports_bf16():
+        return f"{backend}: bf16 needs a CPU with avx512_bf16 or AMX (this CPU would emulate it)"
+    if precision == "fp16":
+        return f"{backend}: fp16 on cpu has no native kernels here; fp16 is a cuda precision"
+    if precision == "tf32":
+        return f"{backend}: tf32 is a CUDA tensor-core mode (Ampere or newer)"
+    if precision == "int8" and backend == EAGER:
+        return (
+            "torch: PT2E int8 kernels exist only after Inductor lowers the graph; "
+            "see the torch-compile cpu int8 case"
+        )
+    if precision in ("int8", "int8-dynamic") and importlib.util.find_spec("torchao") is None:
+        return f"{backend}: {precision} needs torchao (pip install 'infermatrix[torch]')"
+    return None
+
+
+def _cuda_reason(backend: str, precision: str) -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"{backend}: no CUDA device (torch.cuda.is_available() is False)"
+    if precision in ("int8", "int8-dynamic"):
+        return f"{backend}: {precision} on cuda is not a torch path; see the tensorrt backend"
+    major, _minor = torch.cuda.get_device_capability()
+    if precision in ("tf32", "bf16") and major < 8:
+        return f"{backend}: {precision} needs compute capability 8.0+ (this GPU has {major}.x)"
+    return None
+
+
+@pytest.hookimpl
+def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
+    if backend.name not in (EAGER, COMPILE):
+        return None
+    targets = []
+    for precision in PRECISIONS:
+        targets.append(Target("cpu", precision, _cpu_reason(backend.name, precision)))
+    for precision in PRECISIONS:
+        targets.append(Target("cuda", precision, _cuda_reason(backend.name, precision)))
+    return targets
+
+
+@dataclasses.dataclass
+class TorchSession:
+    module: Any
+    model: ModelSpec
+    device: str
+    float_dtype: Any
+    channels_last: bool
+    config: Mapping[str, Any]
+    times: PrepareTimes
+    size_bytes: int | None
+
+    def to_tensors(self, inputs: Arrays) -> list[Any]:
+        import torch
+
+        tensors = []
+        for spec in self.model.inputs:
+            tensor = torch.from_numpy(inputs[spec.name]).to(self.device)
+            if tensor.is_floating_point():
+                tensor = tensor.to(self.float_dtype)
+                if self.channels_last and tensor.dim() == 4:
+                    tensor = tensor.contiguous(memory_format=torch.channels_last)
+            tensors.append(tensor)
+        return tensors
+
+    def run(self, inputs: Arrays) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(*self.to_tensors(inputs))
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            # .cpu() is a synchronizing copy: the call returns only when the device is done.
+            return [o.float().cpu().numpy() for o in outs]
+
+    def close(self) -> None:
+        self.module = None
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _state_size(module: Any) -> int:
+    import torch
+
+    buffer = io.BytesIO()
+    try:
+        torch.save(module.state_dict(), buffer)
+    except Exception:  # some quantized tensor subclasses do not pickle; count raw bytes instead
+        return sum(t.numel() * t.element_size() for t in module.state_dict().values() if hasattr(t, "numel"))
+    return buffer.getbuffer().nbytes
+
+
+def _quantize_static_pt2e(module: Any, model: ModelSpec, session: TorchSession, batch_size: int) -> Any:
+    """PT2E static int8 for x86 Inductor, calibrated on the model's calibration inputs."""
+    import torch
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    example = tuple(session.to_tensors(model.eval_inputs(batch_size)))
+    exported = torch.export.export(module, example).module()
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)
+    for batch in model.calibration_inputs(batch_size):
+        prepared(*session.to_tensors(batch))
+    return convert_pt2e(prepared)
+
+
+@pytest.hookimpl
+def pytest_infermatrix_prepare(
+    backend: BackendInfo, model: ModelSpec, target: Target, batch_size: int, context: PrepareContext
+) -> TorchSession | None:
+    if backend.name not in (EAGER, COMPILE):
+        return None
+    import torch
+
+    times = PrepareTimes()
+    torch.set_num_threads(context.threads)
+    started = time.perf_counter()
+    module = build_torch_model(model, context.cache_root)
+    times.load_s = time.perf_counter() - started
+
+    device, precision = target.device, target.precision
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    float_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    channels_last = model.is_cnn
+    session = TorchSession(
+        module=None, model=model, device=device, float_dtype=float_dtype, channels_last=channels_last,
+        config={}, times=times, size_bytes=None,
+    )
+    started = time.perf_counter()
+    module = module.to(device=device, dtype=float_dtype)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    quantizer = None
+    if precision == "int8":
+        module = _quantize_static_pt2e(module, model, session, batch_size)
+        quantizer = "torchao PT2E X86InductorQuantizer (static, per-channel weights)"
+    elif precision == "int8-dynamic":
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        quantize_(module, Int8DynamicActivationInt8WeightConfig())
+        quantizer = "torchao Int8DynamicActivationInt8WeightConfig"
+    times.convert_s = time.perf_counter() - started
+    if quantizer is not None:
+        times.quantize_s, times.convert_s = times.convert_s, None
+    session.size_bytes = _state_size(module)
+
+    compile_mode = None
+    if backend.name == COMPILE:
+        import torch._inductor.config as inductor_config
+
+        # Freezing folds weights into constants so Inductor can pre-pack them for
+        # oneDNN: PyTorch's documented setting for CPU inference (and needed for
+        # the int8 kernels of the PT2E flow).
+        inductor_config.freezing = True
+        compile_mode = "default"
+        module = torch.compile(module, mode=compile_mode, dynamic=False)
+        session.module = module
+        # The first call compiles; time it apart from the steady-state rounds.
+        started = time.perf_counter()
+        session.run(model.eval_inputs(batch_size))
+        times.compile_s = time.perf_counter() - started
+    session.module = module
+    session.config = {
+        "variant": "torch.compile (inductor)" if backend.name == COMPILE else "eager",
+        "compile_mode": compile_mode,
+        "inductor_freezing": backend.name == COMPILE,
+        "device": device,
+        "dtype": str(float_dtype).replace("torch.", ""),
+        "precision": precision,
+        "tf32": bool(device == "cuda" and torch.backends.cuda.matmul.allow_tf32),
+        "memory_format": "channels_last" if channels_last else "contiguous",
+        "quantizer": quantizer,
+        "threads": torch.get_num_threads(),
+        "inference_mode": True,
+        "torch": torch.__version__,
+    }
+    return session

@@ -1,0 +1,34 @@
+"""VGG-19, the network of the seed benchmark (Keras VGG19, batch 8): its default batch is 8."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from infermatrix.types import InputSpec, ModelSpec
+
+
+def _vgg19() -> Any:
+    from torchvision.models import vgg19
+
+    return vgg19(weights=None)
+
+
+MODELS = [
+    ModelSpec(
+        name="vgg19",
+        family="vgg",
+        task="classification",
+        inputs=(InputSpec("input", (3, 224, 224), "float32"),),
+        output_names=("logits",),
+        build_torch=_vgg19,
+        default_batch_sizes=(8,),
+        is_cnn=True,
+    ),
+]
+
+
+@pytest.hookimpl
+def pytest_infermatrix_models() -> list[ModelSpec]:
+    return MODELS
