@@ -140,6 +140,36 @@ def _state_size(module: Any) -> int:
     return buffer.getbuffer().nbytes
 
 
+def _split_reused_module_calls(graph_module: Any) -> Any:
+    """Give each call of a reused module its own partition key.
+
+    With non-strict ``torch.export`` (the default) the quantizer groups nodes by the
+    module that produced them (``nn_module_stack``); torchvision's ResNet blocks call
+    one ``self.relu`` twice, so both calls land in one partition with two outputs and
+    ``X86InductorQuantizer`` stops with "Input partition has more than one output
+    node" (torch 2.14 + torchao 0.18). Consecutive nodes of one call keep one key;
+    later calls of the same module get ``<fqn>@call<n>``. Metadata only: the graph's
+    computation is untouched.
+    """
+    previous: str | None = None
+    calls: dict[str, int] = {}
+    for node in graph_module.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op != "call_function" or not stack:
+            previous = None
+            continue
+        innermost = list(stack)[-1]
+        fqn, cls = stack[innermost]
+        if fqn != previous:
+            calls[fqn] = calls.get(fqn, -1) + 1
+        previous = fqn
+        if calls[fqn]:
+            renamed = dict(stack)
+            renamed[innermost] = (f"{fqn}@call{calls[fqn]}", cls)
+            node.meta["nn_module_stack"] = renamed
+    return graph_module
+
+
 def _quantize_static_pt2e(module: Any, model: ModelSpec, session: TorchSession, batch_size: int) -> Any:
     """PT2E static int8 for x86 Inductor, calibrated on the model's calibration inputs."""
     import torch
@@ -147,7 +177,7 @@ def _quantize_static_pt2e(module: Any, model: ModelSpec, session: TorchSession, 
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     example = tuple(session.to_tensors(model.eval_inputs(batch_size)))
-    exported = torch.export.export(module, example).module()
+    exported = _split_reused_module_calls(torch.export.export(module, example).module())
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(exported, quantizer)
