@@ -49,6 +49,8 @@ def build_torch_model(model: ModelSpec, cache_root: Path) -> Any:
 
     from infermatrix import weights
 
+    if model.build_torch is None:
+        raise ValueError(f"model {model.name!r} has no torch form")
     module = model.build_torch()
     if model.weights_path is not None:
         state = torch.load(model.weights_path, map_location="cpu", weights_only=True)
@@ -108,6 +110,10 @@ def reference_outputs(model: ModelSpec, n_samples: int, cache_root: Path) -> lis
             return load_arrays(path)
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)
+    if model.reference_fn is not None:
+        outputs = [np.asarray(o, dtype=np.float32) for o in model.reference_fn(accuracy_inputs(model, n_samples))]
+        save_arrays(cache.path(path.name), outputs)
+        return outputs
     if not torch_available():
         raise ReferenceUnavailable(
             f"{model.name}: no cached fp32 reference in {cache.dir} and torch is not installed to "
@@ -129,7 +135,7 @@ def flops_per_sample(model: ModelSpec, cache_root: Path) -> int | None:
     stored = cache.read_json("flops.json")
     if stored is not None:
         return int(stored["flops_per_sample"])
-    if not torch_available():
+    if model.build_torch is None or not torch_available():
         return None
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -147,7 +153,3 @@ def flops_per_sample(model: ModelSpec, cache_root: Path) -> int | None:
          "seconds": time.perf_counter() - started, "torch": torch.__version__},
     )
     return flops
-
-
-def as_float32(arrays: list[NDArray[Any]]) -> list[NDArray[np.float32]]:
-    return [np.asarray(a, dtype=np.float32) for a in arrays]

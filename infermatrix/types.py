@@ -76,7 +76,7 @@ class ModelSpec:
     task: Task
     inputs: tuple[InputSpec, ...]
     output_names: tuple[str, ...]
-    build_torch: Callable[[], Any]
+    build_torch: Callable[[], Any] | None
     default_batch_sizes: tuple[int, ...] = (1,)
     weight_seed: int = 0
     eval_seed: int = 1000
@@ -90,12 +90,17 @@ class ModelSpec:
     weights_path: str | None = None
     #: Changes whenever the network definition changes; part of every cache key.
     version: str = "1"
+    #: fp32 reference outputs for given inputs, for models with no torch form (the
+    #: tests' numpy model); None means "run the torch build".
+    reference_fn: Callable[[Arrays], list[Any]] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "-" in self.name:
             raise ValueError(f"model name {self.name!r}: must be non-empty and contain no '-' (ids use '-')")
         if not self.inputs:
             raise ValueError(f"model {self.name!r}: needs at least one input")
+        if self.build_torch is None and self.reference_fn is None:
+            raise ValueError(f"model {self.name!r}: give build_torch or reference_fn (how to get fp32 outputs)")
         if any(b <= 0 for b in self.default_batch_sizes):
             raise ValueError(f"model {self.name!r}: batch sizes must be > 0, got {self.default_batch_sizes}")
 

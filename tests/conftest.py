@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+# pytester's in-process runs forget modules first imported inside them, and numpy's C
+# modules (numpy.fft, pulled in by scipy.stats) refuse a second import: load them here.
+import cpuinfo  # noqa: F401
+import psutil  # noqa: F401
+import scipy.stats  # noqa: F401
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester project with the core plugin, the numpy test backend and the latency suite."""
+    pytester.syspathinsert(TESTS)
+    pytester.makeconftest('pytest_plugins = ["infermatrix.plugin", "numpy_backend"]\n')
+    shutil.copy(REPO / "suites" / "test_latency.py", pytester.path / "test_latency.py")
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
+    return pytester
+

@@ -1,0 +1,109 @@
+"""A tiny reference backend and models in plain numpy, for the project's own tests.
+
+It exercises every hook without any deep-learning framework: a seeded linear
+classifier (``tinymlp``) and a Linear-heavy twin (``tinylinear``), a ``numpy`` backend
+that runs them in fp32 or fp16, and a ``ghost`` backend whose library is missing.
+``NUMPY_BACKEND_PERTURB=<relative noise>`` makes the backend's outputs wrong, to
+prove the accuracy gate fails such a case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+
+from infermatrix.announce import announce_backend
+from infermatrix.types import Arrays, BackendInfo, InputSpec, ModelSpec, PrepareContext, PrepareTimes, Target
+
+FEATURES, CLASSES = 64, 10
+
+
+def weights(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((FEATURES, CLASSES)) / np.sqrt(FEATURES)
+
+
+def reference(seed: int):
+    def fn(inputs: Arrays) -> list[np.ndarray]:
+        return [(inputs["x"].astype(np.float64) @ weights(seed)).astype(np.float32)]
+
+    return fn
+
+
+MODELS = [
+    ModelSpec(
+        name="tinymlp", family="tiny", task="classification", inputs=(InputSpec("x", (FEATURES,), "float32"),),
+        output_names=("logits",), build_torch=None, reference_fn=reference(7), default_batch_sizes=(1, 4),
+        weight_seed=7,
+    ),
+    ModelSpec(
+        name="tinylinear", family="tiny", task="embedding", inputs=(InputSpec("x", (FEATURES,), "float32"),),
+        output_names=("y",), build_torch=None, reference_fn=reference(8), default_batch_sizes=(2,),
+        weight_seed=8, linear_heavy=True,
+    ),
+]
+
+
+@pytest.hookimpl
+def pytest_infermatrix_models() -> list[ModelSpec]:
+    return MODELS
+
+
+@pytest.hookimpl
+def pytest_infermatrix_backends() -> list[BackendInfo]:
+    return [
+        BackendInfo(name="numpy", devices=("cpu", "fakegpu"), precisions=("fp32", "fp16", "int8", "int8-dynamic"),
+                    version=np.__version__),
+        announce_backend("ghost", "ghostlib_that_is_not_installed", "ghostlib", ("cpu",), ("fp32",), extra="ghost"),
+    ]
+
+
+@pytest.hookimpl
+def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
+    if backend.name != "numpy":
+        return None
+    return [
+        Target("cpu", "fp32"),
+        Target("cpu", "fp16"),
+        Target("cpu", "int8", "numpy: int8 needs a quantizer this backend does not have"),
+        Target("cpu", "int8-dynamic"),
+        Target("fakegpu", "fp32", "numpy: no fake GPU on this machine"),
+    ]
+
+
+@dataclasses.dataclass
+class NumpySession:
+    matrix: np.ndarray
+    dtype: Any
+    perturb: float
+    config: dict[str, Any]
+    times: PrepareTimes
+    size_bytes: int | None
+    closed: bool = False
+
+    def run(self, inputs: Arrays) -> list[np.ndarray]:
+        out = (inputs["x"].astype(self.dtype) @ self.matrix).astype(np.float32)
+        if self.perturb:
+            out = out + self.perturb * np.abs(out).mean() * np.random.default_rng(0).standard_normal(out.shape)
+        return [out.astype(np.float32)]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.hookimpl
+def pytest_infermatrix_prepare(
+    backend: BackendInfo, model: ModelSpec, target: Target, context: PrepareContext
+) -> NumpySession | None:
+    if backend.name != "numpy":
+        return None
+    dtype = np.float16 if target.precision == "fp16" else np.float32
+    matrix = weights(model.weight_seed).astype(dtype)
+    return NumpySession(
+        matrix=matrix, dtype=dtype, perturb=float(os.environ.get("NUMPY_BACKEND_PERTURB", "0")),
+        config={"dtype": np.dtype(dtype).name, "threads": context.threads}, times=PrepareTimes(convert_s=0.0),
+        size_bytes=matrix.nbytes,
+    )

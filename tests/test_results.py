@@ -1,0 +1,68 @@
+"""What a run leaves behind: the accuracy gate's verdict and the fields of the result JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import FAST
+
+
+def run_json(suite: pytest.Pytester, *options: str) -> tuple[pytest.RunResult, dict]:
+    out = suite.path / "out.json"
+    result = suite.runpytest(f"--benchmark-json={out}", *FAST, *options)
+    # pytest-benchmark writes no file at all when no case was timed
+    return result, json.loads(out.read_text()) if out.exists() else {"benchmarks": []}
+
+
+def test_perturbed_outputs_fail_the_accuracy_gate_with_figures_and_are_not_timed(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NUMPY_BACKEND_PERTURB", "0.2")
+    result, data = run_json(suite, "--backends", "numpy", "--precisions", "fp32", "--devices", "cpu", "-rf")
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 3 and "passed" not in outcomes
+    result.stdout.fnmatch_lines(
+        ["*tinymlp-numpy-cpu-fp32-b1: accuracy check failed (relative L2 error * > 0.001*cosine similarity*"
+         "max_abs_error=* rel_l2_error=* cosine=* top1_agreement=*"]
+    )
+    assert data["benchmarks"] == []  # a case that fails the gate stores no timing
+
+
+def test_small_fp16_error_passes_the_fp16_gate_but_not_the_fp32_one(suite: pytest.Pytester) -> None:
+    result, data = run_json(suite, "--backends", "numpy", "--precisions", "fp16", "--devices", "cpu")
+    assert result.parseoutcomes()["passed"] == 3
+    for bench in data["benchmarks"]:
+        accuracy = bench["extra_info"]["accuracy"]
+        assert 1e-5 < accuracy["rel_l2_error"] < 5e-2  # fp16 really ran: not bit-identical to fp32
+
+
+def test_result_json_carries_latency_accuracy_config_and_machine(suite: pytest.Pytester) -> None:
+    result, data = run_json(suite, "-k", "tinymlp-numpy-cpu-fp32-b4")
+    assert result.parseoutcomes()["passed"] == 1
+    (bench,) = data["benchmarks"]
+    info = bench["extra_info"]
+    assert info["case_id"] == "tinymlp-numpy-cpu-fp32-b4"
+    assert (info["model"], info["backend"], info["device"], info["precision"], info["batch_size"]) == (
+        "tinymlp", "numpy", "cpu", "fp32", 4)
+    assert info["backend_config"]["dtype"] == "float32" and info["backend_config"]["threads"] >= 1
+    assert info["accuracy"]["passed"] is True and info["accuracy"]["top1_agreement"] == 1.0
+    assert info["accuracy"]["rel_l2_error"] < 1e-6
+    # percentiles and throughput are computed from the very rounds pytest-benchmark stored
+    rounds = np.array(bench["stats"]["data"])
+    assert len(rounds) == info["rounds"] == bench["stats"]["rounds"] >= 3
+    assert info["latency_p50_ms"] == pytest.approx(np.percentile(rounds, 50) * 1e3)
+    assert info["latency_p99_ms"] == pytest.approx(np.percentile(rounds, 99) * 1e3)
+    assert info["latency_p50_ms"] <= info["latency_p90_ms"] <= info["latency_p99_ms"] <= info["latency_p99_9_ms"]
+    assert info["throughput_samples_per_s"] == pytest.approx(4 / np.median(rounds))
+    assert info["stop_reason"] in ("precision reached", "time budget spent", "max rounds")
+    lo, hi = info["median_ci95_ms"]
+    assert lo <= info["latency_p50_ms"] <= hi
+    assert info["first_inference_s"] > 0 and info["prepare_s"] >= 0 and info["warmup_calls"] >= 2
+    assert info["model_size_bytes"] == 64 * 10 * 4
+    assert "memory_host_rss_delta_bytes" in info
+    machine = data["machine_info"]["infermatrix"]
+    assert machine["cpu_physical_cores"] >= 1 and machine["cpu_model"]
+    assert machine["backends"]["ghost"]["available"] is False
+    assert machine["backends"]["numpy"]["version"] == np.__version__
