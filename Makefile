@@ -1,0 +1,38 @@
+# Two entry points, both self-contained on a fresh machine:
+#   make bench   set up .venv with the CPU backends and run the default benchmark matrix
+#   make test    set up .venv with what the tests need and run the project's tests
+# Anything after ARGS= goes to pytest, e.g. make bench ARGS="-k resnet18 --benchmark-json=out.json"
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BENCH_EXTRAS := torch,onnxruntime,openvino
+TEST_EXTRAS  := torch,onnxruntime,openvino,test
+ARGS ?=
+
+.PHONY: bench test venv-bench venv-test clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# One stamp per extras set, so a changed pyproject.toml reinstalls.
+$(VENV)/.installed-%: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[$(subst +,$(comma),$*)]"
+	touch $@
+
+comma := ,
+venv-bench: $(VENV)/.installed-$(subst $(comma),+,$(BENCH_EXTRAS))
+venv-test: $(VENV)/.installed-$(subst $(comma),+,$(TEST_EXTRAS))
+
+bench: venv-bench
+	$(PY) -m pytest suites $(ARGS)
+
+# pytest's exit code 5 means "no tests collected" (e.g. an ARGS filter matched nothing):
+# say so loudly, but it is not a failure of the project.
+test: venv-test
+	$(PY) -m pytest tests $(ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected (exit 5)"; exit 0; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) .infermatrix-cache .benchmarks

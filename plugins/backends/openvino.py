@@ -1,0 +1,177 @@
+"""OpenVINO, on the model's cached ONNX export.
+
+The path, and why (see docs/backends.md):
+- ``ov.convert_model`` on the cached ONNX, reshaped to the case's static batch (static
+  shapes let the CPU plugin pick its best kernels), compiled on each device that
+  ``Core().available_devices`` reports.
+- ``INFERENCE_PRECISION_HINT`` is set for *every* precision: left alone, the CPU plugin
+  runs bf16 on CPUs that have it (this one does), so an "fp32" case would silently be
+  bf16 — and slower here. int8 keeps f32 for the parts NNCF leaves unquantized.
+- The latency scenario compiles with the ``LATENCY`` performance hint and calls
+  ``InferRequest.infer`` synchronously; threads = ``--threads``.
+- int8 is ``nncf.quantize`` (post-training, calibrated on the model's calibration
+  inputs), OpenVINO's own tool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from infermatrix.announce import announce_backend
+from infermatrix.onnx_export import OnnxUnavailable, onnx_model
+from infermatrix.reference import ReferenceUnavailable
+from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
+
+NAME = "openvino"
+DEVICES = ("cpu", "gpu", "npu")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+#: The matrix's precision → OpenVINO's inference precision hint.
+PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+#: The capability a device must report (OPTIMIZATION_CAPABILITIES) for each precision.
+CAPABILITY = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16", "int8": "INT8"}
+
+
+@pytest.hookimpl
+def pytest_infermatrix_backends() -> list[BackendInfo]:
+    return [announce_backend(NAME, "openvino", "openvino", DEVICES, PRECISIONS, extra="openvino")]
+
+
+def ov_device(device: str) -> str:
+    return device.upper()
+
+
+@pytest.hookimpl
+def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
+    if backend.name != NAME:
+        return None
+    import importlib.util
+
+    import openvino as ov
+
+    core = ov.Core()
+    present = [d.split(".")[0] for d in core.available_devices]
+    targets = []
+    for device in DEVICES:
+        name = ov_device(device)
+        if name not in present:
+            reason = f"openvino: no {name} device (available: {', '.join(core.available_devices)})"
+            targets += [Target(device, p, reason) for p in PRECISIONS]
+            continue
+        capabilities = core.get_property(name, "OPTIMIZATION_CAPABILITIES")
+        for precision in PRECISIONS:
+            reason = None
+            if CAPABILITY[precision] not in capabilities:
+                needs = " (needs avx512_bf16 or AMX)" if precision == "bf16" and name == "CPU" else ""
+                reason = (f"openvino: {name} does not report {CAPABILITY[precision]} "
+                          f"(capabilities: {', '.join(capabilities)}){needs}")
+            elif precision == "int8" and importlib.util.find_spec("nncf") is None:
+                reason = "openvino: int8 needs nncf (pip install 'infermatrix[openvino]')"
+            targets.append(Target(device, precision, reason))
+    return targets
+
+
+@dataclasses.dataclass
+class OpenVinoSession:
+    request: Any
+    compiled: Any
+    config: Mapping[str, Any]
+    times: PrepareTimes
+    size_bytes: int | None
+
+    def run(self, inputs: Arrays) -> list[np.ndarray]:
+        # share_inputs avoids a copy of the inputs; outputs are copied out because the
+        # request reuses its output buffers on the next call.
+        results = self.request.infer(inputs, share_inputs=True)
+        return [np.array(results[output]) for output in self.compiled.outputs]
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+def _as_text(value: Any) -> str:
+    """OpenVINO properties come back as ov.Type / enums / ints; record them as plain text."""
+    to_string = getattr(value, "to_string", None)
+    return str(to_string()) if callable(to_string) else str(value)
+
+
+def quantize_int8(ov_model: Any, model: ModelSpec, batch_size: int) -> Any:
+    import nncf
+
+    batches = model.calibration_inputs(batch_size=batch_size)
+    dataset = nncf.Dataset(batches)
+    return nncf.quantize(ov_model, dataset, subset_size=len(batches) * batch_size)
+
+
+@pytest.hookimpl
+def pytest_infermatrix_prepare(
+    backend: BackendInfo, model: ModelSpec, target: Target, batch_size: int, context: PrepareContext
+) -> OpenVinoSession | None:
+    if backend.name != NAME:
+        return None
+    import openvino as ov
+
+    times = PrepareTimes()
+    try:
+        source, export = onnx_model(model, context.cache_root)
+    except OnnxUnavailable as exc:
+        raise ReferenceUnavailable(str(exc)) from exc
+    core = ov.Core()
+    started = time.perf_counter()
+    ov_model = ov.convert_model(str(source))
+    ov_model.reshape({inp.get_any_name(): [batch_size, *spec.shape] for inp, spec in zip(ov_model.inputs, model.inputs)})
+    times.convert_s = time.perf_counter() - started + (export["export_s"] or 0.0)
+    quantizer = None
+    if target.precision == "int8":
+        started = time.perf_counter()
+        ov_model = quantize_int8(ov_model, model, batch_size)
+        times.quantize_s = time.perf_counter() - started
+        quantizer = "nncf.quantize (post-training, default preset)"
+
+    # The IR on disk is the model's size as OpenVINO stores it (int8 shows its compression).
+    xml = context.workdir / "model.xml"
+    ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+    size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+
+    device = ov_device(target.device)
+    properties = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": PRECISION_HINT[target.precision],
+    }
+    if device == "CPU":
+        properties["INFERENCE_NUM_THREADS"] = str(context.threads)
+    started = time.perf_counter()
+    compiled = core.compile_model(ov_model, device, properties)
+    times.compile_s = time.perf_counter() - started
+    reported = {key: _as_text(compiled.get_property(key)) for key in
+                ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")}
+    if device == "CPU":
+        reported["INFERENCE_NUM_THREADS"] = _as_text(compiled.get_property("INFERENCE_NUM_THREADS"))
+    if reported["INFERENCE_PRECISION_HINT"] != PRECISION_HINT[target.precision]:
+        # never time a case in a precision other than its id says
+        raise RuntimeError(
+            f"openvino compiled {target.precision} as {reported['INFERENCE_PRECISION_HINT']}, "
+            f"not {PRECISION_HINT[target.precision]}"
+        )
+    return OpenVinoSession(
+        request=compiled.create_infer_request(),
+        compiled=compiled,
+        config={
+            "device": device,
+            "precision": target.precision,
+            "quantizer": quantizer,
+            "static_batch": batch_size,
+            "execution": "InferRequest.infer (synchronous)",
+            **{k.lower(): v for k, v in reported.items()},
+            "onnx_exporter": export.get("exporter"),
+            "openvino": ov.__version__,
+        },
+        times=times,
+        size_bytes=size,
+    )
