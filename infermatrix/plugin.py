@@ -87,6 +87,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     f"(default: {TimingPolicy.target_precision})")
     group.addoption("--threads", type=int, default=None,
                     help="CPU threads per backend (default: the physical cores)")
+    group.addoption("--warm-cache", action="store_true", default=False,
+                    help="fill the cache (seeded weights, fp32 references, FLOP counts, ONNX exports) for the "
+                    "selected cases, so environments without torch can run them; use with --collect-only")
 
 
 def _parse_weights(raw: list[str], models: list[ModelSpec]) -> dict[str, str]:
@@ -231,6 +234,30 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
 @pytest.fixture
 def infermatrix_policy(request: pytest.FixtureRequest) -> TimingPolicy:
     return request.config.stash[matrix_key].policy
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    if not config.getoption("--warm-cache"):
+        return
+    from infermatrix.onnx_export import onnx_model
+
+    state = config.stash[matrix_key]
+    done: set[tuple[str, int]] = set()
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for entry in state.entries():
+        model = entry.case.model
+        n = reference.accuracy_sample_count(entry.case.batch_size, state.accuracy_samples)
+        if (model.name, n) in done:
+            continue
+        if not any(name == model.name for name, _ in done):
+            reference.flops_per_sample(model, state.cache_root)
+            if model.build_torch is not None:
+                onnx_model(model, state.cache_root)
+        reference.reference_outputs(model, n, state.cache_root)
+        done.add((model.name, n))
+        if reporter is not None:
+            reporter.write_line(f"infermatrix: cache warm for {model.name} ({n} reference samples)")
 
 
 # -------------------------------------------------------------------------
