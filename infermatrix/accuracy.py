@@ -27,13 +27,17 @@ class Tolerance:
     min_top1_agreement: float | None = None
 
 
-#: Chosen from measurements on this project's models (see docs/accuracy.md): fp32
-#: backends agree with torch to ~1e-6 relative, bf16 to ~1e-2, int8 to cosine ~0.99.
+#: Set from measurements of this project's seeded models (docs/accuracy.md). fp32 backends
+#: agree with the torch reference to ~1e-5 relative. Reduced precisions are judged on
+#: the deepest networks too: with seeded weights, bf16 (8-bit mantissa) reaches relative
+#: L2 ~0.13 and cosine ~0.992 on ResNet-50 / MobileNetV2 on an H100, TF32 ~0.02; int8
+#: keeps cosine ~0.999 on ResNet-18. Top-1 agreement over 8 samples moves in steps of
+#: 1/8, and random-weight classifiers have near-ties, so it is a coarse second check.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_rel_l2=1e-3, min_cosine=0.99999, min_top1_agreement=1.0),
-    "tf32": Tolerance(max_rel_l2=1e-2, min_cosine=0.9999, min_top1_agreement=0.9),
-    "fp16": Tolerance(max_rel_l2=5e-2, min_cosine=0.998, min_top1_agreement=0.8),
-    "bf16": Tolerance(max_rel_l2=1e-1, min_cosine=0.995, min_top1_agreement=0.75),
+    "tf32": Tolerance(max_rel_l2=5e-2, min_cosine=0.999, min_top1_agreement=0.75),
+    "fp16": Tolerance(max_rel_l2=5e-2, min_cosine=0.998, min_top1_agreement=0.75),
+    "bf16": Tolerance(max_rel_l2=2e-1, min_cosine=0.98, min_top1_agreement=0.6),
     "int8": Tolerance(min_cosine=0.97, min_top1_agreement=0.5),
     "int8-dynamic": Tolerance(min_cosine=0.97, min_top1_agreement=0.5),
     "int4": Tolerance(min_cosine=0.9, min_top1_agreement=0.3),

@@ -79,6 +79,31 @@ def gpus() -> list[dict[str, Any]]:
         pynvml.nvmlShutdown()
 
 
+def nvml_process_memory_bytes(pid: int | None = None) -> int | None:
+    """GPU memory NVML attributes to this process (all GPUs); None without NVML."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    pid = os.getpid() if pid is None else pid
+    try:
+        total = 0
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == pid and proc.usedGpuMemory is not None:
+                    total += int(proc.usedGpuMemory)
+        return total
+    except Exception:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def machine_summary() -> dict[str, Any]:
     """The hardware and OS facts recorded with every result."""
     interesting = sorted(

@@ -204,7 +204,9 @@ def infermatrix_prepared(
         )
 
     try:
-        prepared = runner.prepare(case, prepare_session, state.cache_root, state.policy, state.accuracy_samples)
+        prepared = runner.prepare(
+            case, prepare_session, state.cache_root, state.policy, state.accuracy_samples, threads_option(config)
+        )
     except reference.ReferenceUnavailable as exc:
         pytest.skip(str(exc))
     benchmark.extra_info.update(runner.case_info(prepared))

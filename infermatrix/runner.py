@@ -40,6 +40,7 @@ class PreparedCase:
     warmup_calls: int
     rss_before_bytes: int
     flops_per_sample: int | None
+    threads: int
     extra_info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def call(self) -> list[NDArray[Any]]:
@@ -69,6 +70,7 @@ def prepare(
     cache_root: Path,
     policy: TimingPolicy,
     accuracy_samples: int,
+    threads: int,
 ) -> PreparedCase:
     """Prepare, first-infer, warm up and check one case. Raises AssertionError-free:
     the caller decides how a failed accuracy check ends the test."""
@@ -90,7 +92,7 @@ def prepare(
     except BaseException:
         session.close()
         raise
-    return PreparedCase(case, session, inputs, accuracy, prepare_s, warmup_calls, rss_before, flops)
+    return PreparedCase(case, session, inputs, accuracy, prepare_s, warmup_calls, rss_before, flops, threads)
 
 
 def case_info(prepared: PreparedCase) -> dict[str, Any]:
@@ -128,13 +130,39 @@ def latency_info(prepared: PreparedCase, timing: TimingResult) -> dict[str, Any]
         throughput_samples_per_s=batch / median,
     )
     if prepared.flops_per_sample:
-        info["achieved_gflops_per_s"] = prepared.flops_per_sample * batch / median / 1e9
+        info.update(efficiency_info(prepared, prepared.flops_per_sample * batch / median))
+    return info
+
+
+def efficiency_info(prepared: PreparedCase, achieved_flops_per_s: float) -> dict[str, Any]:
+    """Achieved GFLOP/s and its share of this machine's measured peak (same device and precision)."""
+    from infermatrix.peak import measured_peak
+
+    info: dict[str, Any] = {"achieved_gflops_per_s": achieved_flops_per_s / 1e9}
+    target = prepared.case.target
+    peak = measured_peak(target.device, target.precision, prepared.threads)
+    if peak is not None:
+        info["peak_gflops_per_s"] = peak.flops_per_s / 1e9
+        info["peak_measured_by"] = peak.how
+        info["efficiency"] = achieved_flops_per_s / peak.flops_per_s
+    return info
+
+
+def device_latency_info(prepared: PreparedCase, rounds: int) -> dict[str, Any]:
+    """Device-side latency (e.g. CUDA events around the device work), for sessions that have it."""
+    device_timings = getattr(prepared.session, "device_timings", None)
+    if device_timings is None or rounds <= 0:
+        return {}
+    samples = device_timings(prepared.inputs, rounds)
+    info = {f"device_latency_{k}_ms": v * 1e3 for k, v in percentiles(samples).items()}
+    info["device_latency_rounds"] = len(samples)
     return info
 
 
 def measure_latency(prepared: PreparedCase, benchmark: Any, policy: TimingPolicy) -> TimingResult:
     timing = measure(benchmark, prepared.call, policy, prepared.warmup_calls)
     prepared.extra_info.update(latency_info(prepared, timing))
+    prepared.extra_info.update(device_latency_info(prepared, min(len(timing.samples_s), 200)))
     return timing
 
 

@@ -236,4 +236,5 @@ class MemoryReport:
     host_peak_rss_bytes: int | None = None
     host_rss_delta_bytes: int | None = None
     device_peak_bytes: int | None = None
+    device_process_bytes: int | None = None
     source: str = ""

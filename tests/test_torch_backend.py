@@ -44,7 +44,7 @@ def test_resnet18_fp32_b1_end_to_end_writes_the_documented_json(tmp_path: Path) 
 def test_torch_targets_say_why_a_precision_cannot_run_here() -> None:
     from plugins.backends import torch as torch_backend
 
-    (eager, compiled) = torch_backend.pytest_infermatrix_backends()
+    (eager, compiled, cudagraphs) = torch_backend.pytest_infermatrix_backends()
     targets = {(t.device, t.precision): t.skip_reason for t in torch_backend.pytest_infermatrix_targets(eager)}
     assert targets[("cpu", "fp32")] is None
     assert "torch-compile cpu int8" in targets[("cpu", "int8")]
@@ -58,6 +58,9 @@ def test_torch_targets_say_why_a_precision_cannot_run_here() -> None:
     compiled_targets = {(t.device, t.precision): t.skip_reason
                         for t in torch_backend.pytest_infermatrix_targets(compiled)}
     assert compiled_targets[("cpu", "int8")] is None
+    cudagraph_targets = {(t.device, t.precision): t.skip_reason
+                         for t in torch_backend.pytest_infermatrix_targets(cudagraphs)}
+    assert "CUDA graphs are a CUDA feature" in cudagraph_targets[("cpu", "fp32")]
 
 
 def test_seeded_weights_do_not_depend_on_torch_rng(tmp_path: Path) -> None:

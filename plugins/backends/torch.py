@@ -31,10 +31,20 @@ import pytest
 from infermatrix.announce import announce_backend
 from infermatrix.machine import cpu_supports_bf16
 from infermatrix.reference import build_torch_model
-from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
+from infermatrix.types import Arrays, BackendInfo, MemoryReport, ModelSpec, PrepareContext, PrepareTimes, Target
 
 EAGER = "torch"
 COMPILE = "torch-compile"
+CUDAGRAPHS = "torch-cudagraphs"
+VARIANTS = (EAGER, COMPILE, CUDAGRAPHS)
+#: torch.compile mode per backend and device: on CUDA, Inductor's autotuned kernels
+#: (max-autotune, without CUDA graphs) and CUDA graphs (reduce-overhead) are two variants;
+#: on CPU the default mode with freezing is PyTorch's documented inference setting.
+COMPILE_MODE = {
+    (COMPILE, "cpu"): "default",
+    (COMPILE, "cuda"): "max-autotune-no-cudagraphs",
+    (CUDAGRAPHS, "cuda"): "reduce-overhead",
+}
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "int8-dynamic")
 
@@ -42,11 +52,13 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "int8-dynamic")
 @pytest.hookimpl
 def pytest_infermatrix_backends() -> list[BackendInfo]:
     return [
-        announce_backend(name, "torch", "torch", DEVICES, PRECISIONS, extra="torch") for name in (EAGER, COMPILE)
+        announce_backend(name, "torch", "torch", DEVICES, PRECISIONS, extra="torch") for name in VARIANTS
     ]
 
 
 def _cpu_reason(backend: str, precision: str) -> str | None:
+    if backend == CUDAGRAPHS:
+        return f"{backend}: CUDA graphs are a CUDA feature; see torch-compile for the compiled CPU path"
     if precision == "bf16" and not cpu_supports_bf16():
         return f"{backend}: bf16 needs a CPU with avx512_bf16 or AMX (this CPU would emulate it)"
     if precision == "fp16":
@@ -78,7 +90,7 @@ def _cuda_reason(backend: str, precision: str) -> str | None:
 
 @pytest.hookimpl
 def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
-    if backend.name not in (EAGER, COMPILE):
+    if backend.name not in VARIANTS:
         return None
     targets = []
     for precision in PRECISIONS:
@@ -123,10 +135,55 @@ class TorchSession:
 
     def close(self) -> None:
         self.module = None
-        if self.device == "cuda":
-            import torch
 
-            torch.cuda.empty_cache()
+
+@dataclasses.dataclass
+class TorchCudaSession(TorchSession):
+    """On CUDA, besides the end-to-end call (host arrays in and out), the device's own
+    time for the forward pass, measured with CUDA events on inputs already on the GPU."""
+
+    def device_timings(self, inputs: Arrays, rounds: int) -> list[float]:
+        import torch
+
+        tensors = self.to_tensors(inputs)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        samples = []
+        with torch.inference_mode():
+            for _ in range(rounds):
+                torch.cuda.synchronize()
+                start.record()
+                self.module(*tensors)
+                end.record()
+                end.synchronize()
+                samples.append(start.elapsed_time(end) / 1e3)
+        return samples
+
+    def close(self) -> None:
+        import torch
+
+        self.module = None
+        torch.cuda.empty_cache()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_infermatrix_memory(session: Any, baseline_rss_bytes: int) -> MemoryReport | None:
+    """Device memory of CUDA cases: torch's peak allocation and the process's NVML figure."""
+    if not isinstance(session, TorchCudaSession):
+        return None
+    import resource
+
+    import torch
+
+    from infermatrix.machine import nvml_process_memory_bytes
+    from infermatrix.runner import process_rss_bytes
+
+    return MemoryReport(
+        host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        host_rss_delta_bytes=process_rss_bytes() - baseline_rss_bytes,
+        device_peak_bytes=int(torch.cuda.max_memory_allocated()),
+        device_process_bytes=nvml_process_memory_bytes(),
+        source="torch.cuda.max_memory_allocated (since prepare) + NVML process memory + psutil rss",
+    )
 
 
 def _state_size(module: Any) -> int:
@@ -190,11 +247,13 @@ def _quantize_static_pt2e(module: Any, model: ModelSpec, session: TorchSession, 
 def pytest_infermatrix_prepare(
     backend: BackendInfo, model: ModelSpec, target: Target, batch_size: int, context: PrepareContext
 ) -> TorchSession | None:
-    if backend.name not in (EAGER, COMPILE):
+    if backend.name not in VARIANTS:
         return None
     import torch
 
     times = PrepareTimes()
+    if target.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     torch.set_num_threads(context.threads)
     started = time.perf_counter()
     module = build_torch_model(model, context.cache_root)
@@ -204,9 +263,13 @@ def pytest_infermatrix_prepare(
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        # Shapes are fixed per case: let cuDNN pick its fastest algorithms (the
+        # autotuning happens in the untimed first call and warm-up).
+        torch.backends.cudnn.benchmark = True
     float_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     channels_last = model.is_cnn
-    session = TorchSession(
+    session_type = TorchCudaSession if device == "cuda" else TorchSession
+    session = session_type(
         module=None, model=model, device=device, float_dtype=float_dtype, channels_last=channels_last,
         config={}, times=times, size_bytes=None,
     )
@@ -228,15 +291,14 @@ def pytest_infermatrix_prepare(
         times.quantize_s, times.convert_s = times.convert_s, None
     session.size_bytes = _state_size(module)
 
-    compile_mode = None
-    if backend.name == COMPILE:
+    compile_mode = COMPILE_MODE.get((backend.name, device))
+    if compile_mode is not None:
         import torch._inductor.config as inductor_config
 
-        # Freezing folds weights into constants so Inductor can pre-pack them for
-        # oneDNN: PyTorch's documented setting for CPU inference (and needed for
-        # the int8 kernels of the PT2E flow).
+        # Freezing folds weights into constants so Inductor can pre-pack them (oneDNN
+        # on CPU): PyTorch's documented inference setting, and needed for the int8
+        # kernels of the PT2E flow.
         inductor_config.freezing = True
-        compile_mode = "default"
         module = torch.compile(module, mode=compile_mode, dynamic=False)
         session.module = module
         # The first call compiles; time it apart from the steady-state rounds.
@@ -245,9 +307,9 @@ def pytest_infermatrix_prepare(
         times.compile_s = time.perf_counter() - started
     session.module = module
     session.config = {
-        "variant": "torch.compile (inductor)" if backend.name == COMPILE else "eager",
+        "variant": "eager" if compile_mode is None else "torch.compile (inductor)",
         "compile_mode": compile_mode,
-        "inductor_freezing": backend.name == COMPILE,
+        "inductor_freezing": compile_mode is not None,
         "device": device,
         "dtype": str(float_dtype).replace("torch.", ""),
         "precision": precision,
@@ -258,4 +320,7 @@ def pytest_infermatrix_prepare(
         "inference_mode": True,
         "torch": torch.__version__,
     }
+    if device == "cuda":
+        session.config["gpu"] = torch.cuda.get_device_name()
+        session.config["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
     return session

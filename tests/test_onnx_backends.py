@@ -1,0 +1,149 @@
+"""ONNX export cache, ONNX Runtime and OpenVINO on a small CNN: the precision each case
+claims is the precision it runs, int8 is really quantized, and accuracy holds."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from tiny_torch_model import TINY_CNN  # noqa: E402
+
+from infermatrix import onnx_export  # noqa: E402
+from infermatrix.accuracy import compare_outputs  # noqa: E402
+from infermatrix.reference import accuracy_inputs, reference_outputs  # noqa: E402
+from infermatrix.runner import run_in_batches  # noqa: E402
+from infermatrix.types import BackendInfo, PrepareContext, Target  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def context(tmp_path: Path, cache: Path) -> PrepareContext:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return PrepareContext(workdir=tmp_path, cache_root=cache, threads=1, config=None)
+
+
+def check(session, precision: str, cache: Path, batch_size: int = 4):
+    expected = reference_outputs(TINY_CNN, 8, cache)
+    got = run_in_batches(session, accuracy_inputs(TINY_CNN, 8), batch_size)
+    return compare_outputs(got, expected, precision, classifier=True)
+
+
+def test_export_happens_once_and_again_only_for_a_changed_model(cache: Path) -> None:
+    path, first = onnx_export.onnx_model(TINY_CNN, cache)
+    assert first["cached"] is False and first["export_s"] > 0
+    mtime = path.stat().st_mtime_ns
+    again, second = onnx_export.onnx_model(TINY_CNN, cache)
+    assert again == path and second["cached"] is True and second["export_s"] is None
+    assert path.stat().st_mtime_ns == mtime
+    changed, third = onnx_export.onnx_model(dataclasses.replace(TINY_CNN, version="2"), cache)
+    assert changed != path and third["cached"] is False
+
+
+def test_without_torch_the_cached_export_is_used_or_the_error_says_what_to_do(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = onnx_export.onnx_model(TINY_CNN, cache)
+    monkeypatch.setattr(onnx_export, "torch_available", lambda: False)
+    found, info = onnx_export.onnx_model(TINY_CNN, cache)
+    assert found == path and info["cached"] is True
+    with pytest.raises(onnx_export.OnnxUnavailable, match="tox -e torch"):
+        onnx_export.onnx_model(TINY_CNN, tmp_path / "empty-cache")
+
+
+class TestOnnxRuntime:
+    ort = pytest.importorskip("onnxruntime")
+
+    def prepare(self, precision: str, tmp_path: Path, cache: Path):
+        from plugins.backends import onnxruntime as backend
+
+        info = BackendInfo("onnxruntime", ("cpu",), ("fp32", "int8"))
+        return backend.pytest_infermatrix_prepare(info, TINY_CNN, Target("cpu", precision), context(tmp_path, cache))
+
+    def test_fp32_matches_the_reference(self, tmp_path: Path, cache: Path) -> None:
+        session = self.prepare("fp32", tmp_path, cache)
+        report = check(session, "fp32", cache)
+        assert report.passed and report.rel_l2_error < 1e-5
+        assert session.config["provider"] == "CPUExecutionProvider"
+        assert session.config["intra_op_num_threads"] == 1
+
+    def test_int8_is_a_real_static_quantization_that_passes_the_gate(self, tmp_path: Path, cache: Path) -> None:
+        import onnx
+
+        fp32 = self.prepare("fp32", tmp_path / "a", cache)
+        int8 = self.prepare("int8", tmp_path / "b", cache)
+        report = check(int8, "int8", cache)
+        assert report.passed, report.failures
+        assert report.rel_l2_error > 1e-4  # it is not secretly the fp32 graph
+        ops = {node.op_type for node in onnx.load(str(tmp_path / "b" / int8.config["onnx_file"])).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+        assert int8.size_bytes < fp32.size_bytes / 2
+        assert int8.times.quantize_s > 0
+
+    def test_targets_skip_what_this_build_lacks(self) -> None:
+        from plugins.backends import onnxruntime as backend
+
+        info = BackendInfo("onnxruntime", backend.DEVICES, backend.PRECISIONS)
+        targets = {(t.device, t.precision): t.skip_reason for t in backend.pytest_infermatrix_targets(info)}
+        assert targets[("cpu", "fp32")] is None and targets[("cpu", "int8")] is None
+        assert "fp16" in targets[("cpu", "fp16")]
+        if "CUDAExecutionProvider" not in self.ort.get_available_providers():
+            assert "CUDAExecutionProvider is not in this build" in targets[("cuda", "fp32")]
+
+
+class TestOpenVino:
+    ov = pytest.importorskip("openvino")
+
+    def prepare(self, precision: str, tmp_path: Path, cache: Path, batch_size: int = 4):
+        from plugins.backends import openvino as backend
+
+        info = BackendInfo("openvino", ("cpu",), ("fp32", "bf16", "int8"))
+        return backend.pytest_infermatrix_prepare(
+            info, TINY_CNN, Target("cpu", precision), batch_size, context(tmp_path, cache))
+
+    def test_fp32_really_compiles_f32_even_where_the_cpu_defaults_to_bf16(self, tmp_path: Path, cache: Path) -> None:
+        session = self.prepare("fp32", tmp_path, cache)
+        assert session.config["inference_precision_hint"] == "f32"
+        assert session.config["performance_hint"] == "LATENCY"
+        report = check(session, "fp32", cache)
+        assert report.passed and report.rel_l2_error < 1e-5
+
+    def test_bf16_where_the_cpu_has_it(self, tmp_path: Path, cache: Path) -> None:
+        core = self.ov.Core()
+        if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            pytest.skip("this CPU has no bf16")
+        session = self.prepare("bf16", tmp_path, cache)
+        assert session.config["inference_precision_hint"] == "bf16"
+        report = check(session, "bf16", cache)
+        assert report.passed and report.rel_l2_error > 1e-4  # bf16 really ran
+
+    def test_int8_via_nncf_is_quantized_and_passes_the_gate(self, tmp_path: Path, cache: Path) -> None:
+        fp32 = self.prepare("fp32", tmp_path / "a", cache)
+        int8 = self.prepare("int8", tmp_path / "b", cache)
+        report = check(int8, "int8", cache)
+        assert report.passed, report.failures
+        assert report.rel_l2_error > 1e-4
+        ir = (tmp_path / "b" / "model.xml").read_text()
+        assert "FakeQuantize" in ir or "FakeConvert" in ir
+        # weights are stored as int8 in the IR (its XML dominates the total for a model this small)
+        assert (tmp_path / "b" / "model.bin").stat().st_size < (tmp_path / "a" / "model.bin").stat().st_size / 2
+        assert int8.size_bytes < fp32.size_bytes
+        assert int8.config["inference_precision_hint"] == "f32"  # unquantized parts stay f32
+
+
+def test_onnx_inputs_run_at_any_batch(cache: Path) -> None:
+    import onnxruntime as ort
+
+    path, _ = onnx_export.onnx_model(TINY_CNN, cache)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        (out,) = session.run(None, TINY_CNN.eval_inputs(batch))
+        assert out.shape == (batch, 10) and np.isfinite(out).all()
