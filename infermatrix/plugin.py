@@ -87,6 +87,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     f"(default: {TimingPolicy.target_precision})")
     group.addoption("--threads", type=int, default=None,
                     help="CPU threads per backend (default: the physical cores)")
+    group.addoption("--throughput-time", type=float, default=2.0,
+                    help="seconds each throughput configuration is timed (default: 2)")
     group.addoption("--warm-cache", action="store_true", default=False,
                     help="fill the cache (seeded weights, fp32 references, FLOP counts, ONNX exports) for the "
                     "selected cases, so environments without torch can run them; use with --collect-only")

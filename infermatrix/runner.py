@@ -161,9 +161,37 @@ def device_latency_info(prepared: PreparedCase, rounds: int) -> dict[str, Any]:
 
 def measure_latency(prepared: PreparedCase, benchmark: Any, policy: TimingPolicy) -> TimingResult:
     timing = measure(benchmark, prepared.call, policy, prepared.warmup_calls)
+    prepared.extra_info["scenario"] = "latency"
     prepared.extra_info.update(latency_info(prepared, timing))
     prepared.extra_info.update(device_latency_info(prepared, min(len(timing.samples_s), 200)))
     return timing
+
+
+def measure_throughput(prepared: PreparedCase, benchmark: Any, duration_s: float) -> list[Any]:
+    """Offline throughput over the session's configurations; the best is recorded.
+
+    pytest-benchmark's rounds for this test are the seconds per batch of the best
+    configuration in each timing window, so its table and compare stay meaningful.
+    """
+    from infermatrix.throughput import sweep
+
+    results = sweep(prepared.session, prepared.call, prepared.inputs, prepared.case.batch_size, duration_s,
+                    prepared.threads)
+    best = max(results, key=lambda r: r.samples_per_s)
+    if not getattr(benchmark, "disabled", False):
+        benchmark._mode = "infermatrix.runner.measure_throughput(...)"
+        stats = benchmark._make_stats(1)
+        for window in best.window_s_per_batch:
+            stats.update(window)
+    prepared.extra_info.update(
+        scenario="throughput",
+        throughput_samples_per_s=best.samples_per_s,
+        throughput_best_config=best.as_dict(),
+        throughput_sweep=[r.as_dict() for r in results],
+    )
+    if prepared.flops_per_sample:
+        prepared.extra_info.update(efficiency_info(prepared, prepared.flops_per_sample * best.samples_per_s))
+    return results
 
 
 def memory_info(report: MemoryReport | None) -> dict[str, Any]:

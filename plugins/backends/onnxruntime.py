@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -109,18 +110,60 @@ def quantize_dynamic_int8(source: Path, workdir: Path) -> Path:
     return target
 
 
+def session_options(intra_op_threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    return options
+
+
 @dataclasses.dataclass
 class OrtSession:
     session: Any
     config: Mapping[str, Any]
     times: PrepareTimes
     size_bytes: int | None
+    path: Path | None = None
+    provider: str = "CPUExecutionProvider"
+    pools: list[Any] = dataclasses.field(default_factory=list)
 
     def run(self, inputs: Arrays) -> list[np.ndarray]:
         # CPU provider: outputs are host arrays and the call is synchronous.
         return list(self.session.run(None, inputs))
 
+    def throughput_configs(self, inputs: Arrays, threads: int) -> list[Any]:
+        """Parallel runs: ``requests`` threads share one session (``run`` is thread-safe
+        and releases the GIL), each run with ``threads // requests`` intra-op threads so
+        the cores are split, not oversubscribed."""
+        import onnxruntime as ort
+
+        from infermatrix.throughput import ThroughputConfig
+
+        configs = []
+        requests = 2
+        while requests <= threads and self.path is not None:
+            intra = max(1, threads // requests)
+            session = ort.InferenceSession(str(self.path), sess_options=session_options(intra),
+                                           providers=[self.provider])
+            pool = ThreadPoolExecutor(max_workers=requests)
+            self.pools.append(pool)
+
+            def run(calls: int, session: Any = session, pool: ThreadPoolExecutor = pool) -> None:
+                for future in [pool.submit(session.run, None, inputs) for _ in range(calls)]:
+                    future.result()
+
+            configs.append(ThroughputConfig(f"{requests} parallel runs", requests, run,
+                                            {"intra_op_num_threads": intra, "execution": "thread pool"}))
+            requests *= 2
+        return configs
+
     def close(self) -> None:
+        for pool in self.pools:
+            pool.shutdown(wait=True)
         self.session = None
 
 
@@ -150,11 +193,7 @@ def pytest_infermatrix_prepare(
             quantizer = "quantize_dynamic, int8 weights"
         times.quantize_s = time.perf_counter() - started
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = context.threads
-    options.inter_op_num_threads = 1
+    options = session_options(context.threads)
     provider = PROVIDERS[target.device]
     started = time.perf_counter()
     session = ort.InferenceSession(str(path), sess_options=options, providers=[provider])
@@ -178,4 +217,6 @@ def pytest_infermatrix_prepare(
         },
         times=times,
         size_bytes=path.stat().st_size,
+        path=path,
+        provider=provider,
     )

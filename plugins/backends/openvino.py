@@ -83,6 +83,10 @@ class OpenVinoSession:
     config: Mapping[str, Any]
     times: PrepareTimes
     size_bytes: int | None
+    #: kept to compile the throughput configuration (THROUGHPUT hint) from the same model
+    ov_model: Any = None
+    core: Any = None
+    properties: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def run(self, inputs: Arrays) -> list[np.ndarray]:
         # share_inputs avoids a copy of the inputs; outputs are copied out because the
@@ -90,15 +94,45 @@ class OpenVinoSession:
         results = self.request.infer(inputs, share_inputs=True)
         return [np.array(results[output]) for output in self.compiled.outputs]
 
+    def throughput_configs(self, inputs: Arrays, threads: int) -> list[Any]:
+        """OpenVINO's own throughput path: THROUGHPUT hint, as many streams and
+        requests as the plugin finds optimal, an ``AsyncInferQueue`` kept full."""
+        import openvino as ov
+
+        from infermatrix.throughput import ThroughputConfig
+
+        properties = {**self.properties, "PERFORMANCE_HINT": "THROUGHPUT"}
+        compiled = self.core.compile_model(self.ov_model, self.config["device"], properties)
+        _check_precision(compiled, self.properties["INFERENCE_PRECISION_HINT"], self.config["precision"])
+        requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        queue = ov.AsyncInferQueue(compiled, requests)
+
+        def run(calls: int) -> None:
+            for _ in range(calls):
+                queue.start_async(inputs)
+            queue.wait_all()
+
+        details = {"performance_hint": "THROUGHPUT", "num_streams": _as_text(compiled.get_property("NUM_STREAMS")),
+                   "infer_requests": requests, "execution": "AsyncInferQueue"}
+        return [ThroughputConfig(f"async queue, {requests} requests", requests, run, details)]
+
     def close(self) -> None:
         self.request = None
         self.compiled = None
+        self.ov_model = None
 
 
 def _as_text(value: Any) -> str:
     """OpenVINO properties come back as ov.Type / enums / ints; record them as plain text."""
     to_string = getattr(value, "to_string", None)
     return str(to_string()) if callable(to_string) else str(value)
+
+
+def _check_precision(compiled: Any, expected_hint: str, precision: str) -> None:
+    """Never time a case in another precision than its id says."""
+    reported = _as_text(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    if reported != expected_hint:
+        raise RuntimeError(f"openvino compiled {precision} as {reported}, not {expected_hint}")
 
 
 def quantize_int8(ov_model: Any, model: ModelSpec, batch_size: int) -> Any:
@@ -153,12 +187,7 @@ def pytest_infermatrix_prepare(
                 ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")}
     if device == "CPU":
         reported["INFERENCE_NUM_THREADS"] = _as_text(compiled.get_property("INFERENCE_NUM_THREADS"))
-    if reported["INFERENCE_PRECISION_HINT"] != PRECISION_HINT[target.precision]:
-        # never time a case in a precision other than its id says
-        raise RuntimeError(
-            f"openvino compiled {target.precision} as {reported['INFERENCE_PRECISION_HINT']}, "
-            f"not {PRECISION_HINT[target.precision]}"
-        )
+    _check_precision(compiled, PRECISION_HINT[target.precision], target.precision)
     return OpenVinoSession(
         request=compiled.create_infer_request(),
         compiled=compiled,
@@ -174,4 +203,7 @@ def pytest_infermatrix_prepare(
         },
         times=times,
         size_bytes=size,
+        ov_model=ov_model,
+        core=core,
+        properties=properties,
     )

@@ -1,0 +1,20 @@
+"""Scenario ``throughput`` (offline): the most samples per second for each case.
+
+The case's batch size is one axis of the sweep (the matrix holds each batch size as a
+case); the other is concurrency where the backend has it (OpenVINO's async queue under
+the THROUGHPUT hint, parallel ONNX Runtime runs). Every configuration tried and the
+best one land in ``extra_info``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from infermatrix.runner import PreparedCase, measure_throughput
+
+
+def test_throughput(infermatrix_prepared: PreparedCase, request: pytest.FixtureRequest, benchmark: Any) -> None:
+    results = measure_throughput(infermatrix_prepared, benchmark, request.config.getoption("--throughput-time"))
+    assert all(r.samples_per_s > 0 for r in results), [r.as_dict() for r in results]
