@@ -35,7 +35,9 @@ def announce_backend(
             precisions=precisions,
             available=False,
             reason=f"{name}: {distribution} is not installed (pip install 'infermatrix[{extra}]' or tox -e {extra})",
+            framework_module=module,
         )
     return BackendInfo(
-        name=name, devices=devices, precisions=precisions, version=installed_version(distribution) or "unknown"
+        name=name, devices=devices, precisions=precisions, version=installed_version(distribution) or "unknown",
+        framework_module=module,
     )

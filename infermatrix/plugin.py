@@ -21,6 +21,11 @@ from infermatrix.timing import TimingPolicy
 from infermatrix.types import BackendInfo, Case, MemoryReport, ModelSpec, PrepareContext, Session
 
 ENTRY_POINT_GROUP = "infermatrix"
+#: Scenario modules mark themselves ``pytest.mark.infermatrix_scenario(name)``.
+SCENARIOS = ("latency", "throughput", "cold-start", "memory")
+#: cold-start and memory run each case in a fresh process (seconds per case), so
+#: they are asked for explicitly; the default matrix stays within 20 minutes here.
+DEFAULT_SCENARIOS = ("latency", "throughput")
 
 matrix_key = pytest.StashKey["InfermatrixState"]()
 
@@ -34,6 +39,7 @@ class InfermatrixState:
     cache_root: Path
     policy: TimingPolicy
     accuracy_samples: int
+    scenarios: tuple[str, ...] | None
     _entries: list[matrix.MatrixEntry] | None = None
 
     def entries(self) -> list[matrix.MatrixEntry]:
@@ -87,6 +93,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     f"(default: {TimingPolicy.target_precision})")
     group.addoption("--threads", type=int, default=None,
                     help="CPU threads per backend (default: the physical cores)")
+    group.addoption("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                    help=f"comma list of scenarios to run, or 'all' (default: {','.join(DEFAULT_SCENARIOS)}; "
+                    f"known: {', '.join(SCENARIOS)})")
     group.addoption("--throughput-time", type=float, default=2.0,
                     help="seconds each throughput configuration is timed (default: 2)")
     group.addoption("--warm-cache", action="store_true", default=False,
@@ -112,7 +121,7 @@ def _parse_weights(raw: list[str], models: list[ModelSpec]) -> dict[str, str]:
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "infermatrix: a benchmark test run once per case of the matrix")
+    config.addinivalue_line("markers", "infermatrix_scenario(name): the scenario a suite module measures")
     config.pluginmanager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     hook = config.hook
     models = [m for group in hook.pytest_infermatrix_models() for m in group]
@@ -134,6 +143,12 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except (matrix.SelectionError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
+    scenarios = matrix.parse_list("--scenarios", config.getoption("--scenarios"))
+    if scenarios == ("all",):
+        scenarios = SCENARIOS
+    unknown = [name for name in scenarios or () if name not in SCENARIOS]
+    if unknown:
+        raise pytest.UsageError(f"--scenarios: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(SCENARIOS)}, all")
     accuracy_samples = config.getoption("--accuracy-samples")
     if accuracy_samples < 1:
         raise pytest.UsageError(f"--accuracy-samples={accuracy_samples}: must be at least 1")
@@ -147,6 +162,7 @@ def pytest_configure(config: pytest.Config) -> None:
         cache_root=resolve_cache_dir(config.getoption("--infermatrix-cache"), config.rootpath),
         policy=policy,
         accuracy_samples=accuracy_samples,
+        scenarios=scenarios,
     )
 
 
@@ -182,6 +198,33 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("infermatrix_case", params)
 
 
+@dataclasses.dataclass
+class PreparedCases:
+    """The prepared case in use, shared by the scenarios of one case.
+
+    Scenario tests are reordered so that a case's scenarios run back to back
+    (``pytest_collection_modifyitems``); the session is prepared, warmed and checked
+    once for all of them and closed when the next case starts, so at most one case's
+    model is in memory at a time.
+    """
+
+    current: runner.PreparedCase | None = None
+
+    def take(self, case_id: str) -> runner.PreparedCase | None:
+        if self.current is not None and self.current.case.id == case_id:
+            return self.current
+        self.close()
+        return None
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.session.close()
+            self.current = None
+
+
+prepared_key = pytest.StashKey[PreparedCases]()
+
+
 @pytest.fixture
 def infermatrix_prepared(
     infermatrix_case: Case, request: pytest.FixtureRequest, tmp_path: Path, benchmark: Any
@@ -193,6 +236,7 @@ def infermatrix_prepared(
     """
     config = request.config
     state = config.stash[matrix_key]
+    cases = config.stash.setdefault(prepared_key, PreparedCases())
     case = infermatrix_case
     benchmark.group = f"{case.model.name}-b{case.batch_size}"
     benchmark.extra_info["case_id"] = case.id
@@ -205,22 +249,52 @@ def infermatrix_prepared(
             backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size, context=context
         )
 
-    try:
-        prepared = runner.prepare(
-            case, prepare_session, state.cache_root, state.policy, state.accuracy_samples, threads_option(config)
-        )
-    except reference.ReferenceUnavailable as exc:
-        pytest.skip(str(exc))
+    prepared = cases.take(case.id)
+    if prepared is None:
+        try:
+            prepared = runner.prepare(
+                case, prepare_session, state.cache_root, state.policy, state.accuracy_samples, threads_option(config)
+            )
+        except reference.ReferenceUnavailable as exc:
+            pytest.skip(str(exc))
+        cases.current = prepared
+    prepared.extra_info = {}  # each scenario test records its own figures
     benchmark.extra_info.update(runner.case_info(prepared))
-    try:
-        yield prepared
-        memory = config.hook.pytest_infermatrix_memory(
-            session=prepared.session, baseline_rss_bytes=prepared.rss_before_bytes
-        )
-        prepared.extra_info.update(runner.memory_info(memory))
-        benchmark.extra_info.update(prepared.extra_info)
-    finally:
-        prepared.session.close()
+    yield prepared
+    memory = config.hook.pytest_infermatrix_memory(session=prepared.session, baseline_rss_bytes=prepared.rss_before_bytes)
+    prepared.extra_info.update(runner.memory_info(memory))
+    benchmark.extra_info.update(prepared.extra_info)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run only the selected scenarios, and each case's scenarios back to back."""
+    selected = config.stash[matrix_key].scenarios
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("infermatrix_scenario")
+        if marker is not None and selected is not None and marker.args[0] not in selected:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+
+    def case_order(item: pytest.Item) -> tuple[str, int]:
+        callspec = getattr(item, "callspec", None)
+        case = callspec.params.get("infermatrix_case") if callspec is not None else None
+        marker = item.get_closest_marker("infermatrix_scenario")
+        rank = SCENARIOS.index(marker.args[0]) if marker is not None and marker.args[0] in SCENARIOS else -1
+        return (case.id if isinstance(case, Case) else "", rank)
+
+    # Stable: items of no case keep their order first; each case's scenarios run back to
+    # back, latency first (its prepare also warms the cache the isolated runs reuse).
+    items[:] = sorted(keep, key=case_order)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    cases = session.config.stash.get(prepared_key, None)
+    if cases is not None:
+        cases.close()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -275,9 +349,10 @@ def pytest_infermatrix_memory(session: Session, baseline_rss_bytes: int) -> Memo
     import resource
 
     rss = runner.process_rss_bytes()
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
     return MemoryReport(
-        host_peak_rss_bytes=int(peak_kib) * 1024,
+        host_peak_rss_bytes=peak,
+        host_peak_rss_added_bytes=max(0, peak - baseline_rss_bytes),
         host_rss_delta_bytes=rss - baseline_rss_bytes,
         source="psutil rss (delta) + getrusage ru_maxrss (process peak)",
     )

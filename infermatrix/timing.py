@@ -24,7 +24,7 @@ class TimingPolicy:
 
     warmup_rounds: int = 2
     warmup_time_s: float = 0.2
-    min_rounds: int = 10
+    min_rounds: int = 5
     min_time_s: float = 0.5
     max_time_s: float = 5.0
     max_rounds: int = 100_000

@@ -147,6 +147,8 @@ class BackendInfo:
     available: bool = True
     reason: str = ""
     version: str = ""
+    #: The framework's import name, for timing its import in the cold-start scenario.
+    framework_module: str = ""
 
     def __post_init__(self) -> None:
         if not self.available and not self.reason:
@@ -234,6 +236,8 @@ class MemoryReport:
     """Peak memory of a case: host RSS (bytes) and device memory where there is a device."""
 
     host_peak_rss_bytes: int | None = None
+    #: peak RSS minus RSS before the case: the case's own peak only in a fresh process
+    host_peak_rss_added_bytes: int | None = None
     host_rss_delta_bytes: int | None = None
     device_peak_bytes: int | None = None
     device_process_bytes: int | None = None

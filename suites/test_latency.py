@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from infermatrix.runner import PreparedCase, measure_latency
 from infermatrix.timing import TimingPolicy
+
+
+pytestmark = pytest.mark.infermatrix_scenario("latency")
 
 
 def test_latency(infermatrix_prepared: PreparedCase, infermatrix_policy: TimingPolicy, benchmark: Any) -> None:

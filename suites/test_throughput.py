@@ -15,6 +15,9 @@ import pytest
 from infermatrix.runner import PreparedCase, measure_throughput
 
 
+pytestmark = pytest.mark.infermatrix_scenario("throughput")
+
+
 def test_throughput(infermatrix_prepared: PreparedCase, request: pytest.FixtureRequest, benchmark: Any) -> None:
     results = measure_throughput(infermatrix_prepared, benchmark, request.config.getoption("--throughput-time"))
     assert all(r.samples_per_s > 0 for r in results), [r.as_dict() for r in results]

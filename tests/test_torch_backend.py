@@ -20,7 +20,8 @@ def test_resnet18_fp32_b1_end_to_end_writes_the_documented_json(tmp_path: Path) 
     out = tmp_path / "out.json"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "suites", "-k", "resnet18-torch-cpu-fp32-b1", "-p", "no:cacheprovider",
-         f"--benchmark-json={out}", f"--infermatrix-cache={tmp_path / 'cache'}", "--max-time=1"],
+         f"--benchmark-json={out}", f"--infermatrix-cache={tmp_path / 'cache'}", "--max-time=1",
+         "--scenarios=latency"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -177,8 +177,10 @@ def pytest_infermatrix_memory(session: Any, baseline_rss_bytes: int) -> MemoryRe
     from infermatrix.machine import nvml_process_memory_bytes
     from infermatrix.runner import process_rss_bytes
 
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return MemoryReport(
-        host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        host_peak_rss_bytes=peak,
+        host_peak_rss_added_bytes=max(0, peak - baseline_rss_bytes),
         host_rss_delta_bytes=process_rss_bytes() - baseline_rss_bytes,
         device_peak_bytes=int(torch.cuda.max_memory_allocated()),
         device_process_bytes=nvml_process_memory_bytes(),

@@ -1,0 +1,95 @@
+"""Run one case in a fresh Python process, for the figures a warm process would falsify.
+
+Cold start (framework import, load, convert, quantize, compile, first inference) is only
+cold in a new process, and a process's peak RSS (``ru_maxrss``) only belongs to one case
+when that case is the only thing the process did. The child is an ordinary pytest run
+of the latency scenario for that one case id, so it goes through exactly the same hooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@dataclasses.dataclass(frozen=True)
+class IsolatedRun:
+    case_id: str
+    extra_info: dict[str, Any]
+    latency_samples_s: list[float]
+    process_wall_s: float
+    framework_import_s: float | None
+
+
+def _passthrough_options(config: pytest.Config) -> list[str]:
+    args = []
+    for option in ("--infermatrix-cache", "--threads", "--accuracy-samples"):
+        value = config.getoption(option)
+        if value is not None:
+            args.append(f"{option}={value}")
+    for weights in config.getoption("--model-weights"):
+        args.append(f"--model-weights={weights}")
+    return args
+
+
+def framework_import_seconds(module: str, timeout_s: float = 300) -> float | None:
+    """Seconds ``import module`` takes in a fresh interpreter (None if it fails)."""
+    if not module:
+        return None
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        return None
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def run_isolated(config: pytest.Config, latency_module: Path, case_id: str, framework_module: str,
+                 timeout_s: float = 1800) -> IsolatedRun:
+    """Run ``case_id`` of ``latency_module`` alone in a new process; its result JSON entry."""
+    with tempfile.TemporaryDirectory(prefix="infermatrix-isolated-") as tmp:
+        out = Path(tmp) / "result.json"
+        node = f"{latency_module}::test_latency[{case_id}]"
+        cmd = [
+            sys.executable, "-m", "pytest", node, "-q", "-p", "no:cacheprovider", f"--rootdir={config.rootpath}",
+            f"--benchmark-json={out}", "--scenarios=latency", "--min-rounds=5", "--min-time=0", "--max-time=1",
+            *_passthrough_options(config),
+        ]
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=config.rootpath, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        wall = time.perf_counter() - started
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stdout + proc.stderr)[-2000:]
+            raise RuntimeError(f"{case_id}: the isolated run failed (exit {proc.returncode}):\n{tail}")
+        (bench,) = json.loads(out.read_text())["benchmarks"]
+    return IsolatedRun(
+        case_id=case_id,
+        extra_info=bench["extra_info"],
+        latency_samples_s=list(bench["stats"]["data"]),
+        process_wall_s=wall,
+        framework_import_s=framework_import_seconds(framework_module),
+    )
+
+
+@dataclasses.dataclass
+class IsolatedRuns:
+    """One isolated run per case per pytest session, shared by cold-start and memory."""
+
+    runs: dict[str, IsolatedRun] = dataclasses.field(default_factory=dict)
+
+    def get(self, config: pytest.Config, latency_module: Path, case_id: str, framework_module: str) -> IsolatedRun:
+        if case_id not in self.runs:
+            self.runs[case_id] = run_isolated(config, latency_module, case_id, framework_module)
+        return self.runs[case_id]
+
+
+isolated_key = pytest.StashKey[IsolatedRuns]()

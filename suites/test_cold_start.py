@@ -1,0 +1,48 @@
+"""Scenario ``cold-start``: from nothing to the first answer, in a fresh process.
+
+Each phase is timed apart: the framework's import (its own fresh interpreter), then in a
+fresh pytest process for this case alone: load (weights), convert (export/conversion;
+the ONNX export comes from the shared cache when it is warm), quantize, compile, first
+inference. Opt-in (``--scenarios cold-start`` or ``all``): it costs a new process per case.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infermatrix.isolated import IsolatedRuns, isolated_key
+from infermatrix.types import Case
+
+pytestmark = pytest.mark.infermatrix_scenario("cold-start")
+
+PHASES = ("load_s", "convert_s", "quantize_s", "compile_s", "first_inference_s")
+
+
+def test_cold_start(infermatrix_case: Case, request: pytest.FixtureRequest, benchmark: Any) -> None:
+    runs = request.config.stash.setdefault(isolated_key, IsolatedRuns())
+    latency_module = Path(__file__).with_name("test_latency.py")
+    run = runs.get(request.config, latency_module, infermatrix_case.id, infermatrix_case.backend.framework_module)
+    child = run.extra_info
+    phases = {phase: child[phase] for phase in PHASES if child.get(phase) is not None}
+    total = (run.framework_import_s or 0.0) + child["prepare_s"] + child["first_inference_s"]
+    benchmark.group = f"cold-start-{infermatrix_case.model.name}-b{infermatrix_case.batch_size}"
+    benchmark.extra_info.update(
+        case_id=infermatrix_case.id,
+        scenario="cold-start",
+        framework_import_s=run.framework_import_s,
+        **phases,
+        prepare_s=child["prepare_s"],
+        cold_start_total_s=total,
+        isolated_process_wall_s=run.process_wall_s,
+        onnx_export_cached=child.get("convert_s") is None or infermatrix_case.backend.name.startswith("torch"),
+        backend_config=child["backend_config"],
+        accuracy=child["accuracy"],
+    )
+    # One round: the whole cold start, so pytest-benchmark's table and compare show it.
+    benchmark._mode = "infermatrix cold-start (one isolated run)"
+    benchmark._make_stats(1).update(total)
+    assert child["accuracy"]["passed"], child["accuracy"]["failures"]
+    assert child["first_inference_s"] > 0

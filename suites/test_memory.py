@@ -1,0 +1,42 @@
+"""Scenario ``memory``: what one case costs in memory and on disk.
+
+Measured in a fresh process running only this case (a process's peak RSS says nothing
+about one case once others ran in it): the peak host RSS the case added, the device's
+peak (framework allocator and NVML, where there is a device) and the model's size on
+disk as the backend stores it. Opt-in (``--scenarios memory`` or ``all``). The timing
+rounds recorded are the isolated process's latency rounds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infermatrix.isolated import IsolatedRuns, isolated_key
+from infermatrix.types import Case
+
+pytestmark = pytest.mark.infermatrix_scenario("memory")
+
+
+def test_memory(infermatrix_case: Case, request: pytest.FixtureRequest, benchmark: Any) -> None:
+    runs = request.config.stash.setdefault(isolated_key, IsolatedRuns())
+    latency_module = Path(__file__).with_name("test_latency.py")
+    run = runs.get(request.config, latency_module, infermatrix_case.id, infermatrix_case.backend.framework_module)
+    child = run.extra_info
+    memory = {k: v for k, v in child.items() if k.startswith("memory_")}
+    benchmark.group = f"memory-{infermatrix_case.model.name}-b{infermatrix_case.batch_size}"
+    benchmark.extra_info.update(
+        case_id=infermatrix_case.id,
+        scenario="memory",
+        **memory,
+        model_size_bytes=child.get("model_size_bytes"),
+        backend_config=child["backend_config"],
+        accuracy=child["accuracy"],
+    )
+    benchmark._mode = "infermatrix memory (isolated run)"
+    stats = benchmark._make_stats(1)
+    for sample in run.latency_samples_s:
+        stats.update(sample)
+    assert memory.get("memory_host_peak_rss_added_bytes", 0) > 0, memory
