@@ -96,6 +96,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--scenarios", default=",".join(DEFAULT_SCENARIOS),
                     help=f"comma list of scenarios to run, or 'all' (default: {','.join(DEFAULT_SCENARIOS)}; "
                     f"known: {', '.join(SCENARIOS)})")
+    group.addoption("--repeats", type=int, default=0,
+                    help="also time each latency case in N fresh processes and record the spread "
+                    "between them (default: 0, off)")
     group.addoption("--throughput-time", type=float, default=2.0,
                     help="seconds each throughput configuration is timed (default: 2)")
     group.addoption("--warm-cache", action="store_true", default=False,

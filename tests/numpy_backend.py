@@ -100,6 +100,10 @@ def pytest_infermatrix_prepare(
 ) -> NumpySession | None:
     if backend.name != "numpy":
         return None
+    log = os.environ.get("NUMPY_BACKEND_PREPARE_LOG")
+    if log:  # lets tests count how often a case is prepared
+        with open(log, "a") as fh:
+            fh.write(f"{model.name}-{target.device}-{target.precision}\n")
     dtype = np.float16 if target.precision == "fp16" else np.float32
     matrix = weights(model.weight_seed).astype(dtype)
     return NumpySession(
