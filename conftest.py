@@ -15,6 +15,7 @@ BUILTIN_PLUGINS = (
     "plugins.backends.torch",
     "plugins.backends.onnxruntime",
     "plugins.backends.openvino",
+    "plugins.backends.tensorrt",
 )
 
 pytest_plugins = ["infermatrix.plugin", *BUILTIN_PLUGINS]

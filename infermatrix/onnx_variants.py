@@ -1,0 +1,119 @@
+"""Precision lives in the graph: fp16 and symmetric int8 Q/DQ variants of a model's ONNX.
+
+Strongly typed runtimes (TensorRT 10.12+, and 11.x where weak typing is gone) run the
+precision the graph says, so the conversion happens here, on the CPU, with well-kept
+tools: onnxconverter-common's fp16 converter (keeping fp32 inputs and outputs), and ONNX
+Runtime's static quantizer writing explicit QuantizeLinear/DequantizeLinear pairs with
+*symmetric* int8 activations and per-channel int8 weights (TensorRT requires symmetric
+quantization: zero points must be 0). NVIDIA's ModelOpt does the same but pulls in
+onnxruntime-gpu and cupy (hundreds of MB) — see docs/backends.md.
+
+Each variant is checked with ONNX Runtime on the CPU against the fp32 reference *before*
+any engine is built, so everything up to the engine build runs on every CI machine.
+Variants are cached beside the source export, keyed by its file name and the tools'
+versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from infermatrix.accuracy import AccuracyReport, compare_outputs
+from infermatrix.announce import installed_version
+from infermatrix.cache import ModelCache
+from infermatrix.onnx_export import onnx_model
+from infermatrix.reference import accuracy_inputs, model_cache, reference_outputs
+from infermatrix.types import Arrays, ModelSpec
+
+#: Precisions a graph variant exists for (fp32 and tf32 use the exported graph itself).
+VARIANT_PRECISIONS = ("fp16", "int8")
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphVariant:
+    path: Path
+    precision: str
+    tool: str
+    cached: bool
+
+
+class _CalibrationReader:
+    def __init__(self, batches: list[Arrays]) -> None:
+        self.batches = iter(batches)
+
+    def get_next(self) -> Arrays | None:
+        return next(self.batches, None)
+
+    def rewind(self) -> None:
+        pass
+
+
+def _fp16(source: Path, target: Path) -> str:
+    import warnings
+
+    import onnx
+    from onnxconverter_common import float16
+
+    from infermatrix.cache import atomic_write_bytes
+
+    model = onnx.load(str(source))
+    with warnings.catch_warnings():
+        # "the float32 number ... will be truncated": tiny weights flushed to fp16's range, expected
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    atomic_write_bytes(target, converted.SerializeToString())
+    return f"onnxconverter-common {installed_version('onnxconverter-common')} convert_float_to_float16(keep_io_types)"
+
+
+def _int8_symmetric_qdq(source: Path, target: Path, model: ModelSpec) -> str:
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        preprocessed = Path(tmp) / "preprocessed.onnx"
+        quant_pre_process(str(source), str(preprocessed), skip_symbolic_shape=False)
+        written = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(preprocessed),
+            str(written),
+            _CalibrationReader(model.calibration_inputs(batch_size=1)),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+        written.replace(target)  # same directory: an atomic rename
+    return (f"onnxruntime {installed_version('onnxruntime')} quantize_static QDQ, symmetric int8 activations "
+            "and per-channel weights, MinMax calibration")
+
+
+def graph_variant(model: ModelSpec, precision: str, cache_root: Path) -> GraphVariant:
+    """The model's ONNX graph in ``precision`` (made once, then cached)."""
+    if precision not in VARIANT_PRECISIONS:
+        raise ValueError(f"no graph variant for {precision!r}; variants exist for {', '.join(VARIANT_PRECISIONS)}")
+    source, _ = onnx_model(model, cache_root)
+    cache: ModelCache = model_cache(model, cache_root)
+    tools = installed_version("onnxconverter-common") if precision == "fp16" else installed_version("onnxruntime")
+    target = cache.path(f"{source.stem}.{precision}-{tools}.onnx")
+    index = cache.read_json("variants.json") or {}
+    if target.exists() and target.name in index:
+        return GraphVariant(target, precision, index[target.name], cached=True)
+    tool = _fp16(source, target) if precision == "fp16" else _int8_symmetric_qdq(source, target, model)
+    index[target.name] = tool
+    cache.write_json("variants.json", index)
+    return GraphVariant(target, precision, tool, cached=False)
+
+
+def check_on_cpu(variant: GraphVariant, model: ModelSpec, cache_root: Path, samples: int = 8) -> AccuracyReport:
+    """Run ``variant`` with ONNX Runtime on the CPU and judge it against the fp32 reference."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(variant.path), providers=["CPUExecutionProvider"])
+    got = session.run(None, accuracy_inputs(model, samples))
+    expected = reference_outputs(model, samples, cache_root)
+    return compare_outputs(got, expected, variant.precision, classifier=model.task == "classification")
