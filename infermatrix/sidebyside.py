@@ -1,0 +1,116 @@
+"""Backends side by side, interleaved in one process: ``python -m infermatrix.sidebyside``.
+
+    python -m infermatrix.sidebyside --model resnet18 --batch-size 1 \\
+        --sides torch:fp32,torch-compile:int8,onnxruntime:fp32,onnxruntime:int8,openvino:fp32,openvino:int8
+
+Every side is prepared through the same hooks as in a pytest run (the built-in plugins
+of the root conftest), checked against the fp32 reference, then all sides are timed in
+randomized interleaved trials (see infermatrix.paired). Ratios between sides from one
+such run are far steadier on a noisy machine than medians from separate runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from infermatrix import hookspec, paired, runner
+from infermatrix.cache import resolve_cache_dir
+from infermatrix.machine import physical_cores
+from infermatrix.timing import TimingPolicy
+from infermatrix.types import Case, PrepareContext, Target
+
+
+def plugin_manager(rootdir: Path) -> pluggy.PluginManager:
+    """The hooks of a pytest run, without pytest: the specs plus the built-in plugins."""
+    sys.path.insert(0, str(rootdir))
+    conftest = importlib.import_module("conftest")
+    manager = pluggy.PluginManager("pytest")
+    manager.add_hookspecs(hookspec)
+    for name in conftest.BUILTIN_PLUGINS:
+        manager.register(importlib.import_module(name), name)
+    manager.load_setuptools_entrypoints("infermatrix")
+    return manager
+
+
+def prepare_side(manager: pluggy.PluginManager, model_name: str, side: str, batch_size: int, threads: int,
+                 cache_root: Path, workdir: Path) -> runner.PreparedCase:
+    backend_name, _, spec = side.partition(":")
+    device, _, precision = spec.rpartition("@") if "@" in spec else ("cpu", "", spec)
+    models = {m.name: m for group in manager.hook.pytest_infermatrix_models() for m in group}
+    backends = {b.name: b for group in manager.hook.pytest_infermatrix_backends() for b in group}
+    if model_name not in models or backend_name not in backends:
+        raise SystemExit(f"unknown model {model_name!r} or backend {backend_name!r}; "
+                         f"models: {', '.join(models)}; backends: {', '.join(backends)}")
+    model, backend = models[model_name], backends[backend_name]
+    if not backend.available:
+        raise SystemExit(backend.reason)
+    targets = manager.hook.pytest_infermatrix_targets(backend=backend, config=None) or []
+    target = next((t for t in targets if t.device == device and t.precision == precision), Target(device, precision))
+    if target.skip_reason:
+        raise SystemExit(f"{side}: {target.skip_reason}")
+    case = Case(model, backend, target, batch_size)
+    context = PrepareContext(workdir=workdir, cache_root=cache_root, threads=threads, config=None)
+    prepared = runner.prepare(
+        case,
+        lambda: manager.hook.pytest_infermatrix_prepare(backend=backend, model=model, target=target,
+                                                        batch_size=batch_size, context=context),
+        cache_root, TimingPolicy(), accuracy_samples=8, threads=threads,
+    )
+    if not prepared.accuracy.passed:
+        raise SystemExit(prepared.accuracy.message(case.id))
+    return prepared
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--sides", required=True,
+                        help="comma list of backend:precision (device cpu) or backend:device@precision")
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--calls-per-trial", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rootdir", type=Path, default=Path.cwd())
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args(argv)
+
+    threads = args.threads or physical_cores()
+    cache_root = resolve_cache_dir(None, args.rootdir.resolve())
+    manager = plugin_manager(args.rootdir.resolve())
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    prepared: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="infermatrix-sidebyside-") as tmp:
+        try:
+            for i, side in enumerate(sides):
+                workdir = Path(tmp) / str(i)
+                workdir.mkdir()
+                prepared[side] = prepare_side(manager, args.model, side, args.batch_size, threads, cache_root, workdir)
+            # different backends bring different thread runtimes: interleave in blocks
+            result = paired.interleaved({side: p.call for side, p in prepared.items()}, trials=args.trials,
+                                        calls_per_trial=args.calls_per_trial, blocks=True)
+        finally:
+            for p in prepared.values():
+                p.session.close()
+    summary = result.summary(sides[0])
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.model} b{args.batch_size}, {threads} threads, {args.trials} trials, each side "
+              f"{args.calls_per_trial} calls in a block, block order randomized per trial")
+        for side, row in summary.items():
+            low, high = row["ratio_range"]
+            print(f"  {side:28s} median {row['median_ms']:8.2f} ms   x{row['ratio_to_' + sides[0]]:.2f} of "
+                  f"{sides[0]} (trials {low:.2f}-{high:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""Interleaved paired timing: every side gets its calls in every trial, in the mode asked."""
+
+from __future__ import annotations
+
+import pytest
+
+from infermatrix.paired import interleaved
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+def test_every_side_gets_its_calls_in_every_trial(blocks: bool) -> None:
+    log: list[str] = []
+    calls = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
+    result = interleaved(calls, trials=4, calls_per_trial=5, warmup=1, blocks=blocks)
+    assert len(result.trial_medians_s) == 4
+    assert all(set(trial) == {"a", "b", "c"} for trial in result.trial_medians_s)
+    timed = log[3:]  # after one warm-up call per side
+    per_side = 4 * (5 + (1 if blocks else 0))  # blocks add one untimed switch call per side per trial
+    assert {name: timed.count(name) for name in "abc"} == {"a": per_side, "b": per_side, "c": per_side}
+    if blocks:  # each trial is three uninterrupted runs
+        runs = [timed[i:i + 6] for i in range(0, len(timed), 6)]
+        assert all(len(set(run)) == 1 for run in runs)
+    else:
+        assert any(timed[i] != timed[i + 1] for i in range(len(timed) - 1))
+
+
+def test_ratios_reflect_a_real_difference() -> None:
+    import time
+
+    def fast() -> None:
+        time.sleep(0.0005)
+
+    def slow() -> None:
+        time.sleep(0.0015)
+
+    result = interleaved({"fast": fast, "slow": slow}, trials=3, calls_per_trial=5)
+    assert min(result.ratios("slow", "fast")) > 1.5
+    summary = result.summary("fast")
+    assert summary["fast"]["ratio_to_fast"] == 1.0 and summary["slow"]["ratio_to_fast"] > 1.5
