@@ -40,7 +40,16 @@ class InfermatrixState:
     policy: TimingPolicy
     accuracy_samples: int
     scenarios: tuple[str, ...] | None
+    slowdowns: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: benchmark name -> why it failed, recorded in the result JSON for the verdicts
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
     _entries: list[matrix.MatrixEntry] | None = None
+    _cases: dict[str, Case] | None = None
+
+    def case(self, case_id: str) -> Case:
+        if self._cases is None:
+            self._cases = {e.case.id: e.case for e in self.entries()}
+        return self._cases[case_id]
 
     def entries(self) -> list[matrix.MatrixEntry]:
         """The matrix, built on first use: stating targets may import a framework."""
@@ -99,11 +108,39 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--repeats", type=int, default=0,
                     help="also time each latency case in N fresh processes and record the spread "
                     "between them (default: 0, off)")
+    group.addoption("--inject-slowdown", action="append", default=[], metavar="BACKEND=PERCENT",
+                    help="fault injection: add PERCENT of each timed call's duration to every timed call of "
+                    "BACKEND (e.g. onnxruntime=10), to prove the regression verdicts catch it")
+    group.addoption("--infermatrix-baselines", metavar="DIR",
+                    help="accepted runs per machine (default: <rootdir>/baselines)")
+    group.addoption("--accept-baseline", action="store_true", default=False,
+                    help="store this run as the newest baseline of this machine (atomic; history kept)")
+    group.addoption("--baseline-machine", metavar="FINGERPRINT",
+                    help="compare against another machine's baselines (refused unless named here)")
+    group.addoption("--regression-fails", choices=("yes", "no"), default="yes",
+                    help="with --benchmark-compare: fail the session when a case regressed (default: yes)")
     group.addoption("--throughput-time", type=float, default=2.0,
                     help="seconds each throughput configuration is timed (default: 2)")
     group.addoption("--warm-cache", action="store_true", default=False,
                     help="fill the cache (seeded weights, fp32 references, FLOP counts, ONNX exports) for the "
                     "selected cases, so environments without torch can run them; use with --collect-only")
+
+
+def _parse_slowdowns(raw: list[str], backends: list[BackendInfo]) -> dict[str, float]:
+    names = {b.name for b in backends}
+    found: dict[str, float] = {}
+    for item in raw:
+        backend, sep, percent = item.partition("=")
+        try:
+            value = float(percent)
+        except ValueError:
+            value = -1.0
+        if not sep or value < 0:
+            raise pytest.UsageError(f"--inject-slowdown {item!r}: expected BACKEND=PERCENT, e.g. onnxruntime=10")
+        if backend not in names:
+            raise pytest.UsageError(f"--inject-slowdown: unknown backend {backend!r}; valid: {', '.join(sorted(names))}")
+        found[backend] = value / 100
+    return found
 
 
 def _parse_weights(raw: list[str], models: list[ModelSpec]) -> dict[str, str]:
@@ -156,6 +193,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if accuracy_samples < 1:
         raise pytest.UsageError(f"--accuracy-samples={accuracy_samples}: must be at least 1")
     weights = _parse_weights(config.getoption("--model-weights"), models)
+    slowdowns = _parse_slowdowns(config.getoption("--inject-slowdown"), backends)
     models = [dataclasses.replace(m, weights_path=weights[m.name]) if m.name in weights else m for m in models]
     config.stash[matrix_key] = InfermatrixState(
         config=config,
@@ -166,6 +204,7 @@ def pytest_configure(config: pytest.Config) -> None:
         policy=policy,
         accuracy_samples=accuracy_samples,
         scenarios=scenarios,
+        slowdowns=slowdowns,
     )
 
 
@@ -185,20 +224,28 @@ def threads_option(config: pytest.Config) -> int:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "infermatrix_case" not in metafunc.fixturenames:
+    if "infermatrix_case_id" not in metafunc.fixturenames:
         return
     state = metafunc.config.stash[matrix_key]
     try:
         entries = state.entries()
     except matrix.SelectionError as exc:
         raise pytest.UsageError(str(exc)) from None
+    # Parameters are the plain case ids (they serialize into pytest-benchmark's JSON);
+    # the ``infermatrix_case`` fixture maps an id to its Case.
     params = [
-        pytest.param(e.case, id=e.case.id, marks=[pytest.mark.skip(reason=e.skip_reason)] if e.skip_reason else [])
+        pytest.param(e.case.id, id=e.case.id, marks=[pytest.mark.skip(reason=e.skip_reason)] if e.skip_reason else [])
         for e in entries
     ]
     if not params:
-        params = [pytest.param(None, id="no-cases", marks=pytest.mark.skip(reason="the selection matches no case"))]
-    metafunc.parametrize("infermatrix_case", params)
+        params = [pytest.param("", id="no-cases", marks=pytest.mark.skip(reason="the selection matches no case"))]
+    metafunc.parametrize("infermatrix_case_id", params)
+
+
+@pytest.fixture
+def infermatrix_case(infermatrix_case_id: str, request: pytest.FixtureRequest) -> Case:
+    """The case of this test (model, backend, target, batch size)."""
+    return request.config.stash[matrix_key].case(infermatrix_case_id)
 
 
 @dataclasses.dataclass
@@ -262,6 +309,9 @@ def infermatrix_prepared(
             pytest.skip(str(exc))
         cases.current = prepared
     prepared.extra_info = {}  # each scenario test records its own figures
+    prepared.slowdown = state.slowdowns.get(case.backend.name, 0.0)
+    if prepared.slowdown:
+        benchmark.extra_info["injected_slowdown"] = prepared.slowdown
     benchmark.extra_info.update(runner.case_info(prepared))
     yield prepared
     memory = config.hook.pytest_infermatrix_memory(session=prepared.session, baseline_rss_bytes=prepared.rss_before_bytes)
@@ -284,20 +334,45 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def case_order(item: pytest.Item) -> tuple[str, int]:
         callspec = getattr(item, "callspec", None)
-        case = callspec.params.get("infermatrix_case") if callspec is not None else None
+        case_id = callspec.params.get("infermatrix_case_id", "") if callspec is not None else ""
         marker = item.get_closest_marker("infermatrix_scenario")
         rank = SCENARIOS.index(marker.args[0]) if marker is not None and marker.args[0] in SCENARIOS else -1
-        return (case.id if isinstance(case, Case) else "", rank)
+        return (str(case_id), rank)
 
     # Stable: items of no case keep their order first; each case's scenarios run back to
     # back, latency first (its prepare also warms the cache the isolated runs reuse).
     items[:] = sorted(keep, key=case_order)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Remember failed cases: pytest-benchmark stores no entry for them, the verdicts must."""
+    report = yield
+    if report.failed and "infermatrix_case" in getattr(item, "fixturenames", ()):
+        item.config.stash[matrix_key].failed[item.name] = str(report.longrepr)[-500:]
+    return report
+
+
+def pytest_benchmark_update_json(config: pytest.Config, output_json: dict[str, Any]) -> None:
+    state = config.stash.get(matrix_key, None)
+    if state is not None:
+        output_json["infermatrix"] = {"failed": dict(state.failed)}
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     cases = session.config.stash.get(prepared_key, None)
     if cases is not None:
         cases.close()
+    from infermatrix import compare_session
+
+    compare_session.finish(session)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    from infermatrix import compare_session
+
+    compare_session.report(terminalreporter, config)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -42,9 +42,18 @@ class PreparedCase:
     flops_per_sample: int | None
     threads: int
     extra_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: --inject-slowdown: extra share of each timed call's own duration, spent busy-waiting
+    slowdown: float = 0.0
 
     def call(self) -> list[NDArray[Any]]:
-        return self.session.run(self.inputs)
+        if not self.slowdown:
+            return self.session.run(self.inputs)
+        started = time.perf_counter()
+        outputs = self.session.run(self.inputs)
+        until = started + (time.perf_counter() - started) * (1 + self.slowdown)
+        while time.perf_counter() < until:  # busy-wait: sleep() is far too coarse at µs-ms scale
+            pass
+        return outputs
 
 
 def run_in_batches(session: Session, inputs: Arrays, batch_size: int) -> list[NDArray[Any]]:

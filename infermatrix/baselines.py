@@ -1,0 +1,95 @@
+"""Stored results: ``baselines/<machine fingerprint>/<timestamp>.json``.
+
+Each file is an accepted pytest-benchmark JSON run (raw rounds kept), so
+``pytest-benchmark compare`` reads them too; the files of one fingerprint, oldest
+first, are the history a verdict is judged against. The fingerprint is the hardware
+(CPU model, physical cores, GPU models) and OS/architecture; backend and Python
+versions are not part of it — an upgrade is exactly what users want compared.
+Accepting a run is explicit and atomic (temporary file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from infermatrix.cache import atomic_write_bytes
+
+
+class BaselineError(ValueError):
+    """A stored or given result file cannot be used; the message names it and what to do."""
+
+
+def fingerprint(machine_info: dict[str, Any]) -> str:
+    """A directory name for this hardware, readable and unique (hash of the facts)."""
+    im = machine_info.get("infermatrix") or {}
+    cpu = str(im.get("cpu_model") or machine_info.get("cpu", {}).get("brand_raw") or machine_info.get("processor")
+              or "unknown-cpu")
+    cores = im.get("cpu_physical_cores") or machine_info.get("cpu", {}).get("count") or 0
+    gpus = sorted(g.get("name", "") for g in im.get("gpus", []))
+    system = str(im.get("os") or machine_info.get("system") or "")
+    arch = str(im.get("arch") or machine_info.get("machine") or "")
+    facts = {"cpu": cpu, "cores": cores, "gpus": gpus, "os": system, "arch": arch}
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:8]
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{cpu}-{cores}c-{'-'.join(gpus) or 'nogpu'}-{system}-{arch}".lower())
+    return f"{slug.strip('-')[:80]}-{digest}"
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    """A pytest-benchmark JSON run, validated; errors name the file and what to do."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BaselineError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise BaselineError(f"{path}: cannot read it ({exc.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BaselineError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); the file is truncated or not a result — "
+            "remove it or replace it with a run saved by --benchmark-json"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) or "machine_info" not in data:
+        raise BaselineError(
+            f"{path}: not a pytest-benchmark result (needs 'machine_info' and a 'benchmarks' list); "
+            "give a file written by --benchmark-json"
+        )
+    for i, bench in enumerate(data["benchmarks"]):
+        if not isinstance(bench, dict) or "stats" not in bench or "extra_info" not in bench:
+            raise BaselineError(f"{path}: benchmark #{i} lacks 'stats' or 'extra_info'; not an infermatrix result")
+        if "case_id" not in bench["extra_info"]:
+            raise BaselineError(f"{path}: benchmark #{i} ({bench.get('name')}) has no case_id: not an infermatrix run")
+    return data
+
+
+def history(baselines_dir: Path, machine: str) -> list[Path]:
+    """Accepted runs of ``machine``, oldest first."""
+    folder = baselines_dir / machine
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def accept(run: dict[str, Any], baselines_dir: Path, allow_other_machine: bool = False,
+           expected_machine: str | None = None) -> Path:
+    """Store ``run`` as the newest baseline of its machine, atomically; earlier runs stay."""
+    machine = fingerprint(run["machine_info"])
+    if expected_machine is not None and machine != expected_machine and not allow_other_machine:
+        raise BaselineError(f"this run is from machine {machine}, not {expected_machine}; refusing to file it there")
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = baselines_dir / machine / f"{stamp}.json"
+    n = 1
+    while target.exists():  # two runs in one second: never overwrite
+        target = baselines_dir / machine / f"{stamp}-{n}.json"
+        n += 1
+    try:
+        atomic_write_bytes(target, json.dumps(run, indent=1).encode())
+    except OSError as exc:
+        raise BaselineError(
+            f"{target}: could not save the baseline ({exc.strerror}); the earlier baselines are untouched — "
+            "free space or make the directory writable and accept the run again"
+        ) from None
+    return target
