@@ -2,6 +2,7 @@
 
     python -m infermatrix compare BASELINE... CURRENT [--json]
     python -m infermatrix accept RESULT.json [--baselines DIR]
+    python -m infermatrix ab --cases ID,... [side options]   (paired A/B, see infermatrix.ab)
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from infermatrix import baselines, verdicts
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ab"]:
+        from infermatrix import ab
+
+        return ab.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m infermatrix", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     compare = commands.add_parser("compare", help="judge the last run against the runs before it (oldest first)")
@@ -25,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                          help="smallest change called a regression (fraction, default 0.05)")
     compare.add_argument("--allow-other-machine", action="store_true",
                          help="compare runs from different machines (refused by default)")
+    commands.add_parser("ab", help="paired A/B comparison of two sides (see python -m infermatrix ab --help)")
     accept = commands.add_parser("accept", help="store a run as the newest baseline of its machine")
     accept.add_argument("result", type=Path)
     accept.add_argument("--baselines", type=Path, default=Path("baselines"))

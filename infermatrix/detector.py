@@ -1,0 +1,136 @@
+"""How well do the verdicts detect, on this machine?  ``python -m infermatrix.detector``
+
+Two measurements on real runs (not a timed unit test):
+
+nightly  ``--runs`` separate pytest runs of a small latency matrix, unchanged; then
+         leave-one-out: each run judged against the others as history (A/A false
+         positives), and runs with ``--inject-slowdown`` at 10% and 20% on one backend
+         judged against all unchanged runs (recall on that backend's cases, false
+         positives on the rest). pytest-benchmark's own ``median:10%`` rule (last
+         unchanged run vs each run) is scored on the same runs for comparison.
+paired   ``python -m infermatrix ab`` on every case of the matrix, A/A and with a 10%
+         slowdown injected into side B, ``--repeats`` times: recall and false positives.
+
+Prints a summary; ``--out DIR`` keeps the run JSON files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infermatrix import ab, verdicts
+
+MODELS = "resnet18,mobilenet_v2"
+BACKENDS = "onnxruntime,openvino"
+
+
+def pytest_run(rootdir: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "pytest", "suites/test_latency.py", "-q", "-p", "no:cacheprovider",
+           "--models", MODELS, "--backends", BACKENDS, "--devices", "cpu", "--precisions", "fp32,int8",
+           "--batch-sizes", "1", "--scenarios", "latency", f"--benchmark-json={out}", *extra]
+    subprocess.run(cmd, cwd=rootdir, check=True, capture_output=True, text=True)
+    return dict(json.loads(out.read_text()))
+
+
+def median_rule(old: dict[str, Any], new: dict[str, Any], threshold: float = 0.10) -> dict[str, bool]:
+    """pytest-benchmark's --benchmark-compare-fail=median:10% on one pair of runs."""
+    before = {b["name"]: b["stats"]["median"] for b in old["benchmarks"]}
+    return {b["name"]: b["stats"]["median"] > before[b["name"]] * (1 + threshold)
+            for b in new["benchmarks"] if b["name"] in before}
+
+
+def nightly(rootdir: Path, runs: int, folder: Path) -> dict[str, Any]:
+    unchanged = [pytest_run(rootdir, folder / f"aa-{i}.json", []) for i in range(runs)]
+    aa_flags = aa_total = 0
+    rule_flags = rule_total = 0
+    mdcs = []
+    for i in range(runs):
+        history = [r for j, r in enumerate(unchanged) if j != i]
+        results = verdicts.judge(history, unchanged[i])
+        aa_flags += sum(v.verdict in ("regressed", "improved") for v in results)
+        aa_total += len(results)
+        mdcs += [v.min_detectable_change for v in results if v.min_detectable_change is not None]
+        if i > 0:
+            flags = median_rule(unchanged[i - 1], unchanged[i])
+            rule_flags += sum(flags.values())
+            rule_total += len(flags)
+    injected = {}
+    for percent in (10, 20):
+        run = pytest_run(rootdir, folder / f"slow{percent}.json", ["--inject-slowdown", f"onnxruntime={percent}"])
+        results = verdicts.judge(unchanged, run)
+        slowed = [v for v in results if "onnxruntime" in v.key]
+        others = [v for v in results if "onnxruntime" not in v.key]
+        rule = median_rule(unchanged[-1], run)
+        injected[f"{percent}%"] = {
+            "recall": sum(v.verdict == "regressed" for v in slowed) / len(slowed),
+            "recall_where_detectable": (
+                sum(v.verdict == "regressed" for v in slowed if v.min_detectable_change <= percent / 100)
+                / max(1, sum(v.min_detectable_change <= percent / 100 for v in slowed))),
+            "false_positives_other_backend": sum(v.verdict in ("regressed", "improved") for v in others) / len(others),
+            "median_rule_recall": float(np.mean([rule[v.key] for v in slowed if v.key in rule])),
+            "median_rule_false_positives": float(np.mean([rule[v.key] for v in others if v.key in rule])),
+        }
+    return {
+        "history_runs": runs - 1,
+        "aa_false_positive_rate": aa_flags / aa_total,
+        "median_min_detectable_change": float(np.median(mdcs)),
+        "median_rule_aa_false_positive_rate": rule_flags / max(1, rule_total),
+        "injected": injected,
+    }
+
+
+def paired(rootdir: Path, repeats: int, cases: list[str]) -> dict[str, Any]:
+    a = ab.Side("a", sys.executable, rootdir, None, 0.0)
+    b_same = ab.Side("b", sys.executable, rootdir, None, 0.0)
+    b_slow = ab.Side("b", sys.executable, rootdir, None, 10.0)
+    hits = fps = 0
+    ratios_aa, ratios_ab = [], []
+    for repeat in range(repeats):
+        aa = {c: ab.measure_case(c, a, b_same, 12, 20, seed=repeat * 100 + i) for i, c in enumerate(cases)}
+        slow = {c: ab.measure_case(c, a, b_slow, 12, 20, seed=repeat * 100 + i) for i, c in enumerate(cases)}
+        fps += sum(v.verdict != "unchanged" for v in ab.judge_paired(aa))
+        hits += sum(v.verdict == "regressed" for v in ab.judge_paired(slow))
+        ratios_aa += [math.exp(np.mean(np.log(r))) for r in aa.values()]
+        ratios_ab += [math.exp(np.mean(np.log(r))) for r in slow.values()]
+    total = repeats * len(cases)
+    return {
+        "cases": cases, "repeats": repeats,
+        "recall_at_10pct": hits / total, "false_positive_rate": fps / total,
+        "aa_ratio_range": [min(ratios_aa), max(ratios_aa)], "ab_ratio_range": [min(ratios_ab), max(ratios_ab)],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rootdir", type=Path, default=Path.cwd())
+    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", choices=("nightly", "paired"), default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    rootdir = args.rootdir.resolve()
+    cases = [f"{m}-{b}-cpu-{p}-b1" for m in MODELS.split(",") for b in BACKENDS.split(",") for p in ("fp32", "int8")]
+    summary: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.out or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        if args.only in (None, "paired"):
+            summary["paired"] = paired(rootdir, args.repeats, cases)
+            print(json.dumps(summary, indent=2), flush=True)
+        if args.only in (None, "nightly"):
+            summary["nightly"] = nightly(rootdir, args.runs, folder)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
