@@ -95,9 +95,10 @@ def measure_case(case_id: str, a: Side, b: Side, trials: int, calls: int, seed: 
                     proc.kill()
 
 
-def judge_paired(ratios_by_case: dict[str, list[float]], policy: Policy = Policy()) -> list[Verdict]:
+def judge_paired(ratios_by_case: dict[str, list[float]], policy: Policy | None = None) -> list[Verdict]:
     from scipy import stats
 
+    policy = policy or Policy()
     keys = sorted(ratios_by_case)
     rows = []
     for key in keys:
@@ -112,7 +113,7 @@ def judge_paired(ratios_by_case: dict[str, list[float]], policy: Policy = Policy
         rows.append((key, mean, half, p, n))
     q_values = stats.false_discovery_control([r[3] for r in rows], method="bh") if rows else []
     verdicts = []
-    for (key, mean, half, p, n), q in zip(rows, q_values):
+    for (key, mean, half, p, n), q in zip(rows, q_values, strict=True):
         ratio = math.exp(mean)
         verdict, reason = "unchanged", ""
         if q < policy.alpha and ratio >= 1 + policy.min_effect:

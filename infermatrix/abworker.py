@@ -24,7 +24,7 @@ from infermatrix.timing import TimingPolicy
 from infermatrix.types import PrepareContext
 
 
-def send(payload: dict) -> None:
+def send(payload: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(payload) + "\n")
     sys.stdout.flush()
 
@@ -55,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
                 by_id[args.case] = dataclasses.replace(entry, case=dataclasses.replace(entry.case,
                                                                                          batch_size=int(batch)))
                 break
-    entry = by_id.get(args.case)
-    if entry is None:
+    found = by_id.get(args.case)
+    if found is None:
         send({"error": f"unknown case {args.case!r}"})
         return 2
+    entry = found
     if entry.skip_reason:
         send({"error": f"{args.case}: {entry.skip_reason}"})
         return 2

@@ -91,7 +91,7 @@ def compare_outputs(
         raise ValueError(f"no accuracy tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}")
     failures: list[str] = []
     got_parts, ref_parts = [], []
-    for i, (got, ref) in enumerate(zip(outputs, reference)):
+    for i, (got, ref) in enumerate(zip(outputs, reference, strict=True)):
         got = np.asarray(got)
         if got.shape != ref.shape:
             raise ValueError(f"output {i}: shape {got.shape} differs from the reference's {ref.shape}")

@@ -34,7 +34,7 @@ def _current_run(config: pytest.Config) -> dict[str, Any] | None:
     output = config.hook.pytest_benchmark_generate_json(config=config, benchmarks=bs.benchmarks, include_data=True,
                                                         machine_info=machine_info, commit_info=commit_info)
     config.hook.pytest_benchmark_update_json(config=config, benchmarks=bs.benchmarks, output_json=output)
-    return output
+    return dict(output)
 
 
 def baselines_dir(config: pytest.Config) -> Path:

@@ -73,8 +73,8 @@ def nightly(rootdir: Path, runs: int, folder: Path) -> dict[str, Any]:
         injected[f"{percent}%"] = {
             "recall": sum(v.verdict == "regressed" for v in slowed) / len(slowed),
             "recall_where_detectable": (
-                sum(v.verdict == "regressed" for v in slowed if v.min_detectable_change <= percent / 100)
-                / max(1, sum(v.min_detectable_change <= percent / 100 for v in slowed))),
+                sum(v.verdict == "regressed" for v in slowed if (v.min_detectable_change or 1) <= percent / 100)
+                / max(1, sum((v.min_detectable_change or 1) <= percent / 100 for v in slowed))),
             "false_positives_other_backend": sum(v.verdict in ("regressed", "improved") for v in others) / len(others),
             "median_rule_recall": float(np.mean([rule[v.key] for v in slowed if v.key in rule])),
             "median_rule_false_positives": float(np.mean([rule[v.key] for v in others if v.key in rule])),

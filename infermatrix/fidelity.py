@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model} b{args.batch_size} openvino CPU f32, LATENCY hint, sync, {threads} threads; "
           f"{args.seconds} s per side, alternating")
     for tool_ms, suite_ms in rows:
-        print(f"  benchmark_app median {tool_ms:7.2f} ms   suite median {suite_ms:7.2f} ms   suite/tool {suite_ms / tool_ms:.3f}")
+        print(f"  benchmark_app median {tool_ms:7.2f} ms   suite median {suite_ms:7.2f} ms   "
+              f"suite/tool {suite_ms / tool_ms:.3f}")
     ratios = [suite / tool for tool, suite in rows]
     print(f"  median ratio suite/tool: {statistics.median(ratios):.3f}")
     return 0

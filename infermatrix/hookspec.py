@@ -25,7 +25,7 @@ hookspec = pytest.hookspec
 
 
 @hookspec
-def pytest_infermatrix_models() -> list[ModelSpec]:
+def pytest_infermatrix_models() -> list[ModelSpec]:  # type: ignore[empty-body]
     """Return the models this plugin provides.
 
     Every plugin's list is flattened into the matrix. A model must be cheap to
@@ -34,7 +34,7 @@ def pytest_infermatrix_models() -> list[ModelSpec]:
 
 
 @hookspec
-def pytest_infermatrix_backends() -> list[BackendInfo]:
+def pytest_infermatrix_backends() -> list[BackendInfo]:  # type: ignore[empty-body]
     """Return the backends this plugin provides.
 
     Announce a backend even when its framework is missing, with ``available=False``

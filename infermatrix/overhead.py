@@ -45,7 +45,7 @@ def harness_loop(call: Any, n: int) -> float:
 
     from infermatrix.timing import TimingPolicy, timed_rounds
 
-    stats = Stats()
+    stats = Stats()  # type: ignore[no-untyped-call]
     # precision target unreachable and budget ample, so exactly n rounds run
     policy = TimingPolicy(min_rounds=n, min_time_s=0.0, max_time_s=3600.0, max_rounds=n, target_precision=1e-9)
     started = time.perf_counter()

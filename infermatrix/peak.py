@@ -40,23 +40,23 @@ def _best_rate(call: Any, flops: float, sync: Any = None, repeats: int = 5, min_
     return best
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_peak(device: str, precision: str, threads: int) -> Peak | None:
     """FLOP/s of a square matrix product in ``precision`` on ``device``; None where this
     suite has no way to measure it (e.g. int8 without torch's ``_int_mm``)."""
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    if torch is None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
         if device != "cpu" or precision != "fp32":
             return None
         import numpy as np
 
         n = 2048
-        a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-        rate = _best_rate(lambda: a @ a, 2.0 * n**3)
+        matrix = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+        rate = _best_rate(lambda: matrix @ matrix, 2.0 * n**3)
         return Peak(rate, f"numpy float32 matmul {n}x{n}x{n}")
+
+    import torch
 
     if device == "cuda" and not torch.cuda.is_available():
         return None

@@ -18,7 +18,7 @@ from infermatrix import hookspec, matrix, reference, runner
 from infermatrix.cache import resolve_cache_dir
 from infermatrix.machine import machine_summary
 from infermatrix.timing import TimingPolicy
-from infermatrix.types import BackendInfo, Case, MemoryReport, ModelSpec, PrepareContext, Session
+from infermatrix.types import KNOWN_PRECISIONS, BackendInfo, Case, MemoryReport, ModelSpec, PrepareContext, Session
 
 ENTRY_POINT_GROUP = "infermatrix"
 #: Scenario modules mark themselves ``pytest.mark.infermatrix_scenario(name)``.
@@ -138,7 +138,9 @@ def _parse_slowdowns(raw: list[str], backends: list[BackendInfo]) -> dict[str, f
         if not sep or value < 0:
             raise pytest.UsageError(f"--inject-slowdown {item!r}: expected BACKEND=PERCENT, e.g. onnxruntime=10")
         if backend not in names:
-            raise pytest.UsageError(f"--inject-slowdown: unknown backend {backend!r}; valid: {', '.join(sorted(names))}")
+            raise pytest.UsageError(
+                f"--inject-slowdown: unknown backend {backend!r}; valid: {', '.join(sorted(names))}"
+            )
         found[backend] = value / 100
     return found
 
@@ -188,7 +190,9 @@ def pytest_configure(config: pytest.Config) -> None:
         scenarios = SCENARIOS
     unknown = [name for name in scenarios or () if name not in SCENARIOS]
     if unknown:
-        raise pytest.UsageError(f"--scenarios: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(SCENARIOS)}, all")
+        raise pytest.UsageError(
+            f"--scenarios: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(SCENARIOS)}, all"
+        )
     accuracy_samples = config.getoption("--accuracy-samples")
     if accuracy_samples < 1:
         raise pytest.UsageError(f"--accuracy-samples={accuracy_samples}: must be at least 1")
@@ -295,9 +299,10 @@ def infermatrix_prepared(
         context = PrepareContext(
             workdir=tmp_path, cache_root=state.cache_root, threads=threads_option(config), config=config
         )
-        return config.hook.pytest_infermatrix_prepare(
+        session: Session | None = config.hook.pytest_infermatrix_prepare(
             backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size, context=context
         )
+        return session
 
     prepared = cases.take(case.id)
     if prepared is None:
@@ -314,7 +319,9 @@ def infermatrix_prepared(
         benchmark.extra_info["injected_slowdown"] = prepared.slowdown
     benchmark.extra_info.update(runner.case_info(prepared))
     yield prepared
-    memory = config.hook.pytest_infermatrix_memory(session=prepared.session, baseline_rss_bytes=prepared.rss_before_bytes)
+    memory = config.hook.pytest_infermatrix_memory(
+        session=prepared.session, baseline_rss_bytes=prepared.rss_before_bytes
+    )
     prepared.extra_info.update(runner.memory_info(memory))
     benchmark.extra_info.update(prepared.extra_info)
 
@@ -380,7 +387,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
     """The accuracy gate: a case whose outputs are wrong fails before it is timed."""
     prepared = pyfuncitem.funcargs.get("infermatrix_prepared")
     if isinstance(prepared, runner.PreparedCase) and not prepared.accuracy.passed:
-        benchmark = pyfuncitem.funcargs.get("benchmark")
+        benchmark: Any = pyfuncitem.funcargs.get("benchmark")
         if benchmark is not None:
             # Deliberately untimed: keeps pytest-benchmark from warning "fixture was not used".
             benchmark._mode = "infermatrix accuracy gate (failed, not timed)"
@@ -459,5 +466,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def case_id_pattern() -> re.Pattern[str]:
     """What every case id looks like: ``model-backend-device-precision-bN``."""
-    return re.compile(r"^(?P<model>[^-]+)-(?P<backend>.+)-(?P<device>[^-]+)-(?P<precision>fp32|tf32|fp16|bf16|int8|int8-dynamic|int4)-b(?P<batch>\d+)$")
+    precisions = "|".join(sorted(KNOWN_PRECISIONS, key=len, reverse=True))
+    return re.compile(
+        rf"^(?P<model>[^-]+)-(?P<backend>.+)-(?P<device>[^-]+)-(?P<precision>{precisions})-b(?P<batch>\d+)$"
+    )
 

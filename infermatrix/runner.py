@@ -63,7 +63,7 @@ def run_in_batches(session: Session, inputs: Arrays, batch_size: int) -> list[ND
     for start in range(0, n, batch_size):
         batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
         pieces.append([np.asarray(o) for o in session.run(batch)])
-    return [np.concatenate(parts, axis=0) for parts in zip(*pieces)]
+    return [np.concatenate(parts, axis=0) for parts in zip(*pieces, strict=True)]
 
 
 def check_accuracy(case: Case, session: Session, cache_root: Path, min_samples: int) -> AccuracyReport:

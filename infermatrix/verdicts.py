@@ -87,10 +87,11 @@ def summarize(run: dict[str, Any]) -> tuple[dict[str, CaseRun], dict[str, str]]:
 
 
 def judge(history_runs: Sequence[dict[str, Any]], current_run: dict[str, Any],
-          policy: Policy = Policy()) -> list[Verdict]:
+          policy: Policy | None = None) -> list[Verdict]:
     """Verdicts for every case of the current run and of the history (oldest first)."""
     from scipy import stats
 
+    policy = policy or Policy()
     history = [summarize(run)[0] for run in history_runs]
     current, failed = summarize(current_run)
     keys = sorted(set(current) | {k for run in history for k in run} | set(failed))
@@ -110,7 +111,7 @@ def judge(history_runs: Sequence[dict[str, Any]], current_run: dict[str, Any],
     spread: dict[str, float] = {}
     count: dict[str, int] = {}
     for key in keys:
-        logs = np.array([math.log(run[key].median_s) - offset for run, offset in zip(history, run_offsets)
+        logs = np.array([math.log(run[key].median_s) - offset for run, offset in zip(history, run_offsets, strict=True)
                          if key in run])
         if key in current and len(logs):
             log_ratio[key] = math.log(current[key].median_s) - float(np.mean(logs))
@@ -156,7 +157,7 @@ def judge(history_runs: Sequence[dict[str, Any]], current_run: dict[str, Any],
     if pending:
         p_values = np.array([2 * stats.t.sf(abs(lr / scale), df) for _, lr, scale, df in pending])
         q_values = stats.false_discovery_control(p_values, method="bh")
-        for (key, lr, scale, df), p, q in zip(pending, p_values, q_values):
+        for (key, lr, scale, df), p, q in zip(pending, p_values, q_values, strict=True):
             ratio = math.exp(lr)
             t_crit = float(stats.t.ppf(1 - policy.alpha / 2, df))
             ci = (math.exp(lr - t_crit * scale), math.exp(lr + t_crit * scale))
@@ -166,7 +167,7 @@ def judge(history_runs: Sequence[dict[str, Any]], current_run: dict[str, Any],
                 verdict, reason = "regressed", f"{(ratio - 1) * 100:.1f}% slower (q={q:.3g})"
             elif q < policy.alpha and ratio <= 1 / (1 + policy.min_effect):
                 verdict, reason = "improved", f"{(1 - ratio) * 100:.1f}% faster (q={q:.3g})"
-            baseline_cos = [run[key].cosine for run in history if key in run and run[key].cosine is not None]
+            baseline_cos = [c for run in history if key in run and (c := run[key].cosine) is not None]
             cos_now = current[key].cosine
             if cos_now is not None and baseline_cos and cos_now < min(baseline_cos) - policy.accuracy_drop:
                 verdict, reason = "regressed", f"accuracy dropped: cosine {cos_now:.5f} < {min(baseline_cos):.5f}"

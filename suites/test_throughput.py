@@ -14,7 +14,6 @@ import pytest
 
 from infermatrix.runner import PreparedCase, measure_throughput
 
-
 pytestmark = pytest.mark.infermatrix_scenario("throughput")
 
 

@@ -3,12 +3,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 # pytester's in-process runs forget modules first imported inside them, and numpy's C
 # modules (numpy.fft, pulled in by scipy.stats) refuse a second import: load them here.
 import cpuinfo  # noqa: F401
 import psutil  # noqa: F401
+import pytest
 import scipy.stats  # noqa: F401
 
 pytest_plugins = ["pytester"]

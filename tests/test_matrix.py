@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers import FAST
 
 from infermatrix.plugin import case_id_pattern
-
-from helpers import FAST
 
 ALL_NUMPY_IDS = {
     "tinymlp-numpy-cpu-fp32-b1", "tinymlp-numpy-cpu-fp32-b4",
@@ -46,7 +45,8 @@ def test_collect_lists_every_case_with_the_id_scheme(suite: pytest.Pytester) -> 
         (["--models", "tinylinear"], {i for i in ALL_NUMPY_IDS if i.startswith("tinylinear-")}),
         (["--backends", "ghost"], {i for i in ALL_NUMPY_IDS if "-ghost-" in i}),
         (["--devices", "fakegpu"], {i for i in ALL_NUMPY_IDS if "-fakegpu-" in i}),
-        (["--precisions", "fp16,int8"], {i for i in ALL_NUMPY_IDS if i.split("-")[3] in ("fp16", "int8") and "dynamic" not in i}),
+        (["--precisions", "fp16,int8"],
+         {i for i in ALL_NUMPY_IDS if i.split("-")[3] in ("fp16", "int8") and "dynamic" not in i}),
         (["--batch-sizes", "3", "--backends", "numpy", "--precisions", "fp32", "--devices", "cpu"],
          {"tinymlp-numpy-cpu-fp32-b3", "tinylinear-numpy-cpu-fp32-b3"}),
     ],

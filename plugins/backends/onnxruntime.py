@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 

@@ -159,7 +159,8 @@ def pytest_infermatrix_prepare(
     core = ov.Core()
     started = time.perf_counter()
     ov_model = ov.convert_model(str(source))
-    ov_model.reshape({inp.get_any_name(): [batch_size, *spec.shape] for inp, spec in zip(ov_model.inputs, model.inputs)})
+    ov_model.reshape({inp.get_any_name(): [batch_size, *spec.shape]
+                      for inp, spec in zip(ov_model.inputs, model.inputs, strict=True)})
     times.convert_s = time.perf_counter() - started + (export["export_s"] or 0.0)
     quantizer = None
     if target.precision == "int8":
