@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
               "their timings are not comparable — pass --allow-other-machine to compare anyway", file=sys.stderr)
         return 2
     results = verdicts.judge(runs[:-1], runs[-1], verdicts.Policy(alpha=args.alpha, min_effect=args.min_effect))
+    changes = baselines.version_changes(runs[-2], runs[-1])
+    if changes and not args.json:
+        print("versions differ from the newest baseline: " + "; ".join(changes))
     if args.json:
         print(json.dumps({v.key: v.as_dict() for v in results}, indent=2))
     else:

@@ -19,6 +19,7 @@ as ``compare``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,6 +27,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     for side in ("a", "b"):
         parser.add_argument(f"--{side}-python", default=sys.executable)
         parser.add_argument(f"--{side}-rootdir", type=Path, default=Path.cwd())
+        parser.add_argument(f"--{side}-commit", default=None, metavar="REV",
+                            help="run this side from a temporary git worktree of the checkout at REV")
         parser.add_argument(f"--{side}-threads", type=int, default=None)
         parser.add_argument(f"--{side}-inject-slowdown", type=float, default=0.0, metavar="PERCENT")
     parser.add_argument("--trials", type=int, default=12)
@@ -144,8 +148,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    sides = [Side(name, getattr(args, f"{name}_python"), getattr(args, f"{name}_rootdir").resolve(),
-                  getattr(args, f"{name}_threads"), getattr(args, f"{name}_inject_slowdown")) for name in ("a", "b")]
+    with contextlib.ExitStack() as stack:
+        sides = []
+        for name in ("a", "b"):
+            rootdir = getattr(args, f"{name}_rootdir").resolve()
+            commit = getattr(args, f"{name}_commit")
+            if commit:
+                rootdir = stack.enter_context(worktree(rootdir, commit))
+            sides.append(Side(name, getattr(args, f"{name}_python"), rootdir, getattr(args, f"{name}_threads"),
+                              getattr(args, f"{name}_inject_slowdown")))
+        return run_sides(args, sides)
+
+
+@contextlib.contextmanager
+def worktree(repo: Path, commit: str) -> Iterator[Path]:
+    """A detached ``git worktree`` of ``repo`` at ``commit``, removed afterwards. It shares
+    the repository's cache directory (the same model content gives the same keys)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="infermatrix-ab-worktree-") as tmp:
+        path = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(path), commit], check=True,
+                       capture_output=True, text=True)
+        cache = repo / ".infermatrix-cache"
+        if cache.exists():
+            (path / ".infermatrix-cache").symlink_to(cache)
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(path)],
+                           capture_output=True, text=True)
+
+
+def run_sides(args: argparse.Namespace, sides: list[Side]) -> int:
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     ratios = {}
     for i, case_id in enumerate(cases):

@@ -67,6 +67,21 @@ def load_run(path: Path) -> dict[str, Any]:
     return data
 
 
+def version_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two runs' software (Python, backends): shown beside the verdicts,
+    since an upgrade is a change users want compared, not a reason for a new baseline."""
+    def versions(run: dict[str, Any]) -> dict[str, str]:
+        info = run.get("machine_info", {})
+        found = {"python": str(info.get("python_version", ""))}
+        for name, backend in (info.get("infermatrix", {}).get("backends") or {}).items():
+            found[name] = str(backend.get("version", "")) if backend.get("available") else "not installed"
+        return found
+
+    before, after = versions(old), versions(new)
+    return [f"{name} {before.get(name, '–')} -> {after.get(name, '–')}"
+            for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
+
+
 def history(baselines_dir: Path, machine: str) -> list[Path]:
     """Accepted runs of ``machine``, oldest first."""
     folder = baselines_dir / machine

@@ -71,6 +71,9 @@ def finish(session: pytest.Session) -> None:
                 return
             results = verdicts.judge(history, run)
             lines.append(f"infermatrix verdicts against {len(paths)} baseline run(s) of {wanted}:")
+            changes = baselines.version_changes(history[-1], run)
+            if changes:
+                lines.append("versions differ from the newest baseline: " + "; ".join(changes))
             lines.extend(verdicts.table(results).splitlines())
             regressed = [v for v in results if v.verdict == "regressed"]
             if regressed and config.getoption("--regression-fails") == "yes":

@@ -129,6 +129,13 @@ def judge(history_runs: Sequence[dict[str, Any]], current_run: dict[str, Any],
         bulk = values[np.abs(values - drift) <= 3 * max(pooled, policy.noise_floor)]
         if len(bulk) >= 5:
             drift = float(np.median(bulk))
+    # When much of the matrix really changed together, "drift" is ambiguous: say so when the
+    # shift taken out is larger than any the machine showed between the history's runs.
+    seen = max((abs(o) for o in run_offsets), default=0.0)
+    drift_note = ""
+    if len(run_offsets) >= 3 and abs(drift) > seen + policy.noise_floor:
+        drift_note = (f"machine-wide shift {math.exp(drift):.2f}x taken out exceeds any between history runs "
+                      f"({math.exp(seen):.2f}x): the machine, or a change that moved most cases")
 
     verdicts: list[Verdict] = []
     pending: list[tuple[str, float, float, int]] = []  # key, corrected log ratio, scale, df
@@ -162,7 +169,7 @@ def judge(history_runs: Sequence[dict[str, Any]], current_run: dict[str, Any],
             t_crit = float(stats.t.ppf(1 - policy.alpha / 2, df))
             ci = (math.exp(lr - t_crit * scale), math.exp(lr + t_crit * scale))
             mdc = max(math.exp(t_crit * scale) - 1, policy.min_effect)
-            verdict, reason = "unchanged", ""
+            verdict, reason = "unchanged", drift_note
             if q < policy.alpha and ratio >= 1 + policy.min_effect:
                 verdict, reason = "regressed", f"{(ratio - 1) * 100:.1f}% slower (q={q:.3g})"
             elif q < policy.alpha and ratio <= 1 / (1 + policy.min_effect):
