@@ -34,7 +34,7 @@ def test_ab_finds_a_slowed_side_through_worker_processes(
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     common = ["--cases", "tinymlp-numpy-cpu-fp32-b4,tinylinear-numpy-cpu-fp32-b2", "--a-rootdir", str(tmp_path),
               "--b-rootdir", str(tmp_path), "--trials", "6", "--calls", "200", "--json"]
-    assert ab.main([*common, "--b-inject-slowdown", "200"]) == 1
+    assert ab.main([*common, "--b-inject-slowdown", "500"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"tinymlp-numpy-cpu-fp32-b4", "tinylinear-numpy-cpu-fp32-b2"}
     for verdict in out.values():
