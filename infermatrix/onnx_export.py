@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from infermatrix.cache import atomic_write_bytes
-from infermatrix.reference import build_torch_model, model_cache, torch_available
+from infermatrix.reference import ReferenceUnavailable, build_torch_model, model_cache, torch_available
 from infermatrix.types import ModelSpec
 
 DEFAULT_OPSET = 18
 INDEX_FILE = "onnx-exports.json"
 
 
-class OnnxUnavailable(RuntimeError):
-    """No cached export, and no torch to make one."""
+class OnnxUnavailable(ReferenceUnavailable):
+    """No cached export, and no torch to make one (the case is skipped, saying so)."""
 
 
 def _exporter_version() -> str:

@@ -24,7 +24,7 @@ from infermatrix.announce import installed_version
 from infermatrix.cache import ModelCache
 from infermatrix.onnx_export import onnx_model
 from infermatrix.reference import accuracy_inputs, model_cache, reference_outputs
-from infermatrix.types import Arrays, ModelSpec
+from infermatrix.types import ModelSpec
 
 #: Precisions a graph variant exists for (fp32 and tf32 use the exported graph itself).
 VARIANT_PRECISIONS = ("fp16", "int8")
@@ -36,17 +36,6 @@ class GraphVariant:
     precision: str
     tool: str
     cached: bool
-
-
-class _CalibrationReader:
-    def __init__(self, batches: list[Arrays]) -> None:
-        self.batches = iter(batches)
-
-    def get_next(self) -> Arrays | None:
-        return next(self.batches, None)
-
-    def rewind(self) -> None:
-        pass
 
 
 def _fp16(source: Path, target: Path) -> str:
@@ -66,32 +55,6 @@ def _fp16(source: Path, target: Path) -> str:
     return f"onnxconverter-common {installed_version('onnxconverter-common')} convert_float_to_float16(keep_io_types)"
 
 
-def _int8_symmetric_qdq(source: Path, target: Path, model: ModelSpec) -> str:
-    import tempfile
-
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        preprocessed = Path(tmp) / "preprocessed.onnx"
-        quant_pre_process(str(source), str(preprocessed), skip_symbolic_shape=False)
-        written = Path(tmp) / "int8.onnx"
-        quantize_static(
-            str(preprocessed),
-            str(written),
-            _CalibrationReader(model.calibration_inputs(batch_size=1)),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-        )
-        written.replace(target)  # same directory: an atomic rename
-    return (f"onnxruntime {installed_version('onnxruntime')} quantize_static QDQ, symmetric int8 activations "
-            "and per-channel weights, MinMax calibration")
-
-
 def graph_variant(model: ModelSpec, precision: str, cache_root: Path) -> GraphVariant:
     """The model's ONNX graph in ``precision`` (made once, then cached)."""
     if precision not in VARIANT_PRECISIONS:
@@ -103,7 +66,12 @@ def graph_variant(model: ModelSpec, precision: str, cache_root: Path) -> GraphVa
     index = cache.read_json("variants.json") or {}
     if target.exists() and target.name in index:
         return GraphVariant(target, precision, index[target.name], cached=True)
-    tool = _fp16(source, target) if precision == "fp16" else _int8_symmetric_qdq(source, target, model)
+    if precision == "fp16":
+        tool = _fp16(source, target)
+    else:
+        from infermatrix.onnx_quant import quantize_static_qdq
+
+        tool = quantize_static_qdq(source, target, model, symmetric=True)
     index[target.name] = tool
     cache.write_json("variants.json", index)
     return GraphVariant(target, precision, tool, cached=False)

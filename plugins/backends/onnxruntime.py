@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 
 from infermatrix.announce import announce_backend
-from infermatrix.onnx_export import OnnxUnavailable, onnx_model
-from infermatrix.reference import ReferenceUnavailable
+from infermatrix.onnx_export import onnx_model
+from infermatrix.onnx_quant import quantize_dynamic_int8, quantize_static_qdq
 from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
 
 NAME = "onnxruntime"
@@ -65,50 +65,6 @@ def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
 
     available = ort.get_available_providers()
     return [Target(d, p, _reason(d, p, available)) for d in DEVICES for p in PRECISIONS]
-
-
-class CalibrationReader:
-    """onnxruntime's CalibrationDataReader over the model's calibration inputs."""
-
-    def __init__(self, batches: list[Arrays]) -> None:
-        self.batches = iter(batches)
-
-    def get_next(self) -> Arrays | None:
-        return next(self.batches, None)
-
-    def rewind(self) -> None:  # part of the reader protocol in newer onnxruntime
-        pass
-
-
-def quantize_static_int8(source: Path, model: ModelSpec, workdir: Path) -> Path:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    preprocessed = workdir / "preprocessed.onnx"
-    quant_pre_process(str(source), str(preprocessed), skip_symbolic_shape=False)
-    target = workdir / "int8-static.onnx"
-    quantize_static(
-        str(preprocessed),
-        str(target),
-        CalibrationReader(model.calibration_inputs(batch_size=1)),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
-    return target
-
-
-def quantize_dynamic_int8(source: Path, workdir: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    preprocessed = workdir / "preprocessed.onnx"
-    quant_pre_process(str(source), str(preprocessed), skip_symbolic_shape=False)
-    target = workdir / "int8-dynamic.onnx"
-    quantize_dynamic(str(preprocessed), str(target), weight_type=QuantType.QInt8)
-    return target
 
 
 def session_options(intra_op_threads: int) -> Any:
@@ -177,10 +133,7 @@ def pytest_infermatrix_prepare(
     import onnxruntime as ort
 
     times = PrepareTimes()
-    try:
-        source, export = onnx_model(model, context.cache_root)
-    except OnnxUnavailable as exc:
-        raise ReferenceUnavailable(str(exc)) from exc
+    source, export = onnx_model(model, context.cache_root)
     times.convert_s = export["export_s"]
     path = source
     quantizer = None
@@ -196,11 +149,11 @@ def pytest_infermatrix_prepare(
     if target.precision in ("int8", "int8-dynamic"):
         started = time.perf_counter()
         if target.precision == "int8":
-            path = quantize_static_int8(source, model, context.workdir)
-            quantizer = "quantize_static QDQ, uint8 activations, int8 per-channel weights, MinMax calibration"
+            path = context.workdir / "int8-static.onnx"
+            quantizer = quantize_static_qdq(source, path, model, symmetric=False)
         else:
-            path = quantize_dynamic_int8(source, context.workdir)
-            quantizer = "quantize_dynamic, int8 weights"
+            path = context.workdir / "int8-dynamic.onnx"
+            quantizer = quantize_dynamic_int8(source, path)
         times.quantize_s = time.perf_counter() - started
 
     options = session_options(context.threads)

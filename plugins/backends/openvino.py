@@ -24,8 +24,7 @@ import numpy as np
 import pytest
 
 from infermatrix.announce import announce_backend
-from infermatrix.onnx_export import OnnxUnavailable, onnx_model
-from infermatrix.reference import ReferenceUnavailable
+from infermatrix.onnx_export import onnx_model
 from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
 
 NAME = "openvino"
@@ -152,10 +151,7 @@ def pytest_infermatrix_prepare(
     import openvino as ov
 
     times = PrepareTimes()
-    try:
-        source, export = onnx_model(model, context.cache_root)
-    except OnnxUnavailable as exc:
-        raise ReferenceUnavailable(str(exc)) from exc
+    source, export = onnx_model(model, context.cache_root)
     core = ov.Core()
     started = time.perf_counter()
     ov_model = ov.convert_model(str(source))
