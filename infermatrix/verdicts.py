@@ -38,8 +38,11 @@ VERDICTS = ("regressed", "improved", "unchanged", "new", "missing", "failed")
 @dataclasses.dataclass(frozen=True)
 class CaseRun:
     key: str
+    #: the run's median: the geometric mean of its --repeats processes' medians if it has them
     median_s: float
     cosine: float | None
+    #: log medians of the run's --repeats processes (empty without --repeats)
+    repeat_logs: tuple[float, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +81,11 @@ def summarize(run: dict[str, Any]) -> tuple[dict[str, CaseRun], dict[str, str]]:
     cases: dict[str, CaseRun] = {}
     for bench in run["benchmarks"]:
         info = bench.get("extra_info", {})
-        repeats = info.get("repeat_medians_ms")
-        median = float(np.median(repeats)) / 1e3 if repeats else float(bench["stats"]["median"])
+        repeats = info.get("repeat_medians_ms") or []
+        logs = tuple(math.log(m / 1e3) for m in repeats if m > 0)
+        median = math.exp(float(np.mean(logs))) if logs else float(bench["stats"]["median"])
         accuracy = info.get("accuracy") or {}
-        cases[bench["name"]] = CaseRun(bench["name"], median, accuracy.get("cosine_similarity"))
+        cases[bench["name"]] = CaseRun(bench["name"], median, accuracy.get("cosine_similarity"), logs)
     failed = dict((run.get("infermatrix") or {}).get("failed", {}))
     return cases, failed
 
@@ -154,11 +158,17 @@ def judge(history_runs: Sequence[dict[str, Any]], current_run: dict[str, Any],
         k = count[key]
         own = spread.get(key)
         # shrink a short history's spread toward the matrix-wide one; never below the floor
-        sigma = pooled if own is None else math.sqrt(((k - 1) * own**2 + policy.prior_weight * pooled**2)
-                                                     / (k - 1 + policy.prior_weight))
-        sigma = max(sigma, policy.noise_floor)
-        scale = sigma * math.sqrt(1 + 1 / k)
-        df = max(1, k - 1 + int(policy.prior_weight))
+        weight, variance = policy.prior_weight, policy.prior_weight * pooled**2
+        if own is not None:
+            weight, variance = weight + k - 1, variance + (k - 1) * own**2
+        # the current run's own repeated processes are more evidence of the same spread,
+        # and their mean is a better estimate of its level (variance / n, not variance)
+        repeats = current[key].repeat_logs
+        if len(repeats) >= 2:
+            weight, variance = weight + len(repeats) - 1, variance + (len(repeats) - 1) * float(np.var(repeats, ddof=1))
+        sigma = max(math.sqrt(variance / weight), policy.noise_floor)
+        scale = sigma * math.sqrt(1 / max(1, len(repeats)) + 1 / k)
+        df = max(1, int(round(weight)))
         pending.append((key, log_ratio[key] - drift, scale, df))
 
     if pending:

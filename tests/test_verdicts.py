@@ -206,3 +206,21 @@ def test_inject_slowdown_names_a_real_backend(suite: pytest.Pytester) -> None:
     result = suite.runpytest("--inject-slowdown", "tensorflowz=10", *FAST)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--inject-slowdown: unknown backend 'tensorflowz'*"])
+
+
+def test_repeated_processes_shrink_what_can_be_detected() -> None:
+    rng = np.random.default_rng(3)
+    runs = noisy_runs(rng, cases=20, runs=6)
+
+    def with_repeats(run: dict[str, float], n: int) -> dict:
+        data = fake_run(run)
+        for bench in data["benchmarks"]:
+            median = bench["stats"]["median"]
+            bench["extra_info"]["repeat_medians_ms"] = list(median * 1e3 * np.exp(rng.normal(0, 0.08, n)))
+        return data
+
+    single = verdicts.judge([fake_run(r) for r in runs[:-1]], fake_run(runs[-1]))
+    repeated = verdicts.judge([fake_run(r) for r in runs[:-1]], with_repeats(runs[-1], 5))
+    mdc = {v.key: v.min_detectable_change for v in single}
+    smaller = sum(v.min_detectable_change < mdc[v.key] for v in repeated)
+    assert smaller >= 15, f"only {smaller} of 20 cases gained from 5 repeats"
