@@ -77,3 +77,24 @@ def test_seeded_weights_do_not_depend_on_torch_rng(tmp_path: Path) -> None:
         assert torch.equal(first[name], second[name]), name
     # batch-norm statistics were estimated, not left at the identity
     assert not torch.all(first["features.1.conv.0.1.running_var"] == 1)
+
+
+def test_user_weights_replace_the_seeded_ones_and_bad_ones_name_the_file(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tiny_torch_model import TINY_CNN
+
+    from infermatrix.reference import build_torch_model
+
+    seeded = build_torch_model(TINY_CNN, tmp_path / "cache")
+    mine = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in seeded.state_dict().items()}
+    path = tmp_path / "mine.pt"
+    torch.save(mine, path)
+    loaded = build_torch_model(dataclasses.replace(TINY_CNN, weights_path=str(path)), tmp_path / "cache")
+    assert all(torch.equal(loaded.state_dict()[k], mine[k]) for k in mine)
+    # a different content key: references and exports of user weights never mix with seeded ones
+    assert dataclasses.replace(TINY_CNN, weights_path=str(path)).cache_key() != TINY_CNN.cache_key()
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(ValueError, match="wrong.pt: these weights do not fit model 'tinycnn'"):
+        build_torch_model(dataclasses.replace(TINY_CNN, weights_path=str(wrong)), tmp_path / "cache")
