@@ -16,12 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from infermatrix import matrix, runner
 from infermatrix.cache import resolve_cache_dir
 from infermatrix.machine import physical_cores
-from infermatrix.sidebyside import plugin_manager
-from infermatrix.timing import TimingPolicy
-from infermatrix.types import PrepareContext
+from infermatrix.sidebyside import OfflineError, find_case, plugin_manager, prepare_offline
 
 
 def send(payload: dict[str, object]) -> None:
@@ -40,46 +37,16 @@ def main(argv: list[str] | None = None) -> int:
 
     rootdir = args.rootdir.resolve()
     manager = plugin_manager(rootdir)
-    models = [m for group in manager.hook.pytest_infermatrix_models() for m in group]
-    backends = [b for group in manager.hook.pytest_infermatrix_backends() for b in group]
-    entries = matrix.build(matrix.Selection(batch_sizes=None), models, backends,
-                           lambda b: manager.hook.pytest_infermatrix_targets(backend=b, config=None))
-    by_id = {e.case.id: e for e in entries}
-    # batch sizes outside a model's defaults: parse the id's trailing -bN
-    base, _, batch = args.case.rpartition("-b")
-    if args.case not in by_id and batch.isdigit():
-        for entry in entries:
-            if entry.case.id.rpartition("-b")[0] == base:
-                import dataclasses
-
-                by_id[args.case] = dataclasses.replace(entry, case=dataclasses.replace(entry.case,
-                                                                                         batch_size=int(batch)))
-                break
-    found = by_id.get(args.case)
-    if found is None:
-        send({"error": f"unknown case {args.case!r}"})
-        return 2
-    entry = found
-    if entry.skip_reason:
-        send({"error": f"{args.case}: {entry.skip_reason}"})
-        return 2
-    case = entry.case
     threads = args.threads or physical_cores()
     cache_root = args.cache or resolve_cache_dir(None, rootdir)
     with tempfile.TemporaryDirectory(prefix="infermatrix-ab-") as tmp:
-        context = PrepareContext(workdir=Path(tmp), cache_root=cache_root, threads=threads, config=None)
-        prepared = runner.prepare(
-            case,
-            lambda: manager.hook.pytest_infermatrix_prepare(backend=case.backend, model=case.model,
-                                                            target=case.target, batch_size=case.batch_size,
-                                                            context=context),
-            cache_root, TimingPolicy(), accuracy_samples=8, threads=threads,
-        )
-        if not prepared.accuracy.passed:
-            send({"error": prepared.accuracy.message(case.id)})
-            return 1
+        try:
+            prepared = prepare_offline(manager, find_case(manager, args.case), threads, cache_root, Path(tmp))
+        except OfflineError as exc:
+            send({"error": str(exc)})
+            return 2
         prepared.slowdown = args.inject_slowdown / 100
-        send({"ready": True, "config": dict(prepared.session.config), "version": case.backend.version,
+        send({"ready": True, "config": dict(prepared.session.config), "version": prepared.case.backend.version,
               "cosine": prepared.accuracy.cosine_similarity})
         for line in sys.stdin:
             command = json.loads(line)

@@ -17,7 +17,7 @@ import pytest
 from infermatrix import hookspec, matrix, reference, runner
 from infermatrix.cache import resolve_cache_dir
 from infermatrix.machine import machine_summary
-from infermatrix.timing import TimingPolicy
+from infermatrix.timing import TimingPolicy, mark_untimed
 from infermatrix.types import KNOWN_PRECISIONS, BackendInfo, Case, MemoryReport, ModelSpec, PrepareContext, Session
 
 ENTRY_POINT_GROUP = "infermatrix"
@@ -390,7 +390,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
         benchmark: Any = pyfuncitem.funcargs.get("benchmark")
         if benchmark is not None:
             # Deliberately untimed: keeps pytest-benchmark from warning "fixture was not used".
-            benchmark._mode = "infermatrix accuracy gate (failed, not timed)"
+            mark_untimed(benchmark, "infermatrix accuracy gate (failed, not timed)")
         pytest.fail(prepared.accuracy.message(prepared.case.id), pytrace=False)
 
 

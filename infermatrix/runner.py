@@ -15,7 +15,7 @@ import numpy as np
 
 from infermatrix import reference
 from infermatrix.accuracy import AccuracyReport, compare_outputs
-from infermatrix.timing import TimingPolicy, TimingResult, measure, percentiles, warm_up
+from infermatrix.timing import TimingPolicy, TimingResult, benchmark_recorder, measure, percentiles, warm_up
 from infermatrix.types import Arrays, Case, MemoryReport, Session
 
 if TYPE_CHECKING:
@@ -188,10 +188,9 @@ def measure_throughput(prepared: PreparedCase, benchmark: Any, duration_s: float
                     prepared.threads)
     best = max(results, key=lambda r: r.samples_per_s)
     if not getattr(benchmark, "disabled", False):
-        benchmark._mode = "infermatrix.runner.measure_throughput(...)"
-        stats = benchmark._make_stats(1)
+        record = benchmark_recorder(benchmark, "infermatrix.runner.measure_throughput")
         for window in best.window_s_per_batch:
-            stats.update(window)
+            record(window)
     prepared.extra_info.update(
         scenario="throughput",
         throughput_samples_per_s=best.samples_per_s,

@@ -21,11 +21,11 @@ from typing import Any
 
 import pluggy
 
-from infermatrix import hookspec, paired, runner
+from infermatrix import hookspec, matrix, paired, runner
 from infermatrix.cache import resolve_cache_dir
 from infermatrix.machine import physical_cores
 from infermatrix.timing import TimingPolicy
-from infermatrix.types import Case, PrepareContext, Target
+from infermatrix.types import Case, PrepareContext
 
 
 def plugin_manager(rootdir: Path) -> pluggy.PluginManager:
@@ -40,33 +40,54 @@ def plugin_manager(rootdir: Path) -> pluggy.PluginManager:
     return manager
 
 
-def prepare_side(manager: pluggy.PluginManager, model_name: str, side: str, batch_size: int, threads: int,
-                 cache_root: Path, workdir: Path) -> runner.PreparedCase:
-    backend_name, _, spec = side.partition(":")
-    device, _, precision = spec.rpartition("@") if "@" in spec else ("cpu", "", spec)
-    models = {m.name: m for group in manager.hook.pytest_infermatrix_models() for m in group}
-    backends = {b.name: b for group in manager.hook.pytest_infermatrix_backends() for b in group}
-    if model_name not in models or backend_name not in backends:
-        raise SystemExit(f"unknown model {model_name!r} or backend {backend_name!r}; "
-                         f"models: {', '.join(models)}; backends: {', '.join(backends)}")
-    model, backend = models[model_name], backends[backend_name]
-    if not backend.available:
-        raise SystemExit(backend.reason)
-    targets = manager.hook.pytest_infermatrix_targets(backend=backend, config=None) or []
-    target = next((t for t in targets if t.device == device and t.precision == precision), Target(device, precision))
-    if target.skip_reason:
-        raise SystemExit(f"{side}: {target.skip_reason}")
-    case = Case(model, backend, target, batch_size)
+class OfflineError(RuntimeError):
+    """A case that cannot be prepared outside pytest; the message says why."""
+
+
+def find_case(manager: pluggy.PluginManager, case_id: str) -> Case:
+    """The case named by ``case_id``, from the same matrix a pytest run builds (any batch size)."""
+    _, _, batch = case_id.rpartition("-b")
+    if not batch.isdigit() or int(batch) < 1:
+        raise OfflineError(f"unknown case {case_id!r}: ids read model-backend-device-precision-bN")
+    models = [m for group in manager.hook.pytest_infermatrix_models() for m in group]
+    backends = [b for group in manager.hook.pytest_infermatrix_backends() for b in group]
+    entries = matrix.build(matrix.Selection(batch_sizes=(int(batch),)), models, backends,
+                           lambda b: manager.hook.pytest_infermatrix_targets(backend=b, config=None))
+    entry = next((e for e in entries if e.case.id == case_id), None)
+    if entry is None:
+        raise OfflineError(f"unknown case {case_id!r}; models: {', '.join(m.name for m in models)}; "
+                           f"backends: {', '.join(b.name for b in backends)}")
+    if entry.skip_reason:
+        raise OfflineError(f"{case_id}: {entry.skip_reason}")
+    return entry.case
+
+
+def prepare_offline(manager: pluggy.PluginManager, case: Case, threads: int, cache_root: Path,
+                    workdir: Path) -> runner.PreparedCase:
+    """Prepare, warm and check ``case`` through the hooks, as the pytest fixture does."""
     context = PrepareContext(workdir=workdir, cache_root=cache_root, threads=threads, config=None)
     prepared = runner.prepare(
         case,
-        lambda: manager.hook.pytest_infermatrix_prepare(backend=backend, model=model, target=target,
-                                                        batch_size=batch_size, context=context),
+        lambda: manager.hook.pytest_infermatrix_prepare(backend=case.backend, model=case.model, target=case.target,
+                                                        batch_size=case.batch_size, context=context),
         cache_root, TimingPolicy(), accuracy_samples=8, threads=threads,
     )
     if not prepared.accuracy.passed:
-        raise SystemExit(prepared.accuracy.message(case.id))
+        prepared.session.close()
+        raise OfflineError(prepared.accuracy.message(case.id))
     return prepared
+
+
+def prepare_side(manager: pluggy.PluginManager, model_name: str, side: str, batch_size: int, threads: int,
+                 cache_root: Path, workdir: Path) -> runner.PreparedCase:
+    """``side`` is ``backend:precision`` (cpu) or ``backend:device@precision``."""
+    backend_name, _, spec = side.partition(":")
+    device, _, precision = spec.rpartition("@") if "@" in spec else ("cpu", "", spec)
+    try:
+        case = find_case(manager, f"{model_name}-{backend_name}-{device}-{precision}-b{batch_size}")
+        return prepare_offline(manager, case, threads, cache_root, workdir)
+    except OfflineError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

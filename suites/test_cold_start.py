@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from infermatrix.isolated import IsolatedRuns, isolated_key
+from infermatrix.timing import benchmark_recorder
 from infermatrix.types import Case
 
 pytestmark = pytest.mark.infermatrix_scenario("cold-start")
@@ -37,12 +38,11 @@ def test_cold_start(infermatrix_case: Case, request: pytest.FixtureRequest, benc
         prepare_s=child["prepare_s"],
         cold_start_total_s=total,
         isolated_process_wall_s=run.process_wall_s,
-        onnx_export_cached=child.get("convert_s") is None or infermatrix_case.backend.name.startswith("torch"),
+        onnx_export_cached=child["backend_config"].get("onnx_export_cached"),  # None: no ONNX on this path
         backend_config=child["backend_config"],
         accuracy=child["accuracy"],
     )
     # One round: the whole cold start, so pytest-benchmark's table and compare show it.
-    benchmark._mode = "infermatrix cold-start (one isolated run)"
-    benchmark._make_stats(1).update(total)
+    benchmark_recorder(benchmark, "infermatrix cold-start (one isolated run)")(total)
     assert child["accuracy"]["passed"], child["accuracy"]["failures"]
     assert child["first_inference_s"] > 0

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from infermatrix.isolated import IsolatedRuns, isolated_key
+from infermatrix.timing import benchmark_recorder
 from infermatrix.types import Case
 
 pytestmark = pytest.mark.infermatrix_scenario("memory")
@@ -35,8 +36,7 @@ def test_memory(infermatrix_case: Case, request: pytest.FixtureRequest, benchmar
         backend_config=child["backend_config"],
         accuracy=child["accuracy"],
     )
-    benchmark._mode = "infermatrix memory (isolated run)"
-    stats = benchmark._make_stats(1)
+    record = benchmark_recorder(benchmark, "infermatrix memory (isolated run)")
     for sample in run.latency_samples_s:
-        stats.update(sample)
+        record(sample)
     assert memory.get("memory_host_peak_rss_added_bytes", 0) > 0, memory

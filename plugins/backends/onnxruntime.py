@@ -175,6 +175,7 @@ def pytest_infermatrix_prepare(
             "quantizer": quantizer,
             "onnx_file": path.name,
             "onnx_exporter": export.get("exporter"),
+            "onnx_export_cached": export["cached"],
             "opset": export.get("opset"),
             "onnxruntime": ort.__version__,
         },

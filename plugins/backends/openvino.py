@@ -196,6 +196,7 @@ def pytest_infermatrix_prepare(
             "execution": "InferRequest.infer (synchronous)",
             **{k.lower(): v for k, v in reported.items()},
             "onnx_exporter": export.get("exporter"),
+            "onnx_export_cached": export["cached"],
             "openvino": ov.__version__,
         },
         times=times,

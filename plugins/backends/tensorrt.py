@@ -284,6 +284,7 @@ def pytest_infermatrix_prepare(
             "gpu": gpu,
             "tensorrt": trt.__version__,
             "onnx_exporter": export.get("exporter"),
+            "onnx_export_cached": export["cached"],
         },
         times=times,
         size_bytes=len(serialized),
