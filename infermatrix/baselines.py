@@ -11,13 +11,14 @@ Accepting a run is explicit and atomic (temporary file, fsync, rename).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-from infermatrix.cache import atomic_write_bytes
 
 
 class BaselineError(ValueError):
@@ -82,29 +83,79 @@ def version_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
 
 
+def _accepted_order(path: Path) -> tuple[str, int]:
+    """``20261122T101500.json`` before ``20261122T101500-1.json`` (plain sorting puts "-" first)."""
+    match = re.fullmatch(r"(.*?)(?:-(\d+))?\.json", path.name)
+    return (match.group(1), int(match.group(2) or 0)) if match else (path.stem, 0)
+
+
 def history(baselines_dir: Path, machine: str) -> list[Path]:
     """Accepted runs of ``machine``, oldest first."""
     folder = baselines_dir / machine
-    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return sorted(folder.glob("*.json"), key=_accepted_order) if folder.is_dir() else []
+
+
+def load_history(baselines_dir: Path, machine: str) -> list[dict[str, Any]]:
+    """The accepted runs of ``machine``, oldest first, each checked to come from that machine."""
+    runs = []
+    for path in history(baselines_dir, machine):
+        run = load_run(path)
+        recorded = fingerprint(run["machine_info"])
+        if recorded != machine:
+            raise BaselineError(
+                f"{path}: recorded on machine {recorded}, but filed under {machine}; its timings are not "
+                f"comparable here — move it to {baselines_dir / recorded}/ (nothing was changed)"
+            )
+        runs.append(run)
+    return runs
 
 
 def accept(run: dict[str, Any], baselines_dir: Path, allow_other_machine: bool = False,
            expected_machine: str | None = None) -> Path:
-    """Store ``run`` as the newest baseline of its machine, atomically; earlier runs stay."""
+    """Store ``run`` as the newest baseline of its machine, atomically; earlier runs stay.
+
+    The run is written to a temporary file and fsynced, then hard-linked to its final
+    name: a link never replaces an existing file, so two runs saving at once each get
+    their own name, and a writer killed at any moment leaves either no new baseline or
+    a complete one (a stray ``.accept-*.tmp`` at worst, which nothing reads).
+    """
     machine = fingerprint(run["machine_info"])
     if expected_machine is not None and machine != expected_machine and not allow_other_machine:
         raise BaselineError(f"this run is from machine {machine}, not {expected_machine}; refusing to file it there")
+    folder = baselines_dir / machine
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    target = baselines_dir / machine / f"{stamp}.json"
-    n = 1
-    while target.exists():  # two runs in one second: never overwrite
-        target = baselines_dir / machine / f"{stamp}-{n}.json"
-        n += 1
+    data = json.dumps(run, indent=1).encode()
+    target = folder / f"{stamp}.json"
     try:
-        atomic_write_bytes(target, json.dumps(run, indent=1).encode())
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".accept-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            for n in itertools.count():
+                target = folder / (f"{stamp}.json" if n == 0 else f"{stamp}-{n}.json")
+                try:
+                    os.link(tmp, target)
+                    break
+                except FileExistsError:
+                    continue  # another run saved in the same second: take the next name
+            _fsync_directory(folder)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     except OSError as exc:
         raise BaselineError(
-            f"{target}: could not save the baseline ({exc.strerror}); the earlier baselines are untouched — "
+            f"{target}: could not save the baseline ({exc.strerror or exc}); the earlier baselines are untouched — "
             "free space or make the directory writable and accept the run again"
         ) from None
     return target
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the new name itself durable (the file's data was fsynced before linking)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -59,16 +59,18 @@ def finish(session: pytest.Session) -> None:
     if compare:
         wanted = config.getoption("--baseline-machine") or machine
         paths = baselines.history(directory, wanted)
+        history: list[dict[str, Any]] = []
         if not paths:
             lines.append(f"infermatrix: no baseline for machine {wanted} in {directory}; nothing to compare "
                          "(run with --accept-baseline to start one)")
         else:
             try:
-                history = [baselines.load_run(p) for p in paths]
+                history = baselines.load_history(directory, wanted)
             except baselines.BaselineError as exc:
-                lines.append(f"infermatrix: {exc}")
+                lines.append(f"infermatrix: cannot compare: {exc}")
                 session.exitstatus = pytest.ExitCode.USAGE_ERROR
-                return
+                history = []
+        if history:
             results = verdicts.judge(history, run)
             lines.append(f"infermatrix verdicts against {len(paths)} baseline run(s) of {wanted}:")
             changes = baselines.version_changes(history[-1], run)

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from infermatrix.isolation import describe_exit
+
 
 @dataclasses.dataclass(frozen=True)
 class IsolatedRun:
@@ -53,23 +55,29 @@ def framework_import_seconds(module: str, timeout_s: float = 300) -> float | Non
 
 
 def run_isolated(config: pytest.Config, latency_module: Path, case_id: str, framework_module: str,
-                 timeout_s: float = 1800, timing_args: tuple[str, ...] = ("--min-rounds=5", "--min-time=0",
-                                                                          "--max-time=1")) -> IsolatedRun:
+                 timing_args: tuple[str, ...] = ("--min-rounds=5", "--min-time=0", "--max-time=1")) -> IsolatedRun:
     """Run ``case_id`` of ``latency_module`` alone in a new process; its result JSON entry."""
+    timeout_s = float(config.getoption("--case-timeout"))
     with tempfile.TemporaryDirectory(prefix="infermatrix-isolated-") as tmp:
         out = Path(tmp) / "result.json"
         node = f"{latency_module}::test_latency[{case_id}]"
+        # --isolation=none: this process is already the case's own; a worker would hide its memory and imports.
         cmd = [
             sys.executable, "-m", "pytest", node, "-q", "-p", "no:cacheprovider", f"--rootdir={config.rootpath}",
-            f"--benchmark-json={out}", "--scenarios=latency", *timing_args, *_passthrough_options(config),
+            f"--benchmark-json={out}", "--scenarios=latency", "--isolation=none", *timing_args,
+            *_passthrough_options(config),
         ]
         started = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=config.rootpath, capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        try:
+            proc = subprocess.run(cmd, cwd=config.rootpath, capture_output=True, text=True, timeout=timeout_s,
+                                  env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{case_id}: hung — the isolated run gave no result within {timeout_s:g} s and was killed "
+                        "(--case-timeout sets the limit)", pytrace=False)
         wall = time.perf_counter() - started
         if proc.returncode != 0 or not out.exists():
             tail = (proc.stdout + proc.stderr)[-2000:]
-            raise RuntimeError(f"{case_id}: the isolated run failed (exit {proc.returncode}):\n{tail}")
+            pytest.fail(f"{case_id}: the isolated run {describe_exit(proc.returncode)}:\n{tail}", pytrace=False)
         (bench,) = json.loads(out.read_text())["benchmarks"]
     return IsolatedRun(
         case_id=case_id,

@@ -109,7 +109,14 @@ def build(
     entries: list[MatrixEntry] = []
     for backend in chosen_backends:
         if backend.available:
-            targets = list(targets_of(backend) or [])
+            try:
+                targets = list(targets_of(backend) or [])
+            except (ImportError, OSError) as exc:
+                # Installed but broken (a missing shared library, an ABI mismatch): its
+                # cases skip with the import error instead of ending the whole run.
+                broken = f"{backend.name}: {backend.framework_module or 'its framework'} is installed but fails to " \
+                         f"import: {type(exc).__name__}: {exc}"
+                targets = [Target(d, p, broken) for d, p in itertools.product(backend.devices, backend.precisions)]
             if not targets:
                 targets = [
                     Target(d, p, f"{backend.name}: no plugin states its targets on this machine")

@@ -16,9 +16,14 @@ import pytest
 
 from infermatrix import hookspec, matrix, reference, runner
 from infermatrix.cache import resolve_cache_dir
+from infermatrix.isolation import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
 from infermatrix.machine import machine_summary
 from infermatrix.timing import TimingPolicy, mark_untimed
 from infermatrix.types import KNOWN_PRECISIONS, BackendInfo, Case, MemoryReport, ModelSpec, PrepareContext, Session
+from infermatrix.worker import PrepareRequest
+
+#: A case as the scenarios see it: prepared in this process, or in the worker process.
+CaseHandle = runner.PreparedCase | RemoteCase
 
 ENTRY_POINT_GROUP = "infermatrix"
 #: Scenario modules mark themselves ``pytest.mark.infermatrix_scenario(name)``.
@@ -41,6 +46,8 @@ class InfermatrixState:
     accuracy_samples: int
     scenarios: tuple[str, ...] | None
     slowdowns: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: the worker processes of --isolation=process (None: cases run inside pytest)
+    pool: WorkerPool | None = None
     #: benchmark name -> why it failed, recorded in the result JSON for the verdicts
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
     _entries: list[matrix.MatrixEntry] | None = None
@@ -121,6 +128,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="with --benchmark-compare: fail the session when a case regressed (default: yes)")
     group.addoption("--throughput-time", type=float, default=2.0,
                     help="seconds each throughput configuration is timed (default: 2)")
+    group.addoption("--isolation", choices=("process", "none"), default="process",
+                    help="process (default): each case runs in a worker process, so a crash, hang or out-of-memory "
+                    "fails that case only; none: inside pytest (debuggers, profilers)")
+    group.addoption("--case-timeout", type=float, default=DEFAULT_CASE_TIMEOUT_S, metavar="SECONDS",
+                    help="with --isolation=process: a case's preparation or one scenario running longer than this "
+                    f"is stopped and failed as hung (default: {DEFAULT_CASE_TIMEOUT_S:g})")
     group.addoption("--warm-cache", action="store_true", default=False,
                     help="fill the cache (seeded weights, fp32 references, FLOP counts, ONNX exports) for the "
                     "selected cases, so environments without torch can run them; use with --collect-only")
@@ -193,6 +206,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"--scenarios: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(SCENARIOS)}, all"
         )
+    timeout = config.getoption("--case-timeout")
+    if timeout <= 0:
+        raise pytest.UsageError(f"--case-timeout={timeout:g}: give a number of seconds above 0")
+    pool = WorkerPool(plugin_specs(config), timeout) if config.getoption("--isolation") == "process" else None
     accuracy_samples = config.getoption("--accuracy-samples")
     if accuracy_samples < 1:
         raise pytest.UsageError(f"--accuracy-samples={accuracy_samples}: must be at least 1")
@@ -209,6 +226,7 @@ def pytest_configure(config: pytest.Config) -> None:
         accuracy_samples=accuracy_samples,
         scenarios=scenarios,
         slowdowns=slowdowns,
+        pool=pool,
     )
 
 
@@ -262,9 +280,9 @@ class PreparedCases:
     model is in memory at a time.
     """
 
-    current: runner.PreparedCase | None = None
+    current: CaseHandle | None = None
 
-    def take(self, case_id: str) -> runner.PreparedCase | None:
+    def take(self, case_id: str) -> CaseHandle | None:
         if self.current is not None and self.current.case.id == case_id:
             return self.current
         self.close()
@@ -272,8 +290,8 @@ class PreparedCases:
 
     def close(self) -> None:
         if self.current is not None:
-            self.current.session.close()
-            self.current = None
+            current, self.current = self.current, None
+            current.close()
 
 
 prepared_key = pytest.StashKey[PreparedCases]()
@@ -282,11 +300,12 @@ prepared_key = pytest.StashKey[PreparedCases]()
 @pytest.fixture
 def infermatrix_prepared(
     infermatrix_case: Case, request: pytest.FixtureRequest, tmp_path: Path, benchmark: Any
-) -> Iterator[runner.PreparedCase]:
+) -> Iterator[CaseHandle]:
     """The case's session, prepared, warmed up and checked against the fp32 reference.
 
-    A case whose outputs fail the accuracy check is failed by ``pytest_pyfunc_call``
-    before the test body runs (a FAILED test, not a setup ERROR), so nothing is timed.
+    A case whose outputs fail the accuracy check, or whose worker process crashed, hung
+    or ran out of memory, is failed by ``pytest_pyfunc_call`` before the test body runs
+    (a FAILED test, not a setup ERROR), so nothing is timed.
     """
     config = request.config
     state = config.stash[matrix_key]
@@ -295,35 +314,44 @@ def infermatrix_prepared(
     benchmark.group = f"{case.model.name}-b{case.batch_size}"
     benchmark.extra_info["case_id"] = case.id
 
-    def prepare_session() -> Session | None:
-        context = PrepareContext(
-            workdir=tmp_path, cache_root=state.cache_root, threads=threads_option(config), config=config
-        )
-        session: Session | None = config.hook.pytest_infermatrix_prepare(
-            backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size, context=context
-        )
-        return session
-
     prepared = cases.take(case.id)
     if prepared is None:
-        try:
-            prepared = runner.prepare(
-                case, prepare_session, state.cache_root, state.policy, state.accuracy_samples, threads_option(config)
-            )
-        except reference.ReferenceUnavailable as exc:
-            pytest.skip(str(exc))
+        prepared = prepare_case(state, case, tmp_path)
         cases.current = prepared
     prepared.extra_info = {}  # each scenario test records its own figures
     prepared.slowdown = state.slowdowns.get(case.backend.name, 0.0)
     if prepared.slowdown:
         benchmark.extra_info["injected_slowdown"] = prepared.slowdown
-    benchmark.extra_info.update(runner.case_info(prepared))
+    benchmark.extra_info.update(prepared.info())
+    benchmark.extra_info["isolation"] = "process" if state.pool is not None else "none"
     yield prepared
-    memory = config.hook.pytest_infermatrix_memory(
-        session=prepared.session, baseline_rss_bytes=prepared.rss_before_bytes
-    )
-    prepared.extra_info.update(runner.memory_info(memory))
+    prepared.record_memory(config.hook)
     benchmark.extra_info.update(prepared.extra_info)
+
+
+def prepare_case(state: InfermatrixState, case: Case, workdir: Path) -> CaseHandle:
+    """Prepare ``case`` in the worker process (``--isolation=process``) or in this one."""
+    config = state.config
+    threads = threads_option(config)
+    if state.pool is not None:
+        request = PrepareRequest(
+            model=case.model.name, weights_path=case.model.weights_path, backend=case.backend, target=case.target,
+            batch_size=case.batch_size, workdir=str(workdir), cache_root=str(state.cache_root), threads=threads,
+            policy=state.policy, accuracy_samples=state.accuracy_samples,
+        )
+        return RemoteCase(case, state.pool, request)
+
+    def prepare_session() -> Session | None:
+        context = PrepareContext(workdir=workdir, cache_root=state.cache_root, threads=threads, config=config)
+        session: Session | None = config.hook.pytest_infermatrix_prepare(
+            backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size, context=context
+        )
+        return session
+
+    try:
+        return runner.prepare(case, prepare_session, state.cache_root, state.policy, state.accuracy_samples, threads)
+    except reference.ReferenceUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -371,6 +399,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     cases = session.config.stash.get(prepared_key, None)
     if cases is not None:
         cases.close()
+    state = session.config.stash.get(matrix_key, None)
+    if state is not None and state.pool is not None:
+        state.pool.stop()
     from infermatrix import compare_session
 
     compare_session.finish(session)
@@ -384,14 +415,19 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
-    """The accuracy gate: a case whose outputs are wrong fails before it is timed."""
+    """The accuracy gate: a case whose outputs are wrong (or whose worker failed) fails before it is timed."""
     prepared = pyfuncitem.funcargs.get("infermatrix_prepared")
-    if isinstance(prepared, runner.PreparedCase) and not prepared.accuracy.passed:
+    if not isinstance(prepared, (runner.PreparedCase, RemoteCase)):
+        return
+    failure = getattr(prepared, "failure", None)
+    if failure is None and prepared.accuracy is not None and not prepared.accuracy.passed:
+        failure = prepared.accuracy.message(prepared.case.id)
+    if failure is not None:
         benchmark: Any = pyfuncitem.funcargs.get("benchmark")
         if benchmark is not None:
             # Deliberately untimed: keeps pytest-benchmark from warning "fixture was not used".
-            mark_untimed(benchmark, "infermatrix accuracy gate (failed, not timed)")
-        pytest.fail(prepared.accuracy.message(prepared.case.id), pytrace=False)
+            mark_untimed(benchmark, "infermatrix: case failed before timing")
+        pytest.fail(failure, pytrace=False)
 
 
 @pytest.fixture

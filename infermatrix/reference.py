@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from infermatrix.cache import ModelCache, load_arrays, save_arrays
-from infermatrix.types import Arrays, ModelSpec, make_inputs
+from infermatrix.types import Arrays, ModelSpec, WeightsError, make_inputs
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -53,13 +53,25 @@ def build_torch_model(model: ModelSpec, cache_root: Path) -> Any:
         raise ValueError(f"model {model.name!r} has no torch form")
     module = model.build_torch()
     if model.weights_path is not None:
-        state = torch.load(model.weights_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(model.weights_path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise WeightsError(f"{model.weights_path}: no such file (--model-weights {model.name}=...)") from None
+        except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
+            raise WeightsError(
+                f"{model.weights_path}: not a readable torch state_dict — truncated, or not a torch file "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}); save one "
+                f"with torch.save(model.state_dict(), path)"
+            ) from None
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise WeightsError(f"{model.weights_path}: holds a {type(state).__name__}, not a state_dict; save one "
+                               "with torch.save(model.state_dict(), path)")
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise ValueError(
+            raise WeightsError(
                 f"{model.weights_path}: these weights do not fit model {model.name!r} "
                 f"(expected a state_dict of torch's definition): {str(exc)[:400]}"
             ) from exc

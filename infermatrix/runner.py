@@ -45,6 +45,25 @@ class PreparedCase:
     #: --inject-slowdown: extra share of each timed call's own duration, spent busy-waiting
     slowdown: float = 0.0
 
+    # The same five methods as ``isolation.RemoteCase``: scenarios and the fixture use
+    # these, whichever process the case lives in.
+    def info(self) -> dict[str, Any]:
+        return case_info(self)
+
+    def latency(self, benchmark: Any, policy: TimingPolicy) -> TimingResult:
+        return measure_latency(self, benchmark, policy)
+
+    def throughput(self, benchmark: Any, duration_s: float) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in measure_throughput(self, benchmark, duration_s)]
+
+    def record_memory(self, hook: Any) -> None:
+        """The memory hook's figures for this case, into ``extra_info``."""
+        report = hook.pytest_infermatrix_memory(session=self.session, baseline_rss_bytes=self.rss_before_bytes)
+        self.extra_info.update(memory_info(report))
+
+    def close(self) -> None:
+        self.session.close()
+
     def call(self) -> list[NDArray[Any]]:
         if not self.slowdown:
             return self.session.run(self.inputs)

@@ -167,3 +167,20 @@ def benchmark_recorder(benchmark: Any, mode: str) -> Callable[[float], None]:
 def mark_untimed(benchmark: Any, why: str) -> None:
     """Claim the fixture without recording anything (a case deliberately not timed)."""
     benchmark._mode = why
+
+
+class RecordedRounds:
+    """Stands in for pytest-benchmark's fixture where there is none (a case's worker
+    process): the same two members ``benchmark_recorder`` uses, keeping the rounds so the
+    parent process can record them into the real fixture."""
+
+    def __init__(self, disabled: bool = False) -> None:
+        self.disabled = disabled
+        self._mode: str | None = None
+        self.samples: list[float] = []
+
+    def _make_stats(self, iterations: int) -> RecordedRounds:
+        return self
+
+    def update(self, duration: float) -> None:
+        self.samples.append(duration)

@@ -27,6 +27,10 @@ Task = Literal["classification", "embedding"]
 Arrays = dict[str, "NDArray[Any]"]
 
 
+class WeightsError(ValueError):
+    """A user's weights file (``--model-weights``) cannot be used; the message names it and what to do."""
+
+
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
     """One named model input; ``shape`` excludes the leading batch dimension."""
@@ -117,8 +121,12 @@ class ModelSpec:
         """Content key of the network: definition version, seeds, inputs and weights file."""
         weights = "seeded"
         if self.weights_path is not None:
-            with open(self.weights_path, "rb") as fh:
-                weights = hashlib.sha256(fh.read()).hexdigest()
+            try:
+                with open(self.weights_path, "rb") as fh:
+                    weights = hashlib.sha256(fh.read()).hexdigest()
+            except OSError as exc:
+                raise WeightsError(f"{self.weights_path}: cannot read the weights of model {self.name!r} "
+                                   f"({exc.strerror}); check the --model-weights path") from None
         blob = json.dumps(
             {
                 "name": self.name,

@@ -13,17 +13,17 @@ from typing import Any
 import pytest
 
 from infermatrix.isolated import repeat_info
-from infermatrix.runner import PreparedCase, measure_latency
+from infermatrix.plugin import CaseHandle
 from infermatrix.timing import TimingPolicy
 
 pytestmark = pytest.mark.infermatrix_scenario("latency")
 
 
 def test_latency(
-    infermatrix_prepared: PreparedCase, infermatrix_policy: TimingPolicy, request: pytest.FixtureRequest,
+    infermatrix_prepared: CaseHandle, infermatrix_policy: TimingPolicy, request: pytest.FixtureRequest,
     benchmark: Any,
 ) -> None:
-    timing = measure_latency(infermatrix_prepared, benchmark, infermatrix_policy)
+    timing = infermatrix_prepared.latency(benchmark, infermatrix_policy)
     if not timing.samples_s:  # only under --benchmark-disable
         return
     assert timing.median_s > 0, f"{infermatrix_prepared.case.id}: a zero median means the timer saw no work"

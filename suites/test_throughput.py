@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from infermatrix.runner import PreparedCase, measure_throughput
+from infermatrix.plugin import CaseHandle
 
 pytestmark = pytest.mark.infermatrix_scenario("throughput")
 
 
-def test_throughput(infermatrix_prepared: PreparedCase, request: pytest.FixtureRequest, benchmark: Any) -> None:
-    results = measure_throughput(infermatrix_prepared, benchmark, request.config.getoption("--throughput-time"))
-    assert all(r.samples_per_s > 0 for r in results), [r.as_dict() for r in results]
+def test_throughput(infermatrix_prepared: CaseHandle, request: pytest.FixtureRequest, benchmark: Any) -> None:
+    results = infermatrix_prepared.throughput(benchmark, request.config.getoption("--throughput-time"))
+    assert all(r["samples_per_s"] > 0 for r in results), results

@@ -1,14 +1,20 @@
 from __future__ import annotations
 
+# pytester's in-process runs forget modules first imported inside them, and numpy's C
+# modules (numpy.fft, pulled in by scipy.stats) refuse a second import: load them here.
+import contextlib
 import shutil
 from pathlib import Path
 
-# pytester's in-process runs forget modules first imported inside them, and numpy's C
-# modules (numpy.fft, pulled in by scipy.stats) refuse a second import: load them here.
 import cpuinfo  # noqa: F401
 import psutil  # noqa: F401
 import pytest
 import scipy.stats  # noqa: F401
+
+# torch too, where installed: a test that imports it after an in-process pytester run
+# (which drops the modules that run imported lazily) crashed the interpreter.
+with contextlib.suppress(ImportError):
+    import torch  # noqa: F401
 
 pytest_plugins = ["pytester"]
 

@@ -1,0 +1,304 @@
+"""Fault injection: every fault is real (a plugin backend that segfaults through ctypes,
+aborts, sleeps past the timeout, allocates 4 TiB or returns NaN; files really truncated
+or of the wrong kind; a baseline writer really killed with SIGKILL; real read-only and
+full filesystems where this machine lets us mount them). Each test states what must
+survive. The README quotes how many faults this module tries (one per test id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import FAST
+
+from infermatrix import baselines
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+QUICK = [*FAST, "--throughput-time=0.05", "--batch-sizes=1"]
+
+
+@pytest.fixture
+def faulty(suite: pytest.Pytester) -> pytest.Pytester:
+    """The numpy test backend, the faulty backends, latency and throughput scenarios."""
+    suite.makeconftest('pytest_plugins = ["infermatrix.plugin", "numpy_backend", "faulty_backend"]\n')
+    shutil.copy(REPO / "suites" / "test_throughput.py", suite.path / "test_throughput.py")
+    return suite
+
+
+def results(path: Path) -> dict[str, dict]:
+    return {b["name"]: b["extra_info"] for b in json.loads(path.read_text())["benchmarks"]}
+
+
+# ---- isolation: one bad case never costs the run --------------------------------------------
+
+EXPECTED = {
+    "segfault": "*the worker process died from signal SIGSEGV (Segmentation fault) during prepare*",
+    "abort": "*the worker process died from signal SIGABRT (Aborted) during prepare*",
+    "hang": "*hung — no answer within 2 s during prepare; the worker process was killed*",
+    "oom": "*out of memory during prepare: MemoryError: Unable to allocate 4.00 TiB*",
+    "nan": "*accuracy check failed (80 of 80 output values are NaN or Inf;*",
+}
+
+
+@pytest.mark.parametrize("fault", sorted(EXPECTED))
+def test_a_faulty_case_fails_alone_and_every_other_case_is_saved(
+    faulty: pytest.Pytester, tmp_path: Path, fault: str
+) -> None:
+    out = tmp_path / "out.json"
+    result = faulty.runpytest("--backends", f"numpy,{fault}", "--precisions=fp32", "--devices=cpu",
+                              "--case-timeout=2", f"--benchmark-json={out}", *QUICK)
+    outcomes = result.parseoutcomes()
+    # two models: each faulty case fails in both scenarios, each numpy case passes both
+    assert outcomes.get("failed") == 4 and outcomes.get("passed") == 4, result.outlines[-20:]
+    result.stdout.fnmatch_lines([EXPECTED[fault].replace("[", "[[]")])
+    saved = results(out)
+    assert sorted(saved) == sorted(f"test_{s}[{m}-numpy-cpu-fp32-b1]" for s in ("latency", "throughput")
+                                   for m in ("tinylinear", "tinymlp"))
+    assert all(info["accuracy"]["passed"] and info["isolation"] == "process" for info in saved.values())
+    failed = json.loads(out.read_text())["infermatrix"]["failed"]
+    assert sorted(failed) == sorted(f"test_{s}[{m}-{fault}-cpu-fp32-b1]" for s in ("latency", "throughput")
+                                    for m in ("tinylinear", "tinymlp"))
+    if fault != "nan":
+        # cases run in id order: tinylinear-<fault>, tinylinear-numpy, tinymlp-<fault>, tinymlp-numpy; the
+        # fault took its worker with it (killed or replaced), so the numpy cases ran in two different ones
+        pids = {saved[f"test_latency[{m}-numpy-cpu-fp32-b1]"]["worker_pid"] for m in ("tinylinear", "tinymlp")}
+        assert len(pids) == 2
+
+
+def test_a_crash_while_timing_names_the_scenario_and_keeps_the_other_results(
+    faulty: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # past preparation, warm-up (at most 1000 calls) and the accuracy check: inside the timed rounds
+    monkeypatch.setenv("FAULTY_AFTER_CALLS", "1100")
+    out = tmp_path / "out.json"
+    result = faulty.runpytest("--backends=numpy,segfault", "--precisions=fp32", "--devices=cpu", "--models=tinymlp",
+                              f"--benchmark-json={out}", *QUICK)
+    result.stdout.fnmatch_lines(["*tinymlp-segfault-cpu-fp32-b1: the worker process died from signal SIGSEGV "
+                                 "(Segmentation fault) during the latency scenario*"])
+    assert result.parseoutcomes() == {"failed": 2, "passed": 2, "warnings": result.parseoutcomes().get("warnings", 0)}
+    assert set(results(out)) == {"test_latency[tinymlp-numpy-cpu-fp32-b1]",
+                                 "test_throughput[tinymlp-numpy-cpu-fp32-b1]"}
+
+
+def test_cuda_out_of_memory_fails_the_case_with_the_size_asked_for(faulty: pytest.Pytester) -> None:
+    result = faulty.runpytest("--backends=numpy,cudaoom", "--precisions=fp32", "--models=tinymlp", "-rs", *QUICK)
+    if any("cudaoom: no CUDA device" in line for line in result.outlines):
+        pytest.skip("needs a CUDA device")
+    result.stdout.fnmatch_lines(["*tinymlp-cudaoom-cuda-fp32-b1: out of memory during prepare: OutOfMemoryError: "
+                                 "CUDA out of memory. Tried to allocate 256.00 TiB*"])
+    assert result.parseoutcomes()["passed"] == 2
+
+
+# ---- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--models", "resnet9000", "*--models: unknown name 'resnet9000'; valid: tinylinear, tinymlp*"),
+    ("--backends", "tensorflowz", "*--backends: unknown name 'tensorflowz'; valid: *numpy*"),
+    ("--devices", "tpu", "*--devices: unknown name 'tpu'; valid: *cpu*"),
+    ("--precisions", "fp7", "*--precisions: unknown name 'fp7'; valid: *fp32*"),
+], ids=["model", "backend", "device", "precision"])
+def test_unknown_names_are_usage_errors_listing_the_valid_ones(
+    faulty: pytest.Pytester, option: str, value: str, message: str
+) -> None:
+    result = faulty.runpytest(option, value, "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_a_missing_backend_and_a_broken_one_are_skips_with_the_reason(faulty: pytest.Pytester) -> None:
+    result = faulty.runpytest("--backends=ghost,broken,numpy", "--precisions=fp32", "--devices=cpu", "-rs",
+                              "--models=tinymlp", *QUICK)
+    result.stdout.fnmatch_lines([
+        "*ghost: ghostlib is not installed (pip install 'infermatrix[[]ghost]' or tox -e ghost)*",
+        "*broken: broken_native_lib is installed but fails to import: ImportError: libbroken_native.so.3: "
+        "cannot open shared object file*",
+    ])
+    assert result.parseoutcomes()["passed"] == 2
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "not-a-model", "not-a-state-dict"])
+def test_a_bad_weights_file_is_an_error_naming_it(tmp_path: Path, damage: str) -> None:
+    torch = pytest.importorskip("torch")
+    import dataclasses
+
+    from tiny_torch_model import TINY_CNN
+
+    from infermatrix.reference import build_torch_model
+    from infermatrix.types import WeightsError
+
+    path = tmp_path / "weights.pt"
+    torch.save(TINY_CNN.build_torch().state_dict(), path)
+    if damage == "missing":
+        path.unlink()
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "not-a-model":
+        path.write_text("this is a README, not weights\n")
+    else:
+        torch.save([1, 2, 3], path)
+    expected = {"missing": "no such file", "truncated": "not a readable torch state_dict",
+                "not-a-model": "not a readable torch state_dict", "not-a-state-dict": "holds a list, not a state_dict"}
+    model = dataclasses.replace(TINY_CNN, weights_path=str(path))
+    with pytest.raises(WeightsError, match=expected[damage]) as info:
+        build_torch_model(model, tmp_path / "cache")
+    assert str(path) in str(info.value)
+
+
+def test_a_weights_file_that_does_not_exist_is_a_usage_error(faulty: pytest.Pytester, tmp_path: Path) -> None:
+    result = faulty.runpytest(f"--model-weights=tinymlp={tmp_path / 'absent.pt'}", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--model-weights tinymlp: file {tmp_path / 'absent.pt'} does not exist*"])
+
+
+def corrupt(path: Path, damage: str) -> None:
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    elif damage == "not-json":
+        path.write_text("<html>502 Bad Gateway</html>\n")
+    elif damage == "wrong-schema":
+        path.write_text(json.dumps({"version": 2, "results": []}))
+    elif damage == "other-machine":
+        run = json.loads(path.read_text())
+        run["machine_info"]["infermatrix"]["cpu_model"] = "Some Other CPU"
+        path.write_text(json.dumps(run))
+
+
+@pytest.mark.parametrize(("damage", "message"), ids=lambda v: v if "*" not in v else "", argvalues=[
+    ("truncated", "*not valid JSON*the file is truncated or not a result*"),
+    ("not-json", "*not valid JSON*"),
+    ("wrong-schema", "*not a pytest-benchmark result*"),
+    ("other-machine", "*recorded on machine some-other-cpu-*, but filed under *move it to*"),
+])
+def test_a_bad_stored_baseline_stops_the_compare_naming_the_file_and_nothing_is_lost(
+    suite: pytest.Pytester, tmp_path: Path, damage: str, message: str
+) -> None:
+    store = tmp_path / "baselines"
+    common = ["-k", "tinymlp-numpy-cpu-fp32", f"--infermatrix-baselines={store}", *FAST]
+    assert suite.runpytest(*common, "--accept-baseline").ret == 0
+    (stored,) = store.glob("*/*.json")
+    corrupt(stored, damage)
+    before = stored.read_bytes()
+    result = suite.runpytest(*common, "--benchmark-compare")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines([f"*cannot compare: {stored}:{message}"])
+    assert stored.read_bytes() == before  # the user's file is never rewritten or removed
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[None]:
+    """A real, small filesystem at ``path`` (needs mount rights, e.g. root in a container)."""
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip() or proc.returncode})")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def small_run(tag: str, size: int = 1) -> dict:
+    return {
+        "machine_info": {"infermatrix": {"cpu_model": "Test CPU", "cpu_physical_cores": 2, "gpus": [], "os": "Linux",
+                                         "arch": "x86_64"}},
+        "benchmarks": [{"name": f"case{i}", "stats": {"median": 1.0, "data": [1.0] * 100},
+                        "extra_info": {"case_id": f"case{i}", "tag": tag}} for i in range(size)],
+    }
+
+
+def test_a_read_only_baselines_directory_is_a_clear_error_and_the_earlier_baseline_stays(tmp_path: Path) -> None:
+    store = tmp_path / "ro"
+    if os.geteuid() != 0:
+        first = baselines.accept(small_run("first"), store)
+        first.parent.chmod(0o555)
+        cleanup: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    else:  # root ignores permissions: a really read-only filesystem instead
+        cleanup = tmpfs(store, "1m")
+    with cleanup:
+        if os.geteuid() == 0:
+            first = baselines.accept(small_run("first"), store)
+            subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+        with pytest.raises(baselines.BaselineError, match="(Read-only file system|Permission denied).*earlier "
+                           "baselines are untouched"):
+            baselines.accept(small_run("second"), store)
+        assert baselines.load_run(first)["benchmarks"][0]["extra_info"]["tag"] == "first"
+        assert [p.name for p in first.parent.iterdir()] == [first.name]
+        if os.geteuid() != 0:
+            first.parent.chmod(0o755)
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_half_file(tmp_path: Path) -> None:
+    store = tmp_path / "full"
+    with tmpfs(store, "256k"):
+        first = baselines.accept(small_run("first"), store)
+        # fill what is left, then try to save a run bigger than nothing
+        with contextlib.suppress(OSError), open(store / "filler", "wb", buffering=0) as fh:
+            while True:
+                fh.write(b"\0" * 4096)
+        with pytest.raises(baselines.BaselineError, match="No space left on device.*earlier baselines are untouched"):
+            baselines.accept(small_run("second", size=50), store)
+        assert baselines.load_run(first)["benchmarks"][0]["extra_info"]["tag"] == "first"
+        assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary file left behind
+
+
+WRITER = """
+import json, sys
+from pathlib import Path
+from infermatrix import baselines
+run = json.loads(Path(sys.argv[1]).read_text())
+print("ready", flush=True)
+for _ in range(int(sys.argv[3])):
+    baselines.accept(run, Path(sys.argv[2]))
+"""
+
+
+def start_writer(tmp_path: Path, store: Path, run: dict, times: int, name: str) -> subprocess.Popen[str]:
+    source = tmp_path / f"{name}.json"
+    source.write_text(json.dumps(run))
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(source), str(store), str(times)],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_writer_killed_during_the_save_leaves_every_baseline_intact(tmp_path: Path) -> None:
+    store = tmp_path / "baselines"
+    first = baselines.accept(small_run("first"), store)
+    folder, before = first.parent, first.read_bytes()
+    big = small_run("big", size=20000)  # ~40 MB of JSON: each save spends long in write() and fsync()
+    killed_mid_write = 0
+    for _ in range(5):
+        writer = start_writer(tmp_path, store, big, 1000, "big")
+        deadline = time.monotonic() + 60
+        while not list(folder.glob(".accept-*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.0005)  # wait until the writer has its temporary file open, then kill it
+        killed_mid_write += bool(list(folder.glob(".accept-*.tmp")))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        assert writer.returncode == -signal.SIGKILL
+        assert first.read_bytes() == before
+        for run in baselines.load_history(store, folder.name):  # every named baseline is complete
+            assert run["benchmarks"][0]["extra_info"]["tag"] in ("first", "big")
+    assert killed_mid_write == 5
+
+
+def test_two_runs_saving_at_once_both_keep_their_baselines(tmp_path: Path) -> None:
+    store = tmp_path / "baselines"
+    writers = [start_writer(tmp_path, store, small_run(tag, size=200), 15, tag) for tag in ("a", "b")]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0
+    (folder,) = store.iterdir()
+    tags = [run["benchmarks"][0]["extra_info"]["tag"] for run in baselines.load_history(store, folder.name)]
+    assert sorted(tags) == ["a"] * 15 + ["b"] * 15
