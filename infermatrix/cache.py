@@ -77,3 +77,8 @@ class ModelCache:
 
     def write_json(self, name: str, payload: Any) -> None:
         atomic_write_json(self.path(name), payload)
+
+
+def load_named_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {name: np.array(data[name]) for name in data.files}

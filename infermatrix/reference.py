@@ -165,3 +165,25 @@ def flops_per_sample(model: ModelSpec, cache_root: Path) -> int | None:
          "seconds": time.perf_counter() - started, "torch": torch.__version__},
     )
     return flops
+
+
+def torch_state(model: ModelSpec, cache_root: Path) -> dict[str, NDArray[Any]]:
+    """The model's weights as torch names them (``state_dict``), as numpy arrays.
+
+    What the other frameworks' forms (Keras) load, so that every backend computes with
+    the same numbers: the seeded weights stored in the cache (no torch needed once it is
+    warm), or the user's ``--model-weights`` (read with torch).
+    """
+    from infermatrix.cache import load_named_arrays
+
+    if model.weights_path is None:
+        stored = model_cache(model, cache_root).dir / WEIGHTS_FILE
+        if stored.exists():
+            return load_named_arrays(stored)
+    if not torch_available():
+        raise ReferenceUnavailable(
+            f"{model.name}: no cached weights in {model_cache(model, cache_root).dir} and torch is not installed to "
+            "make them; run tox -e export (or the torch environment) once, or install infermatrix[torch]"
+        )
+    module = build_torch_model(model, cache_root)
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}

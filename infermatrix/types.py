@@ -94,6 +94,9 @@ class ModelSpec:
     weights_path: str | None = None
     #: Changes whenever the network definition changes; part of every cache key.
     version: str = "1"
+    #: The Keras form: called with the ``keras`` module (Keras 3 or PlaidML's Keras 2.2.4),
+    #: returns the model with layers named after torch's state_dict (infermatrix.keras_models).
+    build_keras: Callable[[Any], Any] | None = None
     #: fp32 reference outputs for given inputs, for models with no torch form (the
     #: tests' numpy model); None means "run the torch build".
     reference_fn: Callable[[Arrays], list[Any]] | None = None

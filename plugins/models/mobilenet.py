@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from infermatrix.keras_models import mobilenet_v2
 from infermatrix.types import InputSpec, ModelSpec
 
 
@@ -24,6 +25,7 @@ MODELS = [
         output_names=("logits",),
         build_torch=_mobilenet_v2,
         default_batch_sizes=(1, 8),
+        build_keras=mobilenet_v2,
         is_cnn=True,
     ),
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
 
+from infermatrix.keras_models import resnet
 from infermatrix.types import InputSpec, ModelSpec
 
 IMAGE = (InputSpec("input", (3, 224, 224), "float32"),)
@@ -32,6 +34,7 @@ MODELS = [
         output_names=("logits",),
         build_torch=_resnet18,
         default_batch_sizes=(1, 8),
+        build_keras=functools.partial(resnet, blocks=(2, 2, 2, 2), bottleneck=False, name="resnet18"),
         is_cnn=True,
     ),
     ModelSpec(
@@ -42,6 +45,7 @@ MODELS = [
         output_names=("logits",),
         build_torch=_resnet50,
         default_batch_sizes=(1,),
+        build_keras=functools.partial(resnet, blocks=(3, 4, 6, 3), bottleneck=True, name="resnet50"),
         is_cnn=True,
     ),
 ]

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from infermatrix.keras_models import vgg19
 from infermatrix.types import InputSpec, ModelSpec
 
 
@@ -24,6 +25,7 @@ MODELS = [
         output_names=("logits",),
         build_torch=_vgg19,
         default_batch_sizes=(8,),
+        build_keras=vgg19,
         is_cnn=True,
     ),
 ]

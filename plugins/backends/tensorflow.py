@@ -1,0 +1,177 @@
+"""TensorFlow with Keras 3: ``tensorflow`` (graph via ``tf.function``) and ``tensorflow-xla``.
+
+The path, and why (see docs/backends.md):
+- The model is the Keras form of the network (``infermatrix.keras_models``) filled with
+  the same weights as the torch form (the cached seeded ``state_dict``), taking the same
+  NCHW inputs.
+- Timed calls go through a ``tf.function`` with a fixed input signature — never
+  ``model.predict()`` or eager ``model(x)``, which cost ~80 ms per call here and would
+  make TensorFlow look 3-4x slower than it is. ``tensorflow-xla`` compiles the same
+  function with XLA (``jit_compile=True``). The first call (tracing, Grappler or XLA
+  compilation) is timed as ``compile_s``, outside the timed rounds.
+- ``Session.run`` returns ``.numpy()`` of the result, which waits for the device.
+- Threads: intra-op = ``--threads``, inter-op = 1 (one request at a time), set before
+  TensorFlow starts its runtime; a process whose runtime already runs with other
+  settings refuses the case instead of timing it with the wrong threads.
+- Precisions: fp32; bf16 (Keras ``mixed_bfloat16``) on CPUs with avx512_bf16/AMX and on
+  GPUs of compute capability 8.0+; fp16 (``mixed_float16``) on GPUs only. The policy
+  is set while the model is built and reset afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from infermatrix.announce import announce_backend, installed_version
+from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
+
+NAMES = ("tensorflow", "tensorflow-xla")
+DEVICES = ("cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "bf16")
+POLICY = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
+
+
+@pytest.hookimpl
+def pytest_infermatrix_backends() -> list[BackendInfo]:
+    found = []
+    for name in NAMES:
+        info = announce_backend(name, "tensorflow", "tensorflow", DEVICES, PRECISIONS, extra="tensorflow")
+        if info.available:  # the CPU wheel is another distribution of the same module
+            version = installed_version("tensorflow") or installed_version("tensorflow-cpu") or "unknown"
+            info = dataclasses.replace(info, version=version)
+        found.append(info)
+    return found
+
+
+def _keras3_problem() -> str | None:
+    version = installed_version("keras")
+    if version is None or int(version.split(".")[0]) < 3:
+        return f"tensorflow: needs Keras 3 (found keras {version}); pip install 'infermatrix[tensorflow]'"
+    return None
+
+
+@pytest.hookimpl
+def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
+    if backend.name not in NAMES:
+        return None
+    from infermatrix.machine import cpu_supports_bf16
+
+    problem = _keras3_problem()
+    if problem:
+        return [Target(d, p, problem) for d in DEVICES for p in PRECISIONS]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    targets = [
+        Target("cpu", "fp32"),
+        Target("cpu", "bf16", None if cpu_supports_bf16() else "tensorflow: bf16 on CPU needs avx512_bf16 or AMX"),
+        Target("cpu", "fp16", "tensorflow: fp16 on CPU is emulated (no fast kernels); use bf16 or a GPU"),
+    ]
+    if not gpus:
+        reason = "tensorflow: no GPU visible to TensorFlow (tf.config.list_physical_devices('GPU') is empty)"
+        return targets + [Target("cuda", p, reason) for p in PRECISIONS]
+    capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+    bf16 = None if tuple(capability) >= (8, 0) else (
+        f"tensorflow: bf16 needs compute capability 8.0+, GPU has {capability}")
+    return targets + [Target("cuda", "fp32"), Target("cuda", "fp16"), Target("cuda", "bf16", bf16)]
+
+
+@dataclasses.dataclass
+class TensorFlowSession:
+    function: Any
+    device: str
+    config: Mapping[str, Any]
+    times: PrepareTimes
+    size_bytes: int | None
+    model: Any = None
+
+    def run(self, inputs: Arrays) -> list[np.ndarray]:
+        import tensorflow as tf
+
+        with tf.device(self.device):
+            out = self.function(tf.constant(inputs["input"]))
+        return [np.asarray(out.numpy(), dtype=np.float32)]  # .numpy() waits for the device
+
+    def close(self) -> None:
+        self.function = None
+        self.model = None
+        import keras
+
+        keras.backend.clear_session()
+
+
+def _set_threads(tf: Any, threads: int) -> dict[str, int]:
+    """Intra-op = ``threads``, inter-op = 1; refuse a runtime already started otherwise."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # the runtime already runs: fine if it runs with these settings, checked below
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    inter = tf.config.threading.get_inter_op_parallelism_threads()
+    if (intra, inter) != (threads, 1):
+        raise RuntimeError(f"tensorflow: this process's runtime already runs with intra-op {intra}, inter-op {inter} "
+                           f"threads; the case wants {threads} and 1 (run it in a fresh process)")
+    return {"intra_op_threads": intra, "inter_op_threads": inter}
+
+
+@pytest.hookimpl
+def pytest_infermatrix_prepare(
+    backend: BackendInfo, model: ModelSpec, target: Target, batch_size: int, context: PrepareContext
+) -> TensorFlowSession | None:
+    if backend.name not in NAMES:
+        return None
+    if model.build_keras is None:
+        pytest.skip(f"tensorflow: {model.name} has no Keras form")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from infermatrix.keras_models import load_torch_state
+    from infermatrix.reference import torch_state
+
+    started = time.perf_counter()
+    import keras
+    import tensorflow as tf
+
+    threads = _set_threads(tf, context.threads)
+    state = torch_state(model, context.cache_root)
+    times = PrepareTimes(load_s=time.perf_counter() - started)
+
+    started = time.perf_counter()
+    device = "/GPU:0" if target.device == "cuda" else "/CPU:0"
+    policy = POLICY[target.precision]
+    keras.config.set_dtype_policy(policy)
+    try:
+        with tf.device(device):
+            net = model.build_keras(keras)
+            tensors = load_torch_state(net, state)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    times.convert_s = time.perf_counter() - started
+
+    xla = backend.name == "tensorflow-xla"
+    (spec,) = model.inputs
+    signature = [tf.TensorSpec((batch_size, *spec.shape), tf.as_dtype(spec.dtype), name=spec.name)]
+    function = tf.function(lambda x: net(x, training=False), input_signature=signature, jit_compile=xla)
+    session = TensorFlowSession(
+        function=function, device=device, model=net, times=times,
+        size_bytes=int(sum(np.prod(w.shape) * np.dtype(w.dtype).itemsize for w in net.weights)),
+        config={
+            "api": "tf.function" + (" (jit_compile=True, XLA)" if xla else " (graph, Grappler)"),
+            "keras": keras.__version__, "tensorflow": tf.__version__,
+            "dtype_policy": policy, "compute_dtype": net.layers[-1].compute_dtype,
+            "device": device, "input_layout": "NCHW (transposed to NHWC inside the model)",
+            "weights_from": "torch state_dict", "weight_tensors": tensors, **threads,
+        },
+    )
+    # The first call traces the function and compiles it (Grappler, or XLA): timed apart.
+    started = time.perf_counter()
+    session.run(model.eval_inputs(batch_size))
+    times.compile_s = time.perf_counter() - started
+    return session
