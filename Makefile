@@ -6,9 +6,13 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-BENCH_EXTRAS := torch,onnxruntime,openvino
-TEST_EXTRAS  := torch,onnxruntime,openvino,test
+BENCH_EXTRAS := torch,onnxruntime,openvino,tensorflow
+TEST_EXTRAS  := torch,onnxruntime,openvino,tensorflow,test
 ARGS ?=
+# PlaidML pins Keras 2.2.4, which cannot share an environment with Keras 3 (tensorflow):
+# the tests check it from an environment of its own.
+PLAIDML_VENV ?= .venv-plaidml
+PLAIDML_PY   := $(PLAIDML_VENV)/bin/python
 
 .PHONY: bench test venv-bench venv-test clean
 
@@ -21,6 +25,12 @@ $(VENV)/.installed-%: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[$(subst +,$(comma),$*)]"
 	touch $@
 
+$(PLAIDML_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PLAIDML_VENV)
+	$(PLAIDML_PY) -m pip install --quiet --upgrade pip
+	$(PLAIDML_PY) -m pip install --quiet -e ".[plaidml]"
+	touch $@
+
 comma := ,
 venv-bench: $(VENV)/.installed-$(subst $(comma),+,$(BENCH_EXTRAS))
 venv-test: $(VENV)/.installed-$(subst $(comma),+,$(TEST_EXTRAS))
@@ -30,9 +40,9 @@ bench: venv-bench
 
 # pytest's exit code 5 means "no tests collected" (e.g. an ARGS filter matched nothing):
 # say so loudly, but it is not a failure of the project.
-test: venv-test
-	$(PY) -m pytest tests $(ARGS); rc=$$?; \
+test: venv-test $(PLAIDML_VENV)/.installed
+	INFERMATRIX_PLAIDML_PYTHON=$(PLAIDML_PY) $(PY) -m pytest tests $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected (exit 5)"; exit 0; fi; exit $$rc
 
 clean:
-	rm -rf $(VENV) .infermatrix-cache .benchmarks
+	rm -rf $(VENV) $(PLAIDML_VENV) .infermatrix-cache .benchmarks

@@ -13,6 +13,8 @@ BUILTIN_PLUGINS = (
     "plugins.models.bert",
     # backends, one module per backend (variants live beside their backend)
     "plugins.backends.torch",
+    "plugins.backends.tensorflow",
+    "plugins.backends.plaidml",
     "plugins.backends.onnxruntime",
     "plugins.backends.openvino",
     "plugins.backends.tensorrt",

@@ -4,8 +4,9 @@ Native inference libraries crash (segfault, abort), hang, and run out of memory.
 ``--isolation=process`` (the default) pytest itself never runs a case: a worker process,
 started fresh with multiprocessing's *spawn* method, prepares, checks and times it
 (``infermatrix.worker``), and pytest records the rounds it sends back. The worker is
-reused from case to case — the timed loops are the same code an in-process run uses,
-and pytest waits idle in a blocking read meanwhile — and replaced when something goes
+reused from case to case of one backend and device (cases run grouped by backend) — the
+timed loops are the same code an in-process run uses, and pytest waits idle in a
+blocking read meanwhile — and replaced for the next backend, or when something goes
 wrong:
 
 - the worker dies (a signal, an exit): the case fails naming the signal and the step,
@@ -89,7 +90,8 @@ class WorkerPool:
         self.timeout_s = timeout_s
         self.process: Any = None
         self.conn: multiprocessing.connection.Connection | None = None
-        self.started = 0  # workers started in this run (recorded in results)
+        self.started = 0  # workers started in this run
+        self.home: str | None = None
 
     def _ensure(self) -> multiprocessing.connection.Connection:
         if self.process is None or not self.process.is_alive() or self.conn is None:
@@ -129,8 +131,17 @@ class WorkerPool:
             process.kill()
         process.join(10)
 
-    def request(self, case_id: str, step: str, kind: str, payload: Any) -> Any:
-        """Send one request; its answer, or CaseAborted saying how the worker failed."""
+    def request(self, case_id: str, step: str, kind: str, payload: Any, home: str | None = None) -> Any:
+        """Send one request; its answer, or CaseAborted saying how the worker failed.
+
+        ``home`` (on prepare: backend and device) keeps one framework per worker process:
+        a case of another backend or device starts a new worker, so no framework's
+        thread pools or device context linger under another's timings, and process-wide
+        settings (TensorFlow's threads, PlaidML's device) are set once per process.
+        """
+        if home is not None and home != self.home:
+            self.stop()
+            self.home = home
         conn = self._ensure()
         process = self.process
         started = time.monotonic()
@@ -144,7 +155,7 @@ class WorkerPool:
             self.process, self.conn = None, None
             raise CaseAborted(
                 f"{case_id}: hung — no answer within {self.timeout_s:g} s during {step}; the worker process "
-                "was killed and the next case starts in a new one (--case-timeout sets the limit)"
+                f"(pid {process.pid}) was killed and the next case starts in a new one (--case-timeout sets the limit)"
             )
         try:
             status, body = conn.recv()
@@ -153,7 +164,7 @@ class WorkerPool:
             exitcode = process.exitcode
             self.process, self.conn = None, None
             raise CaseAborted(
-                f"{case_id}: the worker process {describe_exit(exitcode)} during {step} "
+                f"{case_id}: the worker process (pid {process.pid}) {describe_exit(exitcode)} during {step} "
                 f"after {time.monotonic() - started:.1f} s; its output is above, the other cases run on in a "
                 "new worker"
             ) from None
@@ -162,7 +173,8 @@ class WorkerPool:
         if status == "error":
             if body["out_of_memory"]:
                 self.stop()  # the next case starts with clean memory
-                raise CaseAborted(f"{case_id}: out of memory during {step}: {body['type']}: {body['message']}")
+                raise CaseAborted(f"{case_id}: out of memory during {step}: {body['type']}: {body['message']} "
+                                  f"(worker pid {process.pid}, replaced: the next case starts with clean memory)")
             raise CaseAborted(f"{case_id}: {body['type']} during {step}: {body['message']}\n"
                               f"--- in the worker process ---\n{body['traceback']}")
         return body
@@ -181,7 +193,8 @@ class RemoteCase:
         self.accuracy: AccuracyReport | None = None
         self._info: dict[str, Any] = {}
         try:
-            reply = pool.request(case.id, "prepare", "prepare", request)
+            reply = pool.request(case.id, "prepare", "prepare", request,
+                                 home=f"{case.backend.name}/{case.target.device}")
         except CaseAborted as exc:
             self.failure = str(exc)
             return

@@ -83,8 +83,10 @@ def check_unique(kind: str, names: Sequence[str]) -> None:
         seen.add(name)
 
 
-def model_rule(model: ModelSpec, target: Target) -> str | None:
-    """Skips that follow from the model, whatever the backend."""
+def model_rule(model: ModelSpec, target: Target, backend: BackendInfo | None = None) -> str | None:
+    """Skips that follow from the model (and the form of it the backend runs)."""
+    if backend is not None and backend.model_form == "keras" and model.build_keras is None:
+        return f"{backend.name}: {model.name} has no Keras form (ModelSpec.build_keras)"
     if target.precision == "int8-dynamic" and not model.linear_heavy:
         return (
             f"int8-dynamic quantizes only Linear/MatMul layers and {model.name} is not Linear-heavy "
@@ -130,7 +132,7 @@ def build(
             if selection.precisions is not None and target.precision not in selection.precisions:
                 continue
             for model in chosen_models:
-                reason = target.skip_reason or model_rule(model, target)
+                reason = target.skip_reason or model_rule(model, target, backend)
                 for batch_size in selection.batch_sizes or model.default_batch_sizes:
                     case = Case(model=model, backend=backend, target=target, batch_size=batch_size)
                     entries.append(MatrixEntry(case, reason))

@@ -334,6 +334,16 @@ def prepare_case(state: InfermatrixState, case: Case, workdir: Path) -> CaseHand
     config = state.config
     threads = threads_option(config)
     if state.pool is not None:
+        # The shared cache (seeded weights, fp32 reference, FLOPs) is filled here, not in the
+        # worker: the worker then runs only its own framework (TensorFlow beside torch crashed
+        # a process here), and its peak memory is the case's, not the reference model's.
+        try:
+            reference.reference_outputs(case.model, reference.accuracy_sample_count(case.batch_size,
+                                                                                    state.accuracy_samples),
+                                        state.cache_root)
+            reference.flops_per_sample(case.model, state.cache_root)
+        except reference.ReferenceUnavailable as exc:
+            pytest.skip(str(exc))
         request = PrepareRequest(
             model=case.model.name, weights_path=case.model.weights_path, backend=case.backend, target=case.target,
             batch_size=case.batch_size, workdir=str(workdir), cache_root=str(state.cache_root), threads=threads,
@@ -367,15 +377,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
 
-    def case_order(item: pytest.Item) -> tuple[str, int]:
+    state = config.stash[matrix_key]
+
+    def case_order(item: pytest.Item) -> tuple[str, str, int]:
         callspec = getattr(item, "callspec", None)
-        case_id = callspec.params.get("infermatrix_case_id", "") if callspec is not None else ""
+        case_id = str(callspec.params.get("infermatrix_case_id", "")) if callspec is not None else ""
+        backend = state.case(case_id).backend.name if case_id else ""
         marker = item.get_closest_marker("infermatrix_scenario")
         rank = SCENARIOS.index(marker.args[0]) if marker is not None and marker.args[0] in SCENARIOS else -1
-        return (str(case_id), rank)
+        return (backend, case_id, rank)
 
-    # Stable: items of no case keep their order first; each case's scenarios run back to
-    # back, latency first (its prepare also warms the cache the isolated runs reuse).
+    # Stable: items of no case keep their order first; cases run grouped by backend (one
+    # framework per worker process), each case's scenarios back to back, latency first
+    # (its prepare also warms the cache the isolated runs reuse).
     items[:] = sorted(keep, key=case_order)
 
 

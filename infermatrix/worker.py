@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 import pluggy
+import pytest
 
 from infermatrix import hookspec, runner
 from infermatrix.reference import ReferenceUnavailable
@@ -155,8 +156,8 @@ def serve(conn: Connection, specs: list[PluginSpec]) -> None:
                 else:
                     reply = ("error", {"type": "ValueError", "message": f"unknown request {kind!r}",
                                        "traceback": "", "out_of_memory": False})
-            except ReferenceUnavailable as exc:
-                reply = ("skip", str(exc))
+            except (ReferenceUnavailable, pytest.skip.Exception) as exc:
+                reply = ("skip", str(exc.msg if isinstance(exc, pytest.skip.Exception) else exc))
             except BaseException as exc:  # noqa: BLE001 - everything goes back to pytest, named
                 reply = ("error", {"type": type(exc).__name__, "message": str(exc),
                                    "traceback": traceback.format_exc(), "out_of_memory": is_out_of_memory(exc)})

@@ -12,6 +12,7 @@ Each backend is one fault, so a case id says which fault it carries:
 
 The fault strikes from call ``FAULTY_AFTER_CALLS`` + 1 on (default: the first call, i.e.
 during preparation); a larger number makes it strike while the case is being timed.
+``FAULTY_MODELS`` (comma list) limits the fault to those models' cases.
 The models are the numpy backend's, and so is the arithmetic before the fault strikes.
 """
 
@@ -80,12 +81,13 @@ class FaultySession:
     config: dict[str, Any]
     times: PrepareTimes
     size_bytes: int | None = None
+    strikes: bool = True
     calls: int = 0
 
     def run(self, inputs: Arrays) -> list[np.ndarray]:
         self.calls += 1
         out = (inputs["x"] @ self.matrix).astype(np.float32)
-        if self.calls > self.after_calls:
+        if self.calls > self.after_calls and self.strikes:
             if self.fault == "nan":
                 return [np.full_like(out, np.nan)]
             strike(self.fault)
@@ -104,5 +106,5 @@ def pytest_infermatrix_prepare(
     return FaultySession(
         fault=backend.name, matrix=weights(model.weight_seed).astype(np.float32),
         after_calls=int(os.environ.get("FAULTY_AFTER_CALLS", "0")), config={"fault": backend.name},
-        times=PrepareTimes(),
+        times=PrepareTimes(), strikes=model.name in os.environ.get("FAULTY_MODELS", model.name).split(","),
     )

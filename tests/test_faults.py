@@ -43,9 +43,9 @@ def results(path: Path) -> dict[str, dict]:
 # ---- isolation: one bad case never costs the run --------------------------------------------
 
 EXPECTED = {
-    "segfault": "*the worker process died from signal SIGSEGV (Segmentation fault) during prepare*",
-    "abort": "*the worker process died from signal SIGABRT (Aborted) during prepare*",
-    "hang": "*hung — no answer within 2 s during prepare; the worker process was killed*",
+    "segfault": "*the worker process (pid *) died from signal SIGSEGV (Segmentation fault) during prepare*",
+    "abort": "*the worker process (pid *) died from signal SIGABRT (Aborted) during prepare*",
+    "hang": "*hung — no answer within 2 s during prepare; the worker process (pid *) was killed*",
     "oom": "*out of memory during prepare: MemoryError: Unable to allocate 4.00 TiB*",
     "nan": "*accuracy check failed (80 of 80 output values are NaN or Inf;*",
 }
@@ -69,11 +69,22 @@ def test_a_faulty_case_fails_alone_and_every_other_case_is_saved(
     failed = json.loads(out.read_text())["infermatrix"]["failed"]
     assert sorted(failed) == sorted(f"test_{s}[{m}-{fault}-cpu-fp32-b1]" for s in ("latency", "throughput")
                                     for m in ("tinylinear", "tinymlp"))
-    if fault != "nan":
-        # cases run in id order: tinylinear-<fault>, tinylinear-numpy, tinymlp-<fault>, tinymlp-numpy; the
-        # fault took its worker with it (killed or replaced), so the numpy cases ran in two different ones
-        pids = {saved[f"test_latency[{m}-numpy-cpu-fp32-b1]"]["worker_pid"] for m in ("tinylinear", "tinymlp")}
-        assert len(pids) == 2
+
+
+@pytest.mark.parametrize("fault", ["segfault", "oom", "hang"])
+def test_after_a_fault_the_next_case_of_the_backend_runs_in_a_new_worker(
+    faulty: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    import re
+
+    monkeypatch.setenv("FAULTY_MODELS", "tinylinear")  # tinylinear (first in id order) faults, tinymlp does not
+    out = tmp_path / "out.json"
+    result = faulty.runpytest(f"--backends={fault}", "--models=tinylinear,tinymlp", "--case-timeout=2",
+                              f"--benchmark-json={out}", *QUICK)
+    assert result.parseoutcomes().get("passed") == 2, result.outlines[-20:]
+    (line,) = {line for line in result.outlines if "tinylinear" in line and "pid" in line and "Failed" not in line}
+    faulted_pid = int(re.search(r"pid (\d+)", line).group(1))  # type: ignore[union-attr]
+    assert results(out)[f"test_latency[tinymlp-{fault}-cpu-fp32-b1]"]["worker_pid"] != faulted_pid
 
 
 def test_a_crash_while_timing_names_the_scenario_and_keeps_the_other_results(
@@ -84,7 +95,7 @@ def test_a_crash_while_timing_names_the_scenario_and_keeps_the_other_results(
     out = tmp_path / "out.json"
     result = faulty.runpytest("--backends=numpy,segfault", "--precisions=fp32", "--devices=cpu", "--models=tinymlp",
                               f"--benchmark-json={out}", *QUICK)
-    result.stdout.fnmatch_lines(["*tinymlp-segfault-cpu-fp32-b1: the worker process died from signal SIGSEGV "
+    result.stdout.fnmatch_lines(["*tinymlp-segfault-cpu-fp32-b1: the worker process (pid *) died from signal SIGSEGV "
                                  "(Segmentation fault) during the latency scenario*"])
     assert result.parseoutcomes() == {"failed": 2, "passed": 2, "warnings": result.parseoutcomes().get("warnings", 0)}
     assert set(results(out)) == {"test_latency[tinymlp-numpy-cpu-fp32-b1]",

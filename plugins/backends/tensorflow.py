@@ -21,7 +21,10 @@ The path, and why (see docs/backends.md):
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -46,7 +49,7 @@ def pytest_infermatrix_backends() -> list[BackendInfo]:
         if info.available:  # the CPU wheel is another distribution of the same module
             version = installed_version("tensorflow") or installed_version("tensorflow-cpu") or "unknown"
             info = dataclasses.replace(info, version=version)
-        found.append(info)
+        found.append(dataclasses.replace(info, model_form="keras"))
     return found
 
 
@@ -66,22 +69,34 @@ def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
     problem = _keras3_problem()
     if problem:
         return [Target(d, p, problem) for d in DEVICES for p in PRECISIONS]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
     targets = [
         Target("cpu", "fp32"),
         Target("cpu", "bf16", None if cpu_supports_bf16() else "tensorflow: bf16 on CPU needs avx512_bf16 or AMX"),
         Target("cpu", "fp16", "tensorflow: fp16 on CPU is emulated (no fast kernels); use bf16 or a GPU"),
     ]
+    if installed_version("tensorflow") is None:
+        reason = "tensorflow: the tensorflow-cpu build has no GPU support (pip install 'tensorflow[and-cuda]')"
+        return targets + [Target("cuda", p, reason) for p in PRECISIONS]
+    gpus = _visible_gpus()
     if not gpus:
         reason = "tensorflow: no GPU visible to TensorFlow (tf.config.list_physical_devices('GPU') is empty)"
         return targets + [Target("cuda", p, reason) for p in PRECISIONS]
-    capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
-    bf16 = None if tuple(capability) >= (8, 0) else (
-        f"tensorflow: bf16 needs compute capability 8.0+, GPU has {capability}")
+    capability = tuple(gpus[0].get("compute_capability") or (0, 0))
+    bf16 = None if capability >= (8, 0) else f"tensorflow: bf16 needs compute capability 8.0+, GPU has {capability}"
     return targets + [Target("cuda", "fp32"), Target("cuda", "fp16"), Target("cuda", "bf16", bf16)]
+
+
+def _visible_gpus() -> list[dict[str, Any]]:
+    """TensorFlow's GPUs, asked in a child process: importing TensorFlow into pytest's own
+    process next to torch crashed it here (a segfault when triton loaded after it)."""
+    code = ("import json, tensorflow as tf; print(json.dumps([tf.config.experimental.get_device_details(g) "
+            "for g in tf.config.list_physical_devices('GPU')]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if proc.returncode != 0:
+        raise ImportError(f"tensorflow fails to start: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    found: list[dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return found
 
 
 @dataclasses.dataclass
@@ -129,8 +144,7 @@ def pytest_infermatrix_prepare(
 ) -> TensorFlowSession | None:
     if backend.name not in NAMES:
         return None
-    if model.build_keras is None:
-        pytest.skip(f"tensorflow: {model.name} has no Keras form")
+    assert model.build_keras is not None  # the matrix skips models without one (model_form="keras")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from infermatrix.keras_models import load_torch_state
     from infermatrix.reference import torch_state

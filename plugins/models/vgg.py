@@ -1,4 +1,5 @@
-"""VGG-19, the network of the seed benchmark (Keras VGG19, batch 8): its default batch is 8."""
+"""VGG-19, the network of the seed benchmark (Keras VGG19, batch 8): its default batch is 8, and
+its inputs are the seed's — 32x32 images, each pixel repeated 7x on both axes to 224x224."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ MODELS = [
         name="vgg19",
         family="vgg",
         task="classification",
-        inputs=(InputSpec("input", (3, 224, 224), "float32"),),
+        inputs=(InputSpec("input", (3, 224, 224), "float32", repeat=7),),
         output_names=("logits",),
         build_torch=_vgg19,
         default_batch_sizes=(8,),

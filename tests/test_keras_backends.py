@@ -1,0 +1,136 @@
+"""TensorFlow (Keras 3) and PlaidML (Keras 2.2.4): the same network, the same weights.
+
+Every model with a Keras form gives torch's fp32 logits (relative L2 <= 1e-4) on
+TensorFlow here, and on PlaidML from its own environment (``INFERMATRIX_PLAIDML_PYTHON``,
+set by ``make test``; Keras 2.2.4 cannot live beside Keras 3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+KERAS_MODELS = ["resnet18", "resnet50", "mobilenet_v2", "vgg19"]
+
+
+def model_spec(name: str):  # noqa: ANN201
+    sys.path.insert(0, str(REPO))
+    from plugins.models import mobilenet, resnet, vgg
+
+    return next(m for m in resnet.MODELS + mobilenet.MODELS + vgg.MODELS if m.name == name)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    return tmp_path_factory.mktemp("cache")
+
+
+PARTIAL_WEIGHTS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import keras
+from plugins.models.resnet import MODELS
+from infermatrix.keras_models import load_torch_state
+from infermatrix.reference import torch_state
+state = dict(torch_state(MODELS[0], Path(sys.argv[2])))
+del state["layer2.0.bn1.running_var"]
+try:
+    load_torch_state(MODELS[0].build_keras(keras), state)
+except KeyError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_partial_weight_set_is_refused(cache: Path) -> None:
+    needs_tensorflow()
+    from infermatrix.reference import reference_outputs
+
+    reference_outputs(model_spec("resnet18"), 8, cache)  # the weights, made with torch in this process
+    # Keras (TensorFlow) in a process of its own: TensorFlow beside torch crashed processes here
+    proc = subprocess.run([sys.executable, "-c", PARTIAL_WEIGHTS, str(REPO), str(cache)], capture_output=True,
+                          text=True, timeout=300)
+    assert "refused: \"keras layer needs torch tensor 'layer2.0.bn1.running_var'" in proc.stdout, proc.stderr[-2000:]
+
+
+def run_suite(python: str, cache: Path, out: Path, *args: str,
+              home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    if home is not None:
+        env["HOME"] = str(home)
+        env.pop("PLAIDML_SETTINGS", None)
+    return subprocess.run(
+        [python, "-m", "pytest", "suites/test_latency.py", "-q", "-p", "no:cacheprovider",
+         f"--infermatrix-cache={cache}", f"--benchmark-json={out}", "--min-rounds=3", "--min-time=0.01",
+         "--max-time=0.1", *args],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=900,
+    )
+
+
+def test_tensorflow_gives_torchs_logits_for_every_keras_model_through_a_compiled_function(
+    cache: Path, tmp_path: Path
+) -> None:
+    needs_tensorflow()
+    out = tmp_path / "tf.json"
+    proc = run_suite(sys.executable, cache, out, "--backends=tensorflow,tensorflow-xla", "--batch-sizes=1",
+                     "--precisions=fp32,bf16", "-k", "tensorflow-cpu-fp32 or resnet18")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    results = {b["extra_info"]["case_id"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
+    assert set(results) >= {f"{m}-tensorflow-cpu-fp32-b1" for m in KERAS_MODELS} | {
+        "resnet18-tensorflow-xla-cpu-fp32-b1"}
+    for case_id, info in results.items():
+        assert info["backend_config"]["api"].startswith("tf.function"), case_id  # never predict()
+        assert info["compile_s"] > 0 and info["accuracy"]["passed"], case_id
+        assert info["backend_config"]["compute_dtype"] == ("bfloat16" if "bf16" in case_id else "float32")
+        if "fp32" in case_id:
+            assert info["accuracy"]["rel_l2_error"] <= 1e-4, (case_id, info["accuracy"])
+    assert "jit_compile=True" in results["resnet18-tensorflow-xla-cpu-fp32-b1"]["backend_config"]["api"]
+
+
+def needs_tensorflow() -> None:
+    """Skip without TensorFlow, without importing it here (beside torch it crashed this process)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("tensorflow is not installed (pip install 'infermatrix[tensorflow]')")
+
+
+def plaidml_python() -> str:
+    python = os.environ.get("INFERMATRIX_PLAIDML_PYTHON", str(REPO / ".venv-plaidml" / "bin" / "python"))
+    if not Path(python).exists():
+        pytest.skip("no PlaidML environment (make test creates .venv-plaidml; or set INFERMATRIX_PLAIDML_PYTHON)")
+    return python
+
+
+def test_plaidml_gives_torchs_logits_for_every_keras_model_without_any_setup(cache: Path, tmp_path: Path) -> None:
+    python = plaidml_python()
+    from infermatrix.reference import reference_outputs
+
+    for name in KERAS_MODELS:  # the PlaidML environment has no torch: it reads weights and references here
+        reference_outputs(model_spec(name), 8, cache)
+    home = tmp_path / "home"  # no ~/.plaidml, no PLAIDML_* variables: the backend configures PlaidML itself
+    home.mkdir()
+    out = tmp_path / "plaidml.json"
+    proc = run_suite(python, cache, out, "--backends=plaidml", "--precisions=fp32", "--batch-sizes=1", home=home)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    results = {b["extra_info"]["case_id"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
+    assert set(results) == {f"{m}-plaidml-llvm_cpu.0-fp32-b1" for m in KERAS_MODELS}
+    for case_id, info in results.items():
+        assert info["accuracy"]["rel_l2_error"] <= 1e-4, (case_id, info["accuracy"])
+        assert info["compile_s"] > 0 and info["backend_config"]["keras"] == "2.2.4"
+    assert list(home.iterdir()) == []  # the user's home configuration was never written
+
+
+def test_plaidml_refuses_a_device_it_does_not_have(tmp_path: Path) -> None:
+    python = plaidml_python()
+    proc = run_suite(python, tmp_path, tmp_path / "x.json", "--backends=plaidml", "--devices=opencl_imaginary.0",
+                     "--collect-only")
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "--devices: unknown name 'opencl_imaginary.0'; valid: " in proc.stderr and "llvm_cpu.0" in proc.stderr
