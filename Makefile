@@ -14,7 +14,7 @@ ARGS ?=
 PLAIDML_VENV ?= .venv-plaidml
 PLAIDML_PY   := $(PLAIDML_VENV)/bin/python
 
-.PHONY: bench test venv-bench venv-test clean
+.PHONY: bench test nightly browser venv-bench venv-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,28 @@ bench: venv-bench
 
 # pytest's exit code 5 means "no tests collected" (e.g. an ARGS filter matched nothing):
 # say so loudly, but it is not a failure of the project.
-test: venv-test $(PLAIDML_VENV)/.installed
+# The report test renders the page in a real headless Chromium: Debian's package, installed
+# when missing and this is root with apt (as on CI); elsewhere that one test skips, saying so.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	echo "no chromium here: the report rendering test will skip"
+
+test: venv-test $(PLAIDML_VENV)/.installed browser
 	INFERMATRIX_PLAIDML_PYTHON=$(PLAIDML_PY) $(PY) -m pytest tests $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected (exit 5)"; exit 0; fi; exit $$rc
+
+# The nightly off GitHub: every backend environment this machine supports (each its own
+# tox environment), then the report (report/summary.md, report/index.html) judged against
+# baselines/. NIGHTLY_ARGS go to every environment's pytest, e.g. NIGHTLY_ARGS="--models resnet18".
+NIGHTLY_ARGS ?=
+NIGHTLY_ENVS := torch,tensorflow,plaidml,onnxruntime,openvino$(if $(shell command -v nvidia-smi),$(comma)cuda$(comma)tensorrt,)
+nightly: venv-test
+	rm -rf results && mkdir -p results
+	$(PY) -m tox -e export -- $(NIGHTLY_ARGS)
+	-$(PY) -m tox -e $(NIGHTLY_ENVS) -- $(NIGHTLY_ARGS)  # one after the other: never time two at once
+	$(PY) -m tox -e report
 
 clean:
 	rm -rf $(VENV) $(PLAIDML_VENV) .infermatrix-cache .benchmarks

@@ -3,6 +3,7 @@
     python -m infermatrix compare BASELINE... CURRENT [--json]
     python -m infermatrix accept RESULT.json [--baselines DIR]
     python -m infermatrix ab --cases ID,... [side options]   (paired A/B, see infermatrix.ab)
+    python -m infermatrix report RESULTS... [--baseline DIR] --out DIR   (summary.md + index.html)
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         from infermatrix import ab
 
         return ab.main(argv[1:])
+    if argv[:1] == ["report"]:
+        from infermatrix import report
+
+        return report.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m infermatrix", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     compare = commands.add_parser("compare", help="judge the last run against the runs before it (oldest first)")
@@ -32,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--allow-other-machine", action="store_true",
                          help="compare runs from different machines (refused by default)")
     commands.add_parser("ab", help="paired A/B comparison of two sides (see python -m infermatrix ab --help)")
+    commands.add_parser("report", help="merge a run's result files into summary.md and index.html (see --help)")
     accept = commands.add_parser("accept", help="store a run as the newest baseline of its machine")
     accept.add_argument("result", type=Path)
     accept.add_argument("--baselines", type=Path, default=Path("baselines"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class InfermatrixState:
     slowdowns: dict[str, float] = dataclasses.field(default_factory=dict)
     #: the worker processes of --isolation=process (None: cases run inside pytest)
     pool: WorkerPool | None = None
+    progress: Progress | None = None
     #: benchmark name -> why it failed, recorded in the result JSON for the verdicts
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
     _entries: list[matrix.MatrixEntry] | None = None
@@ -391,6 +393,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # framework per worker process), each case's scenarios back to back, latency first
     # (its prepare also warms the cache the isolated runs reuse).
     items[:] = sorted(keep, key=case_order)
+    runnable = [item for item in items if not item.get_closest_marker("skip")]
+    state.progress = Progress(total=len(dict.fromkeys(str(case_order(i)[1]) for i in runnable if case_order(i)[1])))
+
+
+@dataclasses.dataclass
+class Progress:
+    """Which case runs now and how many are left, for long runs (a line per case)."""
+
+    total: int
+    done: int = 0
+    current: str = ""
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def line(self, case_id: str) -> str | None:
+        if case_id == self.current or self.total < 2:
+            return None
+        self.current = case_id
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        return (f"infermatrix [{self.done}/{self.total}] {case_id} — {self.total - self.done} case(s) left, "
+                f"{elapsed / 60:.1f} min so far")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    callspec = getattr(item, "callspec", None)
+    case_id = callspec.params.get("infermatrix_case_id") if callspec is not None else None
+    state = item.config.stash.get(matrix_key, None)
+    if not case_id or state is None or state.progress is None or item.get_closest_marker("skip"):
+        return
+    line = state.progress.line(str(case_id))
+    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+    if line is not None and reporter is not None and item.config.getoption("verbose") >= 0:
+        reporter.ensure_newline()
+        reporter.write_line(line)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,0 +1,446 @@
+"""``python -m infermatrix report RESULTS... [--baseline DIR] --out DIR``: what a team reads.
+
+Merges the result JSON of every per-backend environment of one run (each a
+pytest-benchmark file written with ``--benchmark-json``), judges it against the stored
+baselines of its machine when asked, and writes:
+
+- ``summary.md``: short enough for a CI job summary — the verdicts (regressions first),
+  failed cases and why, the machine;
+- ``index.html``: one self-contained page (plots embedded as PNG data, no network needed):
+  latency per model by backend and precision, a backend x backend speed-up heatmap per
+  model, throughput against batch size, int8 against fp32 (speed-up, accuracy, size),
+  trends over the stored history, the full table, and the machine and versions behind
+  the numbers.
+
+Exit status: 0, or 1 when a case regressed (so a nightly job fails), 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import html
+import io
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from infermatrix import baselines, verdicts
+
+
+class ReportError(ValueError):
+    """Inputs that cannot make one report; the message names the file and what to do."""
+
+
+# ---- the merged run ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One timed case of one scenario, flattened for tables and plots."""
+
+    name: str
+    scenario: str
+    case_id: str
+    model: str
+    backend: str
+    device: str
+    precision: str
+    batch_size: int
+    median_ms: float
+    throughput: float | None
+    extra: dict[str, Any]
+
+    @property
+    def side(self) -> str:
+        return f"{self.backend}:{self.precision}" + ("" if self.device == "cpu" else f"@{self.device}")
+
+
+def merge_runs(paths: Sequence[Path]) -> dict[str, Any]:
+    """One run from the result files of one nightly (one per environment)."""
+    if not paths:
+        raise ReportError("no result files given: pass the --benchmark-json files of the run (e.g. results/*.json)")
+    runs = [(path, baselines.load_run(path)) for path in paths]
+    machines = {baselines.fingerprint(run["machine_info"]): path for path, run in runs}
+    if len(machines) > 1:
+        raise ReportError("the result files come from different machines: "
+                          + "; ".join(f"{p} ({m})" for m, p in machines.items())
+                          + " — a report covers one machine's run")
+    machine_info = json.loads(json.dumps(runs[0][1]["machine_info"]))
+    merged_backends: dict[str, Any] = {}
+    benchmarks: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    seen: dict[str, Path] = {}
+    for path, run in runs:
+        for name, info in ((run["machine_info"].get("infermatrix") or {}).get("backends") or {}).items():
+            if info.get("available") or name not in merged_backends:  # the environment that ran it knows its version
+                merged_backends[name] = info
+        for bench in run["benchmarks"]:
+            if bench["name"] in seen:
+                raise ReportError(f"{bench['name']} is in both {seen[bench['name']]} and {path}: give each "
+                                  "environment's results once")
+            seen[bench["name"]] = path
+            benchmarks.append(bench)
+        failed.update((run.get("infermatrix") or {}).get("failed") or {})
+    machine_info.setdefault("infermatrix", {})["backends"] = merged_backends
+    return {"machine_info": machine_info, "benchmarks": benchmarks, "infermatrix": {"failed": failed},
+            "datetime": max(str(run.get("datetime", "")) for _, run in runs), "sources": [str(p) for p in paths]}
+
+
+def rows(run: dict[str, Any]) -> list[Row]:
+    found = []
+    for bench in run["benchmarks"]:
+        extra = bench["extra_info"]
+        if "model" not in extra:
+            continue
+        scenario = str(extra.get("scenario", "latency"))
+        found.append(Row(
+            name=bench["name"], scenario=scenario, case_id=extra["case_id"], model=extra["model"],
+            backend=extra["backend"], device=extra["device"], precision=extra["precision"],
+            batch_size=int(extra["batch_size"]), median_ms=float(bench["stats"]["median"]) * 1e3,
+            throughput=extra.get("throughput_samples_per_s"), extra=extra,
+        ))
+    return found
+
+
+# ---- plots --------------------------------------------------------------------------------
+
+
+#: One colour per precision on every plot, so a glance compares like with like.
+PRECISION_COLORS = {"fp32": "tab:blue", "tf32": "tab:cyan", "bf16": "tab:orange", "fp16": "tab:red",
+                    "int8": "tab:green", "int8-dynamic": "tab:olive", "int4": "tab:purple"}
+
+
+def _png(figure: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def plot_latency(latency: list[Row]) -> list[tuple[str, str]]:
+    """Per model (smallest batch): median latency per backend, one bar per precision."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    plots = []
+    for model in sorted({r.model for r in latency}):
+        batch = min(r.batch_size for r in latency if r.model == model)
+        chosen = [r for r in latency if r.model == model and r.batch_size == batch]
+        backends = sorted({f"{r.backend}@{r.device}" for r in chosen})
+        precisions = sorted({r.precision for r in chosen})
+        figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(backends)), 3.6))
+        width = 0.8 / len(precisions)
+        for i, precision in enumerate(precisions):
+            values = [next((r.median_ms for r in chosen if f"{r.backend}@{r.device}" == b and r.precision == precision),
+                           np.nan) for b in backends]
+            axes.bar(np.arange(len(backends)) + i * width, values, width, label=precision,
+                     color=PRECISION_COLORS.get(precision, "tab:gray"))
+        axes.set_xticks(np.arange(len(backends)) + width * (len(precisions) - 1) / 2, backends, rotation=30,
+                        ha="right")
+        axes.set_ylabel("median latency (ms)")
+        axes.set_title(f"{model}, batch {batch}: latency by backend and precision (lower is better)")
+        axes.legend(title="precision", fontsize="small")
+        plots.append((f"Latency — {model} b{batch}", _png(figure)))
+    return plots
+
+
+def plot_speedup_heatmaps(latency: list[Row]) -> list[tuple[str, str]]:
+    """Per model: how many times faster the column side is than the row side (same batch)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    plots = []
+    for model in sorted({r.model for r in latency}):
+        batch = min(r.batch_size for r in latency if r.model == model)
+        sides = {r.side: r.median_ms for r in latency if r.model == model and r.batch_size == batch}
+        if len(sides) < 2:
+            continue
+        names = sorted(sides, key=sides.__getitem__, reverse=True)
+        matrix = np.array([[sides[row] / sides[col] for col in names] for row in names])
+        figure, axes = plt.subplots(figsize=(1.0 + 0.75 * len(names), 0.8 + 0.6 * len(names)))
+        image = axes.imshow(np.log2(matrix), cmap="RdYlGn", vmin=-3, vmax=3)
+        axes.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize="small")
+        axes.set_yticks(range(len(names)), names, fontsize="small")
+        for i in range(len(names)):
+            for j in range(len(names)):
+                axes.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7)
+        axes.set_title(f"{model} b{batch}: speed-up of column over row (row latency / column latency)")
+        figure.colorbar(image, ax=axes, label="log2 speed-up")
+        plots.append((f"Speed-up heatmap — {model} b{batch}", _png(figure)))
+    return plots
+
+
+def plot_throughput(throughput: list[Row]) -> list[tuple[str, str]]:
+    """Per model: best samples/s against batch size, one line per backend:precision."""
+    import matplotlib.pyplot as plt
+
+    plots = []
+    for model in sorted({r.model for r in throughput}):
+        chosen = [r for r in throughput if r.model == model and r.throughput]
+        if not chosen:
+            continue
+        figure, axes = plt.subplots(figsize=(6.5, 3.6))
+        for side in sorted({r.side for r in chosen}):
+            points = sorted((r.batch_size, float(r.throughput or 0)) for r in chosen if r.side == side)
+            axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=side)
+        axes.set_xscale("log", base=2)
+        axes.set_xlabel("batch size")
+        axes.set_ylabel("samples / s (best configuration)")
+        axes.set_title(f"{model}: throughput against batch size (higher is better)")
+        axes.legend(fontsize="x-small", ncol=2)
+        plots.append((f"Throughput — {model}", _png(figure)))
+    return plots
+
+
+def int8_table(latency: list[Row]) -> list[dict[str, Any]]:
+    """int8 against fp32 of the same backend, device, model and batch: speed-up, accuracy, size."""
+    fp32 = {(r.model, r.backend, r.device, r.batch_size): r for r in latency if r.precision == "fp32"}
+    found = []
+    for r in latency:
+        if not r.precision.startswith("int8"):
+            continue
+        base = fp32.get((r.model, r.backend, r.device, r.batch_size))
+        if base is None:
+            continue
+        accuracy = r.extra.get("accuracy") or {}
+        found.append({
+            "case": r.case_id, "fp32_ms": base.median_ms, "int8_ms": r.median_ms,
+            "speedup": base.median_ms / r.median_ms,
+            "cosine": accuracy.get("cosine_similarity"), "top1": accuracy.get("top1_agreement"),
+            "fp32_size_mb": (base.extra.get("model_size_bytes") or 0) / 1e6 or None,
+            "int8_size_mb": (r.extra.get("model_size_bytes") or 0) / 1e6 or None,
+        })
+    return found
+
+
+def plot_int8(table: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    import matplotlib.pyplot as plt
+
+    if not table:
+        return []
+    figure, axes = plt.subplots(figsize=(max(6, 0.5 * len(table)), 3.6))
+    axes.bar(range(len(table)), [t["speedup"] for t in table], color="tab:purple")
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_xticks(range(len(table)), [t["case"] for t in table], rotation=45, ha="right", fontsize="x-small")
+    axes.set_ylabel("fp32 latency / int8 latency")
+    axes.set_title("int8 against fp32, same backend and batch (higher is better)")
+    return [("int8 speed-up", _png(figure))]
+
+
+def plot_trends(history: list[dict[str, Any]], current: dict[str, Any]) -> list[tuple[str, str]]:
+    """Per model: each latency case's median over the stored history and this run."""
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return []
+    runs = [*history, current]
+    per_case: dict[str, list[float | None]] = defaultdict(lambda: [None] * len(runs))
+    models: dict[str, str] = {}
+    for i, run in enumerate(runs):
+        for r in rows(run):
+            if r.scenario == "latency":
+                per_case[r.case_id][i] = r.median_ms
+                models[r.case_id] = r.model
+    plots = []
+    for model in sorted(set(models.values())):
+        figure, axes = plt.subplots(figsize=(6.5, 3.6))
+        for case_id in sorted(c for c, m in models.items() if m == model):
+            values = per_case[case_id]
+            axes.plot(range(len(runs)), [v if v is not None else float("nan") for v in values], marker=".",
+                      label=case_id.removeprefix(f"{model}-"))
+        axes.set_xticks(range(len(runs)), [*(f"#{i + 1}" for i in range(len(history))), "this run"],
+                        fontsize="small")
+        axes.set_yscale("log")
+        axes.set_ylabel("median latency (ms)")
+        axes.set_title(f"{model}: latency over the stored baselines and this run")
+        axes.legend(fontsize="xx-small", ncol=2)
+        plots.append((f"Trend — {model}", _png(figure)))
+    return plots
+
+
+# ---- writing -----------------------------------------------------------------------------
+
+
+def machine_lines(run: dict[str, Any]) -> list[str]:
+    info = run["machine_info"]
+    im = info.get("infermatrix") or {}
+    gpus = ", ".join(g.get("name", "?") for g in im.get("gpus") or []) or "none"
+    lines = [
+        f"CPU: {im.get('cpu_model', '?')} ({im.get('cpu_physical_cores', '?')} cores); GPU: {gpus}; "
+        f"{im.get('os', info.get('system', '?'))} {im.get('arch', info.get('machine', ''))}; "
+        f"Python {info.get('python_version', '?')}",
+        f"machine fingerprint: {baselines.fingerprint(info)}",
+    ]
+    versions = [f"{name} {b.get('version') or '?'}" for name, b in sorted((im.get("backends") or {}).items())
+                if b.get("available")]
+    if versions:
+        lines.append("backends: " + ", ".join(versions))
+    return lines
+
+
+def verdict_lines(results: list[verdicts.Verdict]) -> list[str]:
+    order = {"regressed": 0, "failed": 1, "improved": 2, "new": 3, "missing": 4, "unchanged": 5}
+    ordered = sorted(results, key=lambda v: (order.get(v.verdict, 9), v.key))
+    return verdicts.table(ordered).splitlines()
+
+
+def write_summary(path: Path, run: dict[str, Any], table: list[Row], results: list[verdicts.Verdict] | None,
+                  baseline_note: str) -> None:
+    failed = run["infermatrix"]["failed"]
+    regressed = [v for v in results or [] if v.verdict == "regressed"]
+    lines = ["# infermatrix report", ""]
+    head = f"{len({r.case_id for r in table})} case(s) timed, {len(failed)} failed"
+    if results is not None:
+        head += f", {len(regressed)} regressed"
+    lines += [f"**{head}** — run of {run.get('datetime') or 'unknown time'}", ""]
+    lines += ["## Verdicts", ""]
+    if results is None:
+        lines += [baseline_note, ""]
+    else:
+        lines += [baseline_note, "", *verdict_lines(results), ""]
+    if failed:
+        lines += ["## Failed cases", ""]
+        for name, reason in sorted(failed.items()):
+            first = next((line for line in reason.splitlines() if line.strip()), reason)[:300]
+            lines.append(f"- `{name}`: {first}")
+        lines.append("")
+    lines += ["## Machine", "", *(f"- {line}" for line in machine_lines(run)), ""]
+    lines += ["The full page with plots is `index.html` (an artifact of this job).", ""]
+    path.write_text("\n".join(lines))
+
+
+def _table_html(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return html.escape("" if v is None else str(v))
+
+    out = ["<table><thead><tr>", *(f"<th>{html.escape(h)}</th>" for h in headers), "</tr></thead><tbody>"]
+    for row in body:
+        out.append("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px}
+th{background:#f0f0f0}img{max-width:100%;border:1px solid #eee;margin:.5em 0}h2{border-bottom:1px solid #ddd}
+.regressed{color:#b00;font-weight:bold}pre{background:#f7f7f7;padding:1em;overflow-x:auto}"""
+
+
+#: Marks on <body> how many plots a browser decoded (checked by the test that renders the page).
+IMAGE_CHECK = ("window.addEventListener('load',function(){var i=[].slice.call(document.images);"
+               "document.body.dataset.imagesDecoded=i.filter(function(x){return x.complete&&x.naturalWidth>0})"
+               ".length+'/'+i.length;});")
+
+
+def write_html(path: Path, run: dict[str, Any], table: list[Row], results: list[verdicts.Verdict] | None,
+               baseline_note: str, history: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    latency = [r for r in table if r.scenario == "latency"]
+    throughput = [r for r in table if r.scenario == "throughput"]
+    int8 = int8_table(latency)
+    sections: list[str] = []
+    sections.append("<h2>Verdicts</h2><p>" + html.escape(baseline_note) + "</p>")
+    if results is not None:
+        sections.append("<pre>" + html.escape("\n".join(verdict_lines(results))) + "</pre>")
+    failed = run["infermatrix"]["failed"]
+    if failed:
+        first_lines = [(n, r.strip().splitlines()[0][:400] if r.strip() else r) for n, r in sorted(failed.items())]
+        sections.append("<h2>Failed cases</h2>" + _table_html(["test", "reason"], first_lines))
+    figures = (("Latency", plot_latency(latency)), ("Speed-up between backends", plot_speedup_heatmaps(latency)),
+               ("Throughput against batch size", plot_throughput(throughput)), ("int8 against fp32", plot_int8(int8)),
+               ("Trends", plot_trends(history, run)))
+    for title, plots in figures:
+        if not plots:
+            continue
+        sections.append(f"<h2>{html.escape(title)}</h2>")
+        sections += [f'<figure><img alt="{html.escape(t)}" src="{src}"><figcaption>{html.escape(t)}</figcaption>'
+                     "</figure>" for t, src in plots]
+        if title == "int8 against fp32":
+            sections.append(_table_html(
+                ["case", "fp32 ms", "int8 ms", "speed-up", "cosine", "top-1", "fp32 MB", "int8 MB"],
+                [(t["case"], t["fp32_ms"], t["int8_ms"], t["speedup"], t["cosine"], t["top1"], t["fp32_size_mb"],
+                  t["int8_size_mb"]) for t in int8]))
+    sections.append("<h2>All results</h2>" + _table_html(
+        ["scenario", "case", "median ms", "samples/s", "accuracy (rel. L2 / cosine)", "config"],
+        [(r.scenario, r.case_id, r.median_ms, r.throughput,
+          f"{(r.extra.get('accuracy') or {}).get('rel_l2_error', float('nan')):.2g} / "
+          f"{(r.extra.get('accuracy') or {}).get('cosine_similarity', float('nan')):.6f}",
+          ", ".join(f"{k}={v}" for k, v in sorted((r.extra.get("backend_config") or {}).items()))[:300])
+         for r in sorted(table, key=lambda r: (r.model, r.batch_size, r.scenario, r.median_ms))]))
+    im = run["machine_info"].get("infermatrix") or {}
+    sections.append("<h2>Machine and versions</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>"
+                                                                   for x in machine_lines(run)) + "</ul>")
+    sections.append("<p>CPU flags: " + html.escape(" ".join(sorted(im.get("cpu_flags") or []))) + "</p>")
+    sections.append(_table_html(["backend", "version", "available", "reason"], [
+        (name, b.get("version"), b.get("available"), b.get("reason")) for name, b in
+        sorted((im.get("backends") or {}).items())]))
+    sections.append("<p>Sources: " + html.escape(", ".join(run.get("sources") or [])) + "</p>")
+    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>infermatrix report</title>"
+            f"<style>{STYLE}</style><script>{IMAGE_CHECK}</script></head><body><h1>infermatrix report</h1>"
+            f"<p>{len({r.case_id for r in table})} case(s) timed, {len(failed)} failed — run of "
+            f"{html.escape(str(run.get('datetime') or '?'))}</p>{''.join(sections)}</body></html>")
+    path.write_text(page)
+
+
+def result_files(paths: Sequence[Path]) -> list[Path]:
+    """Files as given; a directory stands for the ``*.json`` files in it (tox passes no globs)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(path.glob("*.json"))
+            if not inside:
+                raise ReportError(f"{path}: no result files (*.json) in this directory")
+            found += inside
+        else:
+            found.append(path)
+    return found
+
+
+def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None) -> int:
+    run = merge_runs(result_files(paths))
+    table = rows(run)
+    results: list[verdicts.Verdict] | None = None
+    history: list[dict[str, Any]] = []
+    machine = baselines.fingerprint(run["machine_info"])
+    if baseline_dir is None:
+        note = "No baselines given (--baseline DIR): nothing judged."
+    else:
+        history = baselines.load_history(baseline_dir, machine)
+        if history:
+            results = verdicts.judge(history, run)
+            changes = baselines.version_changes(history[-1], run)
+            note = (f"Against {len(history)} stored run(s) of machine {machine} in {baseline_dir}."
+                    + (f" Versions differ from the newest baseline: {'; '.join(changes)}." if changes else ""))
+        else:
+            note = (f"No baseline for machine {machine} in {baseline_dir}: nothing judged "
+                    "(accept one with python -m infermatrix accept RESULT.json).")
+    out.mkdir(parents=True, exist_ok=True)
+    write_summary(out / "summary.md", run, table, results, note)
+    write_html(out / "index.html", run, table, results, note, history)
+    return 1 if any(v.verdict == "regressed" for v in results or []) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infermatrix report", description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+", type=Path, help="result JSON files of one run (--benchmark-json)")
+    parser.add_argument("--baseline", type=Path, default=None, help="baselines directory to judge against")
+    parser.add_argument("--out", type=Path, required=True, help="directory for summary.md and index.html")
+    args = parser.parse_args(argv)
+    try:
+        status = build(args.results, args.out, args.baseline)
+    except (ReportError, baselines.BaselineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out / 'summary.md'} and {args.out / 'index.html'}")
+    return status

@@ -1,0 +1,148 @@
+"""The report (summary.md + one self-contained index.html), the nightly workflow, progress lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import FAST
+
+from infermatrix.report import main as report
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK = [*FAST, "--throughput-time=0.05", "--backends=numpy", "--devices=cpu"]
+
+
+@pytest.fixture
+def runs(suite: pytest.Pytester, tmp_path: Path) -> dict[str, Path]:
+    """Two per-environment result files of one run (fp32, fp16), a slowed copy, and 3 accepted baselines."""
+    shutil.copy(REPO / "suites" / "test_throughput.py", suite.path / "test_throughput.py")
+    out: dict[str, Path] = {}
+    for name, args in {"fp32": ["--precisions=fp32"], "fp16": ["--precisions=fp16"],
+                       "slow": ["--precisions=fp32", "--inject-slowdown=numpy=3000"]}.items():
+        out[name] = tmp_path / f"{name}.json"
+        assert suite.runpytest(*QUICK, *args, f"--benchmark-json={out[name]}").ret == 0
+    store = tmp_path / "baselines"
+    for _ in range(3):
+        base = tmp_path / "base.json"
+        assert suite.runpytest(*QUICK, "--precisions=fp32", "--min-rounds=200", f"--benchmark-json={base}").ret == 0
+        assert subprocess.run([sys.executable, "-m", "infermatrix", "accept", str(base), "--baselines", str(store)],
+                              capture_output=True).returncode == 0
+    out["baselines"] = store
+    return out
+
+
+def test_the_report_merges_environments_and_puts_regressions_first(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    status = report([str(runs["slow"]), str(runs["fp16"]), "--baseline", str(runs["baselines"]), "--out", str(out)])
+    assert status == 1  # a regression fails the nightly
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("# infermatrix report")
+    verdict_rows = [line for line in summary.splitlines() if line.startswith("| ") and "test_" in line]
+    assert verdict_rows[0].startswith("| regressed |"), verdict_rows[:3]
+    assert "CPU: " in summary and "machine fingerprint: " in summary and "numpy " in summary
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4  # latency, heatmap, throughput, trends
+    assert not re.search(r"""(src|href)=["']https?://""", page)  # self-contained: nothing fetched
+    for section in ("Latency", "Speed-up between backends", "Throughput against batch size", "Trends",
+                    "Machine and versions", "All results"):
+        assert f"<h2>{section}</h2>" in page
+
+
+def test_without_regressions_the_report_passes_and_without_baselines_it_says_so(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    assert report([str(runs["fp32"]), "--out", str(tmp_path / "a")]) == 0
+    assert "No baselines given" in (tmp_path / "a" / "summary.md").read_text()
+    assert report([str(runs["fp32"]), "--baseline", str(tmp_path / "empty"), "--out", str(tmp_path / "b")]) == 0
+    assert "No baseline for machine" in (tmp_path / "b" / "summary.md").read_text()
+
+
+def test_bad_report_inputs_name_the_file(runs: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert report([str(runs["fp32"]), str(runs["slow"]), "--out", str(tmp_path / "x")]) == 2
+    assert "is in both" in capsys.readouterr().err
+    other = json.loads(runs["fp16"].read_text())
+    other["machine_info"]["infermatrix"]["cpu_model"] = "Another CPU"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert report([str(runs["fp32"]), str(tmp_path / "other.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "different machines" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert report([str(tmp_path / "empty"), "--out", str(tmp_path / "x")]) == 2
+    assert "no result files" in capsys.readouterr().err
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("no headless Chromium here (make test installs Debian's chromium when it runs as root)")
+
+
+def test_the_page_renders_in_headless_chromium_with_every_plot_decoded(runs: dict[str, Path], tmp_path: Path) -> None:
+    browser = chromium()
+    out = tmp_path / "report"
+    report([str(runs["fp32"]), str(runs["fp16"]), "--baseline", str(runs["baselines"]), "--out", str(out)])
+    page = (out / "index.html").as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
+    decoded = re.search(r'data-images-decoded="(\d+)/(\d+)"', dom.stdout)
+    assert decoded, dom.stderr[-2000:]
+    assert int(decoded.group(2)) >= 4 and decoded.group(1) == decoded.group(2)
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1280,2000", page], capture_output=True,
+                   timeout=120)
+    assert shot.stat().st_size > 50_000  # a page with plots, not a blank one
+
+
+def test_the_nightly_workflow_passes_actionlint() -> None:
+    binary = shutil.which("actionlint", path=str(Path(sys.executable).parent)) or shutil.which("actionlint")
+    if binary is None:
+        pytest.skip("actionlint is not installed (pip install 'infermatrix[test]')")
+    proc = subprocess.run([binary, str(REPO / ".github" / "workflows" / "nightly.yml")], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    workflow = (REPO / ".github" / "workflows" / "nightly.yml").read_text()
+    for env in ("torch", "tensorflow", "plaidml", "onnxruntime", "openvino", "cuda", "tensorrt"):
+        assert re.search(rf"\b{env}\b", workflow), env  # one job per tox environment
+    assert "GITHUB_STEP_SUMMARY" in workflow and "tox -e report" in workflow
+
+
+def test_long_runs_say_which_case_runs_and_how_many_are_left(suite: pytest.Pytester) -> None:
+    result = suite.runpytest(*QUICK, "--precisions=fp32")
+    result.stdout.fnmatch_lines(["infermatrix [[]1/3] tinylinear-numpy-cpu-fp32-b2 — 2 case(s) left*",
+                                 "infermatrix [[]3/3] tinymlp-numpy-cpu-fp32-b4 — 0 case(s) left*"])
+
+
+@pytest.mark.skipif(shutil.which("tox", path=str(Path(sys.executable).parent)) is None and shutil.which("tox") is None,
+                    reason="tox is not installed (pip install 'infermatrix[test]')")
+def test_a_slice_of_the_nightly_runs_through_tox(tmp_path: Path) -> None:
+    """The nightly's real path on one small slice: a backend environment, then the report environment."""
+    pytest.importorskip("torch")  # fills the cache the torch-less environment reads
+    cache, results, report_dir = tmp_path / "cache", tmp_path / "results", tmp_path / "report"
+    slice_args = ["--models=resnet18", "--batch-sizes=1", "--precisions=fp32", "--min-rounds=3", "--min-time=0.1",
+                  "--max-time=0.2",
+                  "--throughput-time=0.2"]
+    warm = subprocess.run([sys.executable, "-m", "pytest", "suites", "--collect-only", "-q", "--warm-cache",
+                           f"--infermatrix-cache={cache}", *slice_args], cwd=REPO, capture_output=True, text=True)
+    assert warm.returncode == 0, warm.stdout[-2000:]
+    env = {**os.environ, "INFERMATRIX_CACHE_DIR": str(cache), "INFERMATRIX_RESULTS": str(results),
+           "INFERMATRIX_REPORT": str(report_dir), "INFERMATRIX_BASELINES": str(tmp_path / "baselines")}
+    tox = [sys.executable, "-m", "tox", "--workdir", str(tmp_path / ".tox")]
+    bench = subprocess.run([*tox, "-e", "onnxruntime", "--", *slice_args], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=1200)
+    assert bench.returncode == 0, bench.stdout[-3000:]
+    final = subprocess.run([*tox, "-e", "report"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stdout[-3000:]
+    summary = (report_dir / "summary.md").read_text()
+    assert "**1 case(s) timed, 0 failed" in summary and "No baseline for machine" in summary
+    page = (report_dir / "index.html").read_text()
+    assert "resnet18-onnxruntime-cpu-fp32-b1" in page
