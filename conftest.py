@@ -11,6 +11,7 @@ BUILTIN_PLUGINS = (
     "plugins.models.mobilenet",
     "plugins.models.vgg",
     "plugins.models.bert",
+    "plugins.models.llama",
     # backends, one module per backend (variants live beside their backend)
     "plugins.backends.torch",
     "plugins.backends.tensorflow",

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from infermatrix.accuracy import AccuracyReport
+from infermatrix.generation import TokenReport
 from infermatrix.timing import TimingPolicy, TimingResult, benchmark_recorder
 from infermatrix.types import Case
 from infermatrix.worker import PluginSpec, PrepareRequest, serve
@@ -190,7 +191,7 @@ class RemoteCase:
         self.slowdown = 0.0
         #: why the case could not be prepared (a crash, hang, OOM); scenarios then fail with it
         self.failure: str | None = None
-        self.accuracy: AccuracyReport | None = None
+        self.accuracy: AccuracyReport | TokenReport | None = None
         self._info: dict[str, Any] = {}
         try:
             reply = pool.request(case.id, "prepare", "prepare", request,
@@ -227,6 +228,10 @@ class RemoteCase:
 
     def throughput(self, benchmark: Any, duration_s: float) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._scenario("throughput", benchmark, duration_s)
+        return result
+
+    def generate(self, benchmark: Any, policy: TimingPolicy) -> dict[str, Any]:
+        result: dict[str, Any] = self._scenario("generate", benchmark, policy)
         return result
 
     def record_memory(self, hook: Any) -> None:

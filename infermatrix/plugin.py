@@ -17,6 +17,7 @@ import pytest
 
 from infermatrix import hookspec, matrix, reference, runner
 from infermatrix.cache import resolve_cache_dir
+from infermatrix.generation import PreparedGeneration
 from infermatrix.isolation import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
 from infermatrix.machine import machine_summary
 from infermatrix.timing import TimingPolicy, mark_untimed
@@ -24,14 +25,14 @@ from infermatrix.types import KNOWN_PRECISIONS, BackendInfo, Case, MemoryReport,
 from infermatrix.worker import PrepareRequest
 
 #: A case as the scenarios see it: prepared in this process, or in the worker process.
-CaseHandle = runner.PreparedCase | RemoteCase
+CaseHandle = runner.PreparedCase | RemoteCase | PreparedGeneration
 
 ENTRY_POINT_GROUP = "infermatrix"
 #: Scenario modules mark themselves ``pytest.mark.infermatrix_scenario(name)``.
-SCENARIOS = ("latency", "throughput", "cold-start", "memory")
+SCENARIOS = ("latency", "throughput", "cold-start", "memory", "generate")
 #: cold-start and memory run each case in a fresh process (seconds per case), so
 #: they are asked for explicitly; the default matrix stays within 20 minutes here.
-DEFAULT_SCENARIOS = ("latency", "throughput")
+DEFAULT_SCENARIOS = ("latency", "throughput", "generate")
 
 matrix_key = pytest.StashKey["InfermatrixState"]()
 
@@ -136,6 +137,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--case-timeout", type=float, default=DEFAULT_CASE_TIMEOUT_S, metavar="SECONDS",
                     help="with --isolation=process: a case's preparation or one scenario running longer than this "
                     f"is stopped and failed as hung (default: {DEFAULT_CASE_TIMEOUT_S:g})")
+    group.addoption("--generate-prompt-lengths", default=None, metavar="N,...",
+                    help="generate: prompt lengths in tokens (default: each generation model's own, tinyllama 16,64)")
+    group.addoption("--generate-new-tokens", default=None, metavar="N,...",
+                    help="generate: tokens generated per prompt (default: the model's own, tinyllama 32)")
+    group.addoption("--generate-config", action="append", default=[], metavar="MODEL:KEY=VALUE",
+                    help="generate: change the config a generation model is built from (seeded weights), e.g. "
+                    "tinyllama:num_hidden_layers=8; real weights come from --model-weights MODEL=HF_FOLDER")
     group.addoption("--warm-cache", action="store_true", default=False,
                     help="fill the cache (seeded weights, fp32 references, FLOP counts, ONNX exports) for the "
                     "selected cases, so environments without torch can run them; use with --collect-only")
@@ -170,7 +178,11 @@ def _parse_weights(raw: list[str], models: list[ModelSpec]) -> dict[str, str]:
         if model not in names:
             raise pytest.UsageError(f"--model-weights: unknown model {model!r}; valid: {', '.join(sorted(names))}")
         file = Path(path).expanduser()
-        if not file.is_file():
+        generation = next(m for m in models if m.name == model).generation is not None
+        if generation and not (file / "config.json").is_file():
+            raise pytest.UsageError(f"--model-weights {model}: {file} is not a Hugging Face model folder "
+                                    "(no config.json); give the folder save_pretrained wrote")
+        if not generation and not file.is_file():
             raise pytest.UsageError(f"--model-weights {model}: file {file} does not exist")
         found[model] = str(file.resolve())
     return found
@@ -217,6 +229,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--accuracy-samples={accuracy_samples}: must be at least 1")
     weights = _parse_weights(config.getoption("--model-weights"), models)
     slowdowns = _parse_slowdowns(config.getoption("--inject-slowdown"), backends)
+    models = [configure_generation(m, config, weights.pop(m.name, None)) if m.generation is not None else m
+              for m in models]
     models = [dataclasses.replace(m, weights_path=weights[m.name]) if m.name in weights else m for m in models]
     config.stash[matrix_key] = InfermatrixState(
         config=config,
@@ -230,6 +244,36 @@ def pytest_configure(config: pytest.Config) -> None:
         slowdowns=slowdowns,
         pool=pool,
     )
+
+
+def configure_generation(model: ModelSpec, config: pytest.Config, folder: str | None) -> ModelSpec:
+    """A generation model as this run's options make it: sweep, config changes, local folder."""
+    spec = model.generation
+    changes: dict[str, Any] = {}
+    for option, field in (("--generate-prompt-lengths", "prompt_lengths"), ("--generate-new-tokens", "new_tokens")):
+        raw = config.getoption(option)
+        if raw:
+            try:
+                values = tuple(int(v) for v in raw.split(",") if v.strip())
+            except ValueError:
+                values = ()
+            if not values or min(values) < 1:
+                raise pytest.UsageError(f"{option}={raw!r}: give positive integers, e.g. 16,64")
+            changes[field] = values
+    settings = dict(spec.config)
+    for item in config.getoption("--generate-config"):
+        name, _, assignment = item.partition(":")
+        key, sep, value = assignment.partition("=")
+        if name != model.name:
+            continue
+        if not sep or key not in settings:
+            raise pytest.UsageError(f"--generate-config {item!r}: expected {model.name}:KEY=VALUE with KEY one of "
+                                    f"{', '.join(sorted(settings))}")
+        settings[key] = type(settings[key])(value) if not isinstance(settings[key], bool) else value == "true"
+    changes["config"] = settings
+    if folder is not None:
+        changes["local_dir"] = folder
+    return dataclasses.replace(model, generation=dataclasses.replace(spec, **changes))
 
 
 def threads_option(config: pytest.Config) -> int:
@@ -257,6 +301,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(str(exc)) from None
     # Parameters are the plain case ids (they serialize into pytest-benchmark's JSON);
     # the ``infermatrix_case`` fixture maps an id to its Case.
+    # The generate scenario takes the generation models, every other scenario the rest.
+    marker = metafunc.definition.get_closest_marker("infermatrix_scenario")
+    generating = marker is not None and marker.args[0] == "generate"
+    entries = [e for e in entries if (e.case.model.task == "generation") == generating]
     params = [
         pytest.param(e.case.id, id=e.case.id, marks=[pytest.mark.skip(reason=e.skip_reason)] if e.skip_reason else [])
         for e in entries
@@ -335,6 +383,8 @@ def prepare_case(state: InfermatrixState, case: Case, workdir: Path) -> CaseHand
     """Prepare ``case`` in the worker process (``--isolation=process``) or in this one."""
     config = state.config
     threads = threads_option(config)
+    if case.model.task == "generation":
+        return prepare_generation_case(state, case, workdir, threads)
     if state.pool is not None:
         # The shared cache (seeded weights, fp32 reference, FLOPs) is filled here, not in the
         # worker: the worker then runs only its own framework (TensorFlow beside torch crashed
@@ -364,6 +414,33 @@ def prepare_case(state: InfermatrixState, case: Case, workdir: Path) -> CaseHand
         return runner.prepare(case, prepare_session, state.cache_root, state.policy, state.accuracy_samples, threads)
     except reference.ReferenceUnavailable as exc:
         pytest.skip(str(exc))
+
+
+def prepare_generation_case(state: InfermatrixState, case: Case, workdir: Path, threads: int) -> CaseHandle:
+    from infermatrix import generation
+
+    config = state.config
+    try:  # the model folder and the torch reference tokens, made here (see prepare_case)
+        generation.reference_tokens(case.model.name, case.model.generation, state.cache_root, case.batch_size)
+    except generation.UnavailableForGeneration as exc:
+        pytest.skip(str(exc))
+    except ImportError as exc:
+        pytest.skip(f"{case.model.name}: the torch reference tokens need transformers and torch ({exc}); "
+                    "pip install 'infermatrix[torch,llm]'")
+    if state.pool is not None:
+        request = PrepareRequest(
+            model=case.model.name, weights_path=None, backend=case.backend, target=case.target,
+            batch_size=case.batch_size, workdir=str(workdir), cache_root=str(state.cache_root), threads=threads,
+            policy=state.policy, accuracy_samples=state.accuracy_samples, generation=case.model.generation,
+        )
+        return RemoteCase(case, state.pool, request)
+
+    def prepare_session() -> Any:
+        context = PrepareContext(workdir=workdir, cache_root=state.cache_root, threads=threads, config=config)
+        return config.hook.pytest_infermatrix_prepare(backend=case.backend, model=case.model, target=case.target,
+                                                      batch_size=case.batch_size, context=context)
+
+    return generation.prepare(case, prepare_session, state.cache_root)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -467,7 +544,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
     """The accuracy gate: a case whose outputs are wrong (or whose worker failed) fails before it is timed."""
     prepared = pyfuncitem.funcargs.get("infermatrix_prepared")
-    if not isinstance(prepared, (runner.PreparedCase, RemoteCase)):
+    if not isinstance(prepared, (runner.PreparedCase, RemoteCase, PreparedGeneration)):
         return
     failure = getattr(prepared, "failure", None)
     if failure is None and prepared.accuracy is not None and not prepared.accuracy.passed:

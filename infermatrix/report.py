@@ -234,6 +234,43 @@ def plot_int8(table: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [("int8 speed-up", _png(figure))]
 
 
+def generation_table(generate: list[Row]) -> list[dict[str, Any]]:
+    """Every generate case and sweep configuration: TTFT and tokens/s side by side."""
+    found = []
+    for r in sorted(generate, key=lambda r: (r.model, r.side)):
+        share = (r.extra.get("accuracy") or {}).get("identical_share")
+        for config, f in (r.extra.get("generate") or {}).items():
+            found.append({"case": r.case_id, "config": config, "ttft_ms": f.get("ttft_ms"),
+                          "itl_p50_ms": f.get("itl_p50_ms"), "itl_p99_ms": f.get("itl_p99_ms"),
+                          "decode_tokens_per_s": f.get("decode_tokens_per_s"),
+                          "e2e_tokens_per_s": f.get("e2e_tokens_per_s"), "identical_tokens": share})
+    return found
+
+
+def plot_generation(generate: list[Row]) -> list[tuple[str, str]]:
+    """Per generation model (first sweep configuration): TTFT and decode tokens/s per side."""
+    import matplotlib.pyplot as plt
+
+    plots = []
+    for model in sorted({r.model for r in generate}):
+        chosen = sorted((r for r in generate if r.model == model), key=lambda r: r.side)
+        if not chosen:
+            continue
+        names = [r.side for r in chosen]
+        colors = [PRECISION_COLORS.get(r.precision, "tab:gray") for r in chosen]
+        figure, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(names)), 3.6))
+        left.bar(range(len(names)), [r.extra.get("ttft_ms") or 0 for r in chosen], color=colors)
+        left.set_ylabel("time to first token (ms, lower is better)")
+        right.bar(range(len(names)), [r.extra.get("decode_tokens_per_s") or 0 for r in chosen], color=colors)
+        right.set_ylabel("decode tokens/s (higher is better)")
+        for axes in (left, right):
+            axes.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize="small")
+        primary = chosen[0].extra.get("generate_primary", "")
+        figure.suptitle(f"{model} ({primary}, batch {chosen[0].batch_size}): generation by backend and precision")
+        plots.append((f"Generation — {model}", _png(figure)))
+    return plots
+
+
 def plot_trends(history: list[dict[str, Any]], current: dict[str, Any]) -> list[tuple[str, str]]:
     """Per model: each latency case's median over the stored history and this run."""
     import matplotlib.pyplot as plt
@@ -305,6 +342,14 @@ def write_summary(path: Path, run: dict[str, Any], table: list[Row], results: li
         lines += [baseline_note, ""]
     else:
         lines += [baseline_note, "", *verdict_lines(results), ""]
+    generation = generation_table([r for r in table if r.scenario == "generate"])
+    if generation:
+        lines += ["## Generation", "",
+                  "| case | prompt / new | TTFT ms | decode tok/s | e2e tok/s | identical tokens |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {g['case']} | {g['config']} | {g['ttft_ms']:.2f} | {g['decode_tokens_per_s'] or 0:.0f} | "
+                  f"{g['e2e_tokens_per_s']:.0f} | {g['identical_tokens']:.3f} |" for g in generation]
+        lines.append("")
     if failed:
         lines += ["## Failed cases", ""]
         for name, reason in sorted(failed.items()):
@@ -348,6 +393,7 @@ def write_html(path: Path, run: dict[str, Any], table: list[Row], results: list[
     matplotlib.use("Agg")
     latency = [r for r in table if r.scenario == "latency"]
     throughput = [r for r in table if r.scenario == "throughput"]
+    generate = [r for r in table if r.scenario == "generate"]
     int8 = int8_table(latency)
     sections: list[str] = []
     sections.append("<h2>Verdicts</h2><p>" + html.escape(baseline_note) + "</p>")
@@ -359,6 +405,7 @@ def write_html(path: Path, run: dict[str, Any], table: list[Row], results: list[
         sections.append("<h2>Failed cases</h2>" + _table_html(["test", "reason"], first_lines))
     figures = (("Latency", plot_latency(latency)), ("Speed-up between backends", plot_speedup_heatmaps(latency)),
                ("Throughput against batch size", plot_throughput(throughput)), ("int8 against fp32", plot_int8(int8)),
+               ("Generation: time to first token and tokens/s", plot_generation(generate)),
                ("Trends", plot_trends(history, run)))
     for title, plots in figures:
         if not plots:
@@ -366,6 +413,12 @@ def write_html(path: Path, run: dict[str, Any], table: list[Row], results: list[
         sections.append(f"<h2>{html.escape(title)}</h2>")
         sections += [f'<figure><img alt="{html.escape(t)}" src="{src}"><figcaption>{html.escape(t)}</figcaption>'
                      "</figure>" for t, src in plots]
+        if title.startswith("Generation"):
+            sections.append(_table_html(
+                ["case", "prompt / new tokens", "TTFT ms", "ITL p50 ms", "ITL p99 ms", "decode tok/s", "e2e tok/s",
+                 "identical tokens"],
+                [(g["case"], g["config"], g["ttft_ms"], g["itl_p50_ms"], g["itl_p99_ms"], g["decode_tokens_per_s"],
+                  g["e2e_tokens_per_s"], g["identical_tokens"]) for g in generation_table(generate)]))
         if title == "int8 against fp32":
             sections.append(_table_html(
                 ["case", "fp32 ms", "int8 ms", "speed-up", "cosine", "top-1", "fp32 MB", "int8 MB"],

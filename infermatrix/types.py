@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 #: quantization with the backend's own tool; ``int8-dynamic`` is its own precision.
 KNOWN_PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "int8", "int8-dynamic", "int4")
 
-Task = Literal["classification", "embedding"]
+Task = Literal["classification", "embedding", "generation"]
 Arrays = dict[str, "NDArray[Any]"]
 
 
@@ -104,6 +104,9 @@ class ModelSpec:
     weights_path: str | None = None
     #: Changes whenever the network definition changes; part of every cache key.
     version: str = "1"
+    #: Generation models (task "generation"): how the model folder is made and prompted
+    #: (infermatrix.generation.GenerationSpec); only the ``generate`` scenario runs them.
+    generation: Any = None
     #: The Keras form: called with the ``keras`` module (Keras 3 or PlaidML's Keras 2.2.4),
     #: returns the model with layers named after torch's state_dict (infermatrix.keras_models).
     build_keras: Callable[[Any], Any] | None = None
@@ -116,7 +119,7 @@ class ModelSpec:
             raise ValueError(f"model name {self.name!r}: must be non-empty and contain no '-' (ids use '-')")
         if not self.inputs:
             raise ValueError(f"model {self.name!r}: needs at least one input")
-        if self.build_torch is None and self.reference_fn is None:
+        if self.build_torch is None and self.reference_fn is None and self.generation is None:
             raise ValueError(f"model {self.name!r}: give build_torch or reference_fn (how to get fp32 outputs)")
         if any(b <= 0 for b in self.default_batch_sizes):
             raise ValueError(f"model {self.name!r}: batch sizes must be > 0, got {self.default_batch_sizes}")
@@ -172,6 +175,8 @@ class BackendInfo:
     framework_module: str = ""
     #: The form of a model the backend runs beyond torch/ONNX: "keras" needs ModelSpec.build_keras.
     model_form: str | None = None
+    #: Precisions the backend generates text in (the ``generate`` scenario); empty: it does not.
+    generation_precisions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.available and not self.reason:

@@ -77,6 +77,8 @@ class PrepareRequest:
     threads: int
     policy: Any
     accuracy_samples: int
+    #: the generation spec as the run's options made it (generation models only)
+    generation: Any = None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -93,7 +95,7 @@ class Worker:
         self.models: dict[str, ModelSpec] = {
             m.name: m for group in manager.hook.pytest_infermatrix_models() for m in group
         }
-        self.current: runner.PreparedCase | None = None
+        self.current: Any = None  # runner.PreparedCase or generation.PreparedGeneration
 
     def close_current(self) -> None:
         if self.current is not None:
@@ -105,9 +107,22 @@ class Worker:
         model = self.models[request.model]
         if request.weights_path is not None:
             model = dataclasses.replace(model, weights_path=request.weights_path)
+        if request.generation is not None:
+            model = dataclasses.replace(model, generation=request.generation)
         case = Case(model, request.backend, request.target, request.batch_size)
         context = PrepareContext(workdir=Path(request.workdir), cache_root=Path(request.cache_root),
                                  threads=request.threads, config=None)
+        if model.task == "generation":
+            from infermatrix import generation
+
+            self.current = generation.prepare(
+                case,
+                lambda: self.manager.hook.pytest_infermatrix_prepare(
+                    backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size,
+                    context=context),
+                Path(request.cache_root),
+            )
+            return {"accuracy": self.current.accuracy, "info": self.current.info()}
         self.current = runner.prepare(
             case,
             lambda: self.manager.hook.pytest_infermatrix_prepare(
@@ -124,7 +139,9 @@ class Worker:
         prepared.extra_info = {}
         prepared.slowdown = slowdown
         sink = RecordedRounds(disabled=disabled)
-        result: Any = prepared.latency(sink, argument) if name == "latency" else prepared.throughput(sink, argument)
+        if name not in ("latency", "throughput", "generate"):
+            raise ValueError(f"unknown scenario {name!r}")
+        result: Any = getattr(prepared, name)(sink, argument)
         prepared.record_memory(self.manager.hook)
         prepared.extra_info["worker_pid"] = os.getpid()
         return {"result": result, "samples": sink.samples, "extra_info": prepared.extra_info}

@@ -36,12 +36,16 @@ from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, Pr
 NAME = "onnxruntime"
 DEVICES = ("cpu", "cuda", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+#: Text generation (ONNX Runtime GenAI, its model builder's fp32 and int8 exports).
+GENERATION_PRECISIONS = ("fp32", "int8")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
 @pytest.hookimpl
 def pytest_infermatrix_backends() -> list[BackendInfo]:
-    return [announce_backend(NAME, "onnxruntime", "onnxruntime", DEVICES, PRECISIONS, extra="onnxruntime")]
+    info = announce_backend(NAME, "onnxruntime", "onnxruntime", DEVICES, PRECISIONS, extra="onnxruntime")
+    generates = importlib.util.find_spec("onnxruntime_genai") is not None
+    return [dataclasses.replace(info, generation_precisions=GENERATION_PRECISIONS if generates else ())]
 
 
 def _reason(device: str, precision: str, available: list[str]) -> str | None:
@@ -130,6 +134,8 @@ def pytest_infermatrix_prepare(
 ) -> OrtSession | None:
     if backend.name != NAME:
         return None
+    if model.task == "generation":
+        return prepare_generation(model, target, context)  # type: ignore[return-value]
     import onnxruntime as ort
 
     times = PrepareTimes()
@@ -183,4 +189,73 @@ def pytest_infermatrix_prepare(
         size_bytes=path.stat().st_size,
         path=path,
         provider=provider,
+    )
+
+
+# ---- text generation (the generate scenario): ONNX Runtime GenAI ---------------------------------
+
+
+@dataclasses.dataclass
+class GenAISession:
+    """ONNX Runtime GenAI's token loop: prompt ids appended, one ``generate_next_token`` per token."""
+
+    model: Any
+    config: Mapping[str, Any]
+    times: PrepareTimes
+    size_bytes: int | None
+
+    def generate(self, ids: np.ndarray, new_tokens: int) -> Any:
+        import onnxruntime_genai as og
+
+        from infermatrix.generation import Generated, token_clock
+
+        stamp, stamps, elapsed = token_clock()
+        batch, length = ids.shape
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False, max_length=length + new_tokens, min_length=length + new_tokens,
+                                  batch_size=batch)
+        generator = og.Generator(self.model, params)
+        generator.append_tokens(ids.astype(np.int32))
+        while not generator.is_done():
+            generator.generate_next_token()
+            stamp()
+        tokens = [list(generator.get_sequence(i))[length:] for i in range(batch)]
+        return Generated(tokens=tokens, token_times_s=list(stamps), total_s=elapsed())
+
+    def close(self) -> None:
+        self.model = None
+
+
+def prepare_generation(model: ModelSpec, target: Target, context: PrepareContext) -> GenAISession:
+    import json
+    import sys
+
+    import onnxruntime_genai as og
+
+    from infermatrix.generation import exported, model_dir
+    from infermatrix.reference import ReferenceUnavailable
+
+    folder = model_dir(model.name, model.generation, context.cache_root)
+    name = f"onnxruntime-genai-{target.precision}"
+    if not (folder.parent / name / ".complete").exists() and importlib.util.find_spec("transformers") is None:
+        raise ReferenceUnavailable(f"{model.name}: no ONNX Runtime GenAI export in the cache and transformers is not "
+                                   "installed to build it; run the torch environment once")
+    times = PrepareTimes()
+    started = time.perf_counter()
+    out = exported(folder, name, [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", "{model}", "-o",
+                                  "{out}", "-p", target.precision, "-e", "cpu", "-c", str(folder.parent / ".ogcache")],
+                   "onnxruntime_genai.models.builder")
+    times.convert_s = time.perf_counter() - started
+    started = time.perf_counter()
+    config = og.Config(str(out))
+    # one request at a time, --threads intra-op threads, like the other ONNX Runtime cases
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+        "intra_op_num_threads": context.threads, "inter_op_num_threads": 1}}}}))
+    loaded = og.Model(config)
+    times.load_s = time.perf_counter() - started
+    return GenAISession(
+        model=loaded, times=times, size_bytes=sum(f.stat().st_size for f in out.glob("*.onnx*")),
+        config={"api": "onnxruntime_genai Generator (append_tokens, generate_next_token per token)",
+                "builder_precision": target.precision, "execution_provider": "cpu", "threads": context.threads,
+                "export": str(out), "onnxruntime_genai": og.__version__},
     )

@@ -16,8 +16,10 @@ The path, and why (see docs/backends.md):
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,16 +31,20 @@ from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, Pr
 
 NAME = "openvino"
 DEVICES = ("cpu", "gpu", "npu")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
+#: Text generation (OpenVINO GenAI's LLMPipeline): f32 compute, weights f32 or NNCF-compressed.
+GENERATION_PRECISIONS = ("fp32", "int8", "int4")
 #: The matrix's precision → OpenVINO's inference precision hint.
-PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32", "int4": "f32"}
 #: The capability a device must report (OPTIMIZATION_CAPABILITIES) for each precision.
-CAPABILITY = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16", "int8": "INT8"}
+CAPABILITY = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16", "int8": "INT8", "int4": "FP32"}
 
 
 @pytest.hookimpl
 def pytest_infermatrix_backends() -> list[BackendInfo]:
-    return [announce_backend(NAME, "openvino", "openvino", DEVICES, PRECISIONS, extra="openvino")]
+    info = announce_backend(NAME, "openvino", "openvino", DEVICES, PRECISIONS, extra="openvino")
+    generates = importlib.util.find_spec("openvino_genai") is not None
+    return [dataclasses.replace(info, generation_precisions=GENERATION_PRECISIONS if generates else ())]
 
 
 def ov_device(device: str) -> str:
@@ -69,7 +75,7 @@ def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
                 needs = " (needs avx512_bf16 or AMX)" if precision == "bf16" and name == "CPU" else ""
                 reason = (f"openvino: {name} does not report {CAPABILITY[precision]} "
                           f"(capabilities: {', '.join(capabilities)}){needs}")
-            elif precision == "int8" and importlib.util.find_spec("nncf") is None:
+            elif precision in ("int8", "int4") and importlib.util.find_spec("nncf") is None:
                 reason = "openvino: int8 needs nncf (pip install 'infermatrix[openvino]')"
             targets.append(Target(device, precision, reason))
     return targets
@@ -148,6 +154,8 @@ def pytest_infermatrix_prepare(
 ) -> OpenVinoSession | None:
     if backend.name != NAME:
         return None
+    if model.task == "generation":
+        return prepare_generation(model, target, context)
     import openvino as ov
 
     times = PrepareTimes()
@@ -204,4 +212,89 @@ def pytest_infermatrix_prepare(
         ov_model=ov_model,
         core=core,
         properties=properties,
+    )
+
+
+# ---- text generation (the generate scenario): OpenVINO GenAI ------------------------------------
+
+
+@dataclasses.dataclass
+class GenAISession:
+    """``LLMPipeline.generate`` on token ids, a ``StreamerBase`` stamping each token."""
+
+    pipeline: Any
+    config: Mapping[str, Any]
+    times: PrepareTimes
+    size_bytes: int | None
+
+    def generate(self, ids: np.ndarray, new_tokens: int) -> Any:
+        import openvino as ov
+        import openvino_genai as ov_genai
+
+        from infermatrix.generation import Generated, token_clock
+
+        stamp, stamps, elapsed = token_clock()
+
+        class Stamps(ov_genai.StreamerBase):  # type: ignore[misc]
+            def write(self, token: Any) -> Any:
+                stamp()
+                return ov_genai.StreamingStatus.RUNNING
+
+            def end(self) -> None:
+                pass
+
+        settings = ov_genai.GenerationConfig()
+        settings.max_new_tokens = new_tokens
+        settings.min_new_tokens = new_tokens
+        settings.do_sample = False
+        inputs = ov_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
+        result = self.pipeline.generate(inputs, settings, Stamps())
+        return Generated(tokens=[list(t) for t in result.tokens], token_times_s=list(stamps), total_s=elapsed())
+
+    def close(self) -> None:
+        self.pipeline = None
+
+
+def _group_size(config: Mapping[str, Any]) -> int:
+    """int4 groups must divide every layer's width (688-wide MLPs refuse the default 128)."""
+    widths = [int(config["hidden_size"]), int(config["intermediate_size"])]
+    return next(g for g in (128, 64, 32, 16) if all(w % g == 0 for w in widths))
+
+
+def prepare_generation(model: ModelSpec, target: Target, context: PrepareContext) -> GenAISession:
+    import shutil
+    import sys
+
+    import openvino_genai as ov_genai
+
+    from infermatrix.generation import exported, model_dir
+    from infermatrix.reference import ReferenceUnavailable
+
+    spec = model.generation
+    folder = model_dir(model.name, spec, context.cache_root)
+    fmt = {"fp32": ["fp32"], "int8": ["int8"], "int4": ["int4", "--group-size", str(_group_size(spec.config))]}
+    export_name = f"openvino-{target.precision}"
+    cli = shutil.which("optimum-cli", path=str(Path(sys.executable).parent)) or shutil.which("optimum-cli")
+    if not (folder.parent / export_name / ".complete").exists() and cli is None:
+        raise ReferenceUnavailable(f"{model.name}: no OpenVINO export in the cache and optimum-intel is not installed "
+                                   "to make it; run the torch environment once or pip install 'infermatrix[llm]'")
+    times = PrepareTimes()
+    started = time.perf_counter()
+    out = exported(folder, export_name, [cli or "optimum-cli", "export", "openvino", "--model", "{model}", "--task",
+                                         "text-generation-with-past", "--weight-format",
+                                         *fmt[target.precision], "{out}"], "optimum-cli export openvino")
+    times.convert_s = time.perf_counter() - started
+    # The CPU plugin defaults to bf16 compute and a u8 KV cache on this CPU: say f32 for both,
+    # so the precision is the weights' alone (only then do fp32 tokens match torch's).
+    properties = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32",
+                  "INFERENCE_NUM_THREADS": context.threads}
+    started = time.perf_counter()
+    pipeline = ov_genai.LLMPipeline(str(out), ov_device(target.device), **properties)
+    times.compile_s = time.perf_counter() - started
+    size = sum(f.stat().st_size for f in out.glob("openvino_model.*"))
+    return GenAISession(
+        pipeline=pipeline, times=times, size_bytes=size,
+        config={"api": "openvino_genai.LLMPipeline.generate (token ids in, StreamerBase per token)",
+                "weight_format": " ".join(fmt[target.precision]), "properties": properties, "export": str(out),
+                "openvino_genai": ov_genai.__version__},
     )

@@ -47,12 +47,16 @@ COMPILE_MODE = {
 }
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "int8-dynamic")
+#: Text generation (transformers' generate with its KV cache) runs on the eager backend.
+GENERATION_PRECISIONS = ("fp32", "bf16", "int8-dynamic")
 
 
 @pytest.hookimpl
 def pytest_infermatrix_backends() -> list[BackendInfo]:
     return [
-        announce_backend(name, "torch", "torch", DEVICES, PRECISIONS, extra="torch") for name in VARIANTS
+        dataclasses.replace(announce_backend(name, "torch", "torch", DEVICES, PRECISIONS, extra="torch"),
+                            generation_precisions=GENERATION_PRECISIONS if name == EAGER else ())
+        for name in VARIANTS
     ]
 
 
@@ -251,6 +255,8 @@ def pytest_infermatrix_prepare(
 ) -> TorchSession | None:
     if backend.name not in VARIANTS:
         return None
+    if model.task == "generation":
+        return prepare_generation(model, target, context)
     import torch
 
     times = PrepareTimes()
@@ -326,3 +332,79 @@ def pytest_infermatrix_prepare(
         session.config["gpu"] = torch.cuda.get_device_name()
         session.config["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
     return session
+
+
+# ---- text generation (the generate scenario) -------------------------------------------------
+
+
+@dataclasses.dataclass
+class TorchGeneration:
+    """transformers' ``generate`` (greedy, KV cache) with a streamer that stamps each token."""
+
+    model: Any
+    device: str
+    config: Mapping[str, Any]
+    times: PrepareTimes
+    size_bytes: int | None
+
+    def generate(self, ids: Any, new_tokens: int) -> Any:
+        import torch
+        from transformers.generation.streamers import BaseStreamer
+
+        from infermatrix.generation import Generated, token_clock
+
+        stamp, stamps, elapsed = token_clock()
+
+        class Stamps(BaseStreamer):  # type: ignore[misc]
+            prompt_seen = False
+
+            def put(self, value: Any) -> None:
+                if not self.prompt_seen:  # the first put is the prompt itself
+                    self.prompt_seen = True
+                    return
+                stamp()
+
+            def end(self) -> None:
+                pass
+
+        inputs = torch.from_numpy(ids).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
+                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=2,
+                                      streamer=Stamps())
+        tokens = out[:, ids.shape[1]:].cpu().tolist()  # the copy to the host waits for the device
+        return Generated(tokens=tokens, token_times_s=list(stamps), total_s=elapsed())
+
+    def close(self) -> None:
+        self.model = None
+
+
+def prepare_generation(model: ModelSpec, target: Target, context: PrepareContext) -> TorchGeneration:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from infermatrix.generation import model_dir
+
+    torch.set_num_threads(context.threads)
+    times = PrepareTimes()
+    started = time.perf_counter()
+    folder = model_dir(model.name, model.generation, context.cache_root)
+    dtype = torch.bfloat16 if target.precision == "bf16" else torch.float32
+    net = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval().to(target.device)
+    times.load_s = time.perf_counter() - started
+    quantizer = None
+    if target.precision == "int8-dynamic":
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        started = time.perf_counter()
+        quantize_(net, Int8DynamicActivationInt8WeightConfig())
+        times.quantize_s = time.perf_counter() - started
+        quantizer = "torchao Int8DynamicActivationInt8WeightConfig (Linear layers)"
+    import transformers
+
+    return TorchGeneration(
+        model=net, device=target.device, times=times, size_bytes=_state_size(net),
+        config={"api": "transformers generate (greedy, KV cache) + streamer", "dtype": str(dtype).replace("torch.", ""),
+                "quantizer": quantizer, "threads": torch.get_num_threads(), "device": target.device,
+                "transformers": transformers.__version__, "torch": torch.__version__, "model_dir": str(folder)},
+    )

@@ -1,0 +1,398 @@
+"""Text generation: the model folder, prompts, the greedy reference, token timings, the gate.
+
+A generation model (``ModelSpec.task == "generation"``) is a decoder-only Hugging Face
+model built locally from a config with seeded weights, and a byte-level BPE tokenizer
+trained locally on seeded text (no download at run time). Both are saved once into the
+cache as a model folder (``save_pretrained``) keyed by content; every backend exports
+from that folder, and the torch fp32 greedy tokens on the seeded prompts are the
+reference every backend's tokens are checked against.
+
+Timing is per token: each backend calls back once per generated token (a transformers
+streamer, OpenVINO GenAI's ``StreamerBase``, ONNX Runtime GenAI's token loop), and the
+timestamps give time to first token (TTFT), inter-token latencies, decode and end-to-end
+tokens per second. Prompts go in as token ids, so tokenization is outside every timing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from infermatrix.types import PrepareTimes
+
+#: The default tiny Llama: 4.2 M parameters, CI-sized on 2 cores. ``initializer_range=0.1``:
+#: with the usual 0.02 this model repeats one token, and every token check passes trivially.
+TINY_LLAMA = {
+    "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4,
+    "num_key_value_heads": 4, "vocab_size": 2000, "max_position_embeddings": 1024, "initializer_range": 0.1,
+    "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+}
+SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSpec:
+    """How a generation model is made and exercised."""
+
+    config: Mapping[str, Any]
+    architecture: str = "LlamaForCausalLM"
+    seed: int = 0
+    prompt_lengths: tuple[int, ...] = (16, 64)
+    new_tokens: tuple[int, ...] = (32,)
+    #: a local Hugging Face folder with real weights and tokenizer (None: seeded, built here)
+    local_dir: str | None = None
+
+    def key(self) -> dict[str, Any]:
+        return {"config": dict(sorted(self.config.items())), "architecture": self.architecture, "seed": self.seed,
+                "local_dir": self.local_dir}
+
+
+class UnavailableForGeneration(RuntimeError):
+    """What a generation case needs is not installed or not in the cache; the message says what to do."""
+
+
+# ---- the model folder ------------------------------------------------------------------------
+
+
+def corpus(seed: int, words: int = 30000) -> list[str]:
+    """Seeded pseudo-text (Zipf-distributed made-up words): the same on every Python version."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("etaoinshrdlucmfwypvbgkjqxz"))
+    weights = 1 / np.arange(1, 27) ** 0.9
+    lexicon = ["".join(rng.choice(letters, size=int(rng.integers(1, 9)), p=weights / weights.sum()))
+               for _ in range(3000)]
+    zipf = 1 / np.arange(1, len(lexicon) + 1) ** 1.1
+    chosen = rng.choice(len(lexicon), size=words, p=zipf / zipf.sum())
+    text = [lexicon[i] for i in chosen]
+    return [" ".join(text[i:i + 12]) + "." for i in range(0, words, 12)]
+
+
+def build_tokenizer(vocab_size: int, seed: int) -> Any:
+    """Byte-level BPE trained on the seeded corpus, wrapped for transformers (BOS added)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus(seed), trainer=trainer)
+    bos = tokenizer.token_to_id("<s>")
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                             special_tokens=[("<s>", bos)])
+    wrapper: Any = PreTrainedTokenizerFast  # untyped in transformers 5
+    return wrapper(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+
+
+def model_dir(name: str, spec: GenerationSpec, cache_root: Path) -> Path:
+    """The model folder (weights, config, tokenizer): the user's, or made once in the cache."""
+    if spec.local_dir is not None:
+        folder = Path(spec.local_dir)
+        if not (folder / "config.json").is_file():
+            raise UnavailableForGeneration(f"{folder}: not a Hugging Face model folder (no config.json)")
+        return folder
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(spec.key(), sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_root / f"{name}-{key}" / "hf"
+    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
+        return folder
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise UnavailableForGeneration(
+            f"{name}: no model folder in {folder} and transformers/torch are not installed to make it; run the "
+            "torch environment once (tox -e torch) or install infermatrix[torch,llm]") from exc
+    config_class = getattr(transformers, spec.architecture.replace("ForCausalLM", "Config"))
+    config = config_class(**spec.config, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    torch.manual_seed(spec.seed)
+    model = getattr(transformers, spec.architecture)(config).eval()
+    tokenizer = build_tokenizer(int(spec.config["vocab_size"]), spec.seed)
+    staging = folder.with_name(f".hf-{key}.tmp")
+    import shutil
+
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)  # whole folder or nothing: a killed run never leaves half a model
+    return folder
+
+
+def prompt_ids(length: int, batch_size: int, seed: int, vocab_size: int) -> np.ndarray:
+    """Seeded prompts of ``length`` tokens (BOS first); ids avoid the special tokens."""
+    rng = np.random.default_rng(seed + 7919 * length + batch_size)
+    ids = rng.integers(len(SPECIAL_TOKENS), vocab_size, size=(batch_size, length), dtype=np.int64)
+    ids[:, 0] = 0  # <s>
+    return ids
+
+
+def sweep(spec: GenerationSpec) -> list[tuple[int, int]]:
+    return [(p, n) for p in spec.prompt_lengths for n in spec.new_tokens]
+
+
+def reference_tokens(name: str, spec: GenerationSpec, cache_root: Path, batch_size: int) -> dict[str, list[list[int]]]:
+    """torch fp32 greedy tokens for every (prompt length, new tokens) of the sweep, cached."""
+    folder = model_dir(name, spec, cache_root)
+    store = folder.parent / f"reference-tokens-b{batch_size}.json"
+    wanted = {f"{p}x{n}" for p, n in sweep(spec)}
+    cached: dict[str, list[list[int]]] = json.loads(store.read_text()) if store.exists() else {}
+    if wanted <= set(cached):
+        return cached
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model.eval()
+    vocab = int(model.config.vocab_size)
+    for p, n in sweep(spec):
+        ids = torch.from_numpy(prompt_ids(p, batch_size, spec.seed, vocab))
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                                 min_new_tokens=n, pad_token_id=2)
+        cached[f"{p}x{n}"] = out[:, p:].tolist()
+    from infermatrix.cache import atomic_write_json
+
+    atomic_write_json(store, cached)
+    return cached
+
+
+# ---- sessions and timings ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Generated:
+    """One generation: the new token ids per sequence and when each step's token arrived."""
+
+    tokens: list[list[int]]
+    token_times_s: list[float]  # seconds from the call to each generated step's token(s)
+    total_s: float
+
+
+class GenerationSession(Protocol):
+    config: Mapping[str, Any]
+    times: PrepareTimes
+    size_bytes: int | None
+
+    def generate(self, ids: np.ndarray, new_tokens: int) -> Generated: ...
+
+    def close(self) -> None: ...
+
+
+def token_clock() -> tuple[Callable[[], None], list[float], Callable[[], float]]:
+    """A stamp function for per-token callbacks, the stamps, and the start time reader."""
+    import time
+
+    stamps: list[float] = []
+    start = time.perf_counter()
+
+    def stamp() -> None:
+        stamps.append(time.perf_counter() - start)
+
+    return stamp, stamps, lambda: time.perf_counter() - start
+
+
+def figures(runs: list[Generated], batch_size: int) -> dict[str, float]:
+    """TTFT, inter-token latency p50/p99, decode and end-to-end tokens/s over repeated runs."""
+    ttft = [r.token_times_s[0] for r in runs]
+    itl = [b - a for r in runs for a, b in zip(r.token_times_s, r.token_times_s[1:], strict=False)]
+    decode = [batch_size * (len(r.token_times_s) - 1) / (r.token_times_s[-1] - r.token_times_s[0]) for r in runs
+              if len(r.token_times_s) > 1 and r.token_times_s[-1] > r.token_times_s[0]]
+    e2e = [batch_size * len(r.token_times_s) / r.total_s for r in runs]
+    out = {"ttft_ms": float(np.median(ttft)) * 1e3, "e2e_tokens_per_s": float(np.median(e2e)),
+           "runs": float(len(runs))}
+    if itl:
+        out.update(itl_p50_ms=float(np.percentile(itl, 50)) * 1e3, itl_p99_ms=float(np.percentile(itl, 99)) * 1e3)
+    if decode:
+        out["decode_tokens_per_s"] = float(np.median(decode))
+    return out
+
+
+#: Share of generated tokens equal to the reference's, position by position, that a precision
+#: must keep. fp32 must be identical. Lower precisions diverge after a near-tie between the
+#: top two logits and then differ everywhere (the tiny model's smallest gap over 32 steps
+#: is ~0.004), so the share is mostly "how long before the first divergence". Measured on
+#: the tiny model (2 prompts x 32 tokens): torch bf16 0.094, torch int8-dynamic 0.109,
+#: OpenVINO int8 0.19, ONNX Runtime int8 0.47, OpenVINO int4 0.016; chance is 1/2000. Below
+#: fp32 this check tells working output from garbage (a stuck or random token stream), not
+#: small accuracy losses.
+TOKEN_TOLERANCE = {"fp32": 1.0, "bf16": 0.05, "fp16": 0.05, "int8-dynamic": 0.05, "int8": 0.05, "int4": 0.015}
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenReport:
+    precision: str
+    identical_share: float
+    first_divergence: int | None  # the earliest step at which any sequence differs; None if none
+    compared: int
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "failures": list(self.failures), "passed": self.passed}
+
+    def message(self, case_id: str) -> str:
+        return f"{case_id}: token check failed ({'; '.join(self.failures)})"
+
+
+def compare_tokens(got: Mapping[str, list[list[int]]], expected: Mapping[str, list[list[int]]],
+                   precision: str) -> TokenReport:
+    same = total = 0
+    first: int | None = None
+    for key, want in expected.items():
+        have = got[key]
+        for a, b in zip(have, want, strict=True):
+            for i, (x, y) in enumerate(zip(a, b, strict=False)):
+                total += 1
+                same += int(x == y)
+                if x != y and (first is None or i < first):
+                    first = i
+            total += abs(len(a) - len(b))
+    share = same / total if total else 0.0
+    needed = TOKEN_TOLERANCE.get(precision, 1.0)
+    failures = []
+    if precision == "fp32" and share < 1.0:
+        failures.append(f"fp32 tokens must equal the torch fp32 reference's; {share:.3f} equal, first divergence at "
+                        f"step {first}")
+    elif share < needed:
+        failures.append(f"identical-token share {share:.3f} < {needed}")
+    return TokenReport(precision, share, first, total, tuple(failures))
+
+
+# ---- a prepared generation case (the counterpart of runner.PreparedCase) -----------------------
+
+
+@dataclasses.dataclass
+class PreparedGeneration:
+    """A generation case whose session is ready, warmed and checked against the torch tokens."""
+
+    case: Any
+    session: GenerationSession
+    spec: GenerationSpec
+    accuracy: TokenReport
+    prepare_s: float
+    warmup_s: float
+    rss_before_bytes: int
+    extra_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    slowdown: float = 0.0
+
+    def info(self) -> dict[str, Any]:
+        case = self.case
+        return {
+            "case_id": case.id, "model": case.model.name, "backend": case.backend.name,
+            "backend_version": case.backend.version, "device": case.target.device,
+            "precision": case.target.precision, "batch_size": case.batch_size,
+            "backend_config": dict(self.session.config), "prepare_s": self.prepare_s,
+            **self.session.times.as_dict(), "warmup_s": self.warmup_s, "accuracy": self.accuracy.as_dict(),
+            "model_size_bytes": self.session.size_bytes, "generation_config": self.spec.key()["config"],
+        }
+
+    def ids(self, prompt_length: int) -> np.ndarray:
+        return prompt_ids(prompt_length, self.case.batch_size, self.spec.seed, int(self.spec.config["vocab_size"]))
+
+    def generate(self, benchmark: Any, policy: Any) -> dict[str, Any]:
+        """Every (prompt length, new tokens) of the sweep, repeated within the time budget.
+
+        pytest-benchmark's rounds are the end-to-end seconds of the first configuration,
+        so its table and the regression verdicts see generation like any other case.
+        """
+        import time
+
+        from infermatrix.timing import benchmark_recorder
+
+        record = None if getattr(benchmark, "disabled", False) else benchmark_recorder(
+            benchmark, "infermatrix generate")
+        results: dict[str, Any] = {}
+        for index, (length, new) in enumerate(sweep(self.spec)):
+            ids = self.ids(length)
+            runs: list[Generated] = []
+            started = time.perf_counter()
+            while len(runs) < policy.min_rounds or (time.perf_counter() - started) < policy.min_time_s:
+                run = self.session.generate(ids, new)
+                if self.slowdown:  # --inject-slowdown: the same share added to the whole generation
+                    until = time.perf_counter() + run.total_s * self.slowdown
+                    while time.perf_counter() < until:
+                        pass
+                    run = dataclasses.replace(run, total_s=run.total_s * (1 + self.slowdown),
+                                              token_times_s=[t * (1 + self.slowdown) for t in run.token_times_s])
+                runs.append(run)
+                if index == 0 and record is not None:
+                    record(run.total_s)
+                if time.perf_counter() - started > policy.max_time_s and len(runs) >= 3:
+                    break
+            results[f"prompt{length}-new{new}"] = figures(runs, self.case.batch_size)
+        first = next(iter(results.values()))
+        self.extra_info.update(scenario="generate", generate=results,
+                               ttft_ms=first["ttft_ms"], decode_tokens_per_s=first.get("decode_tokens_per_s"),
+                               e2e_tokens_per_s=first["e2e_tokens_per_s"], itl_p50_ms=first.get("itl_p50_ms"),
+                               itl_p99_ms=first.get("itl_p99_ms"), generate_primary=next(iter(results)))
+        return results
+
+    def record_memory(self, hook: Any) -> None:
+        from infermatrix.runner import memory_info
+
+        report = hook.pytest_infermatrix_memory(session=self.session, baseline_rss_bytes=self.rss_before_bytes)
+        self.extra_info.update(memory_info(report))
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def prepare(case: Any, prepare_session: Callable[[], GenerationSession | None], cache_root: Path) -> PreparedGeneration:
+    """Prepare the session, generate every sweep configuration once (warm-up and compile,
+    untimed) and check those tokens against the torch fp32 reference."""
+    import time
+
+    from infermatrix.runner import process_rss_bytes
+
+    spec: GenerationSpec = case.model.generation
+    rss_before = process_rss_bytes()
+    started = time.perf_counter()
+    session = prepare_session()
+    prepare_s = time.perf_counter() - started
+    if session is None:
+        raise RuntimeError(f"{case.id}: no plugin prepared a generation session for backend {case.backend.name!r}")
+    try:
+        expected = reference_tokens(case.model.name, spec, cache_root, case.batch_size)
+        got: dict[str, list[list[int]]] = {}
+        started = time.perf_counter()
+        for length, new in sweep(spec):
+            ids = prompt_ids(length, case.batch_size, spec.seed, int(spec.config["vocab_size"]))
+            got[f"{length}x{new}"] = session.generate(ids, new).tokens
+        warmup_s = time.perf_counter() - started
+        report = compare_tokens(got, {k: expected[k] for k in got}, case.target.precision)
+    except BaseException:
+        session.close()
+        raise
+    return PreparedGeneration(case, session, spec, report, prepare_s, warmup_s, rss_before)
+
+
+def exported(folder: Path, name: str, make: list[str], tool: str) -> Path:
+    """A backend's export of the model folder, made once with ``make`` (a command) and cached."""
+    import shutil
+    import subprocess
+
+    target = folder.parent / name
+    if (target / ".complete").exists():
+        return target
+    staging = folder.parent / f".{name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    command = [part.replace("{out}", str(staging)).replace("{model}", str(folder)) for part in make]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{tool} failed (exit {proc.returncode}): {' '.join(command)}\n"
+                           f"{(proc.stdout + proc.stderr)[-3000:]}")
+    (staging / ".complete").write_text(" ".join(command))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
