@@ -5,7 +5,8 @@ Each backend is one fault, so a case id says which fault it carries:
 - ``segfault``: reads address 0 through ctypes (SIGSEGV, as a native library crash);
 - ``abort``: ``os.abort()`` (SIGABRT, as a native assertion);
 - ``hang``: sleeps for a day (a deadlocked runtime);
-- ``oom``: allocates 4 TiB on the host (numpy raises MemoryError naming the size);
+- ``oom``: allocates 4 TiB on the host under an address-space limit (numpy raises
+  MemoryError naming the size, whatever the machine's overcommit policy);
 - ``nan``: returns NaN outputs;
 - ``cudaoom``: allocates 256 TiB on the GPU through torch (needs CUDA);
 - ``broken``: installed but its native library is missing (ImportError on import).
@@ -66,6 +67,13 @@ def strike(fault: str) -> None:
     elif fault == "hang":
         time.sleep(86400)
     elif fault == "oom":
+        # Cap this worker's address space first (it is replaced after an OOM anyway): with the
+        # kernel's overcommit on, 4 TiB would otherwise be granted and the page faults end in
+        # the OOM killer's SIGKILL instead of a MemoryError, depending on the machine.
+        import resource
+
+        vm_bytes = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (vm_bytes + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
         np.ones(1 << 42, dtype=np.uint8)
     elif fault == "cudaoom":
         import torch

@@ -107,7 +107,7 @@ def test_cuda_out_of_memory_fails_the_case_with_the_size_asked_for(faulty: pytes
     if any("cudaoom: no CUDA device" in line for line in result.outlines):
         pytest.skip("needs a CUDA device")
     result.stdout.fnmatch_lines(["*tinymlp-cudaoom-cuda-fp32-b1: out of memory during prepare: OutOfMemoryError: "
-                                 "CUDA out of memory. Tried to allocate 256.00 TiB*"])
+                                 "CUDA out of memory. Tried to allocate 262144.00 GiB*"])
     assert result.parseoutcomes()["passed"] == 2
 
 
