@@ -41,7 +41,8 @@ def test_default_scenarios_are_latency_and_throughput(all_scenarios: pytest.Pyte
 def test_unknown_scenario_is_a_usage_error(all_scenarios: pytest.Pytester) -> None:
     result = all_scenarios.runpytest("--scenarios", "latency,soak")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--scenarios: unknown 'soak'; valid: latency, throughput, cold-start, memory, generate, all*"])
+    result.stderr.fnmatch_lines(
+        ["*--scenarios: unknown 'soak'; valid: latency, throughput, cold-start, memory, generate, all*"])
 
 
 def test_a_cases_scenarios_share_one_prepared_session(
