@@ -173,6 +173,46 @@ def test_a_weights_file_that_does_not_exist_is_a_usage_error(faulty: pytest.Pyte
     result.stderr.fnmatch_lines([f"*--model-weights tinymlp: file {tmp_path / 'absent.pt'} does not exist*"])
 
 
+def plaidml_python() -> str:
+    python = os.environ.get("INFERMATRIX_PLAIDML_PYTHON", str(REPO / ".venv-plaidml" / "bin" / "python"))
+    if not Path(python).exists():
+        pytest.skip("no PlaidML environment (make test creates .venv-plaidml; or set INFERMATRIX_PLAIDML_PYTHON)")
+    return python
+
+
+def run_plaidml(python: str, cache: Path, home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PLAIDML_")}
+    return subprocess.run([python, "-m", "pytest", "suites/test_latency.py", "-q", "-p", "no:cacheprovider",
+                           "--backends=plaidml", f"--infermatrix-cache={cache}", *FAST, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, env={**clean, "HOME": str(home), **env})
+
+
+def test_plaidml_never_set_up_runs_without_touching_the_users_configuration(tmp_path: Path) -> None:
+    python = plaidml_python()
+    pytest.importorskip("torch")  # makes the weights and reference the PlaidML environment reads
+    import sys as _sys
+
+    _sys.path.insert(0, str(REPO))
+    from infermatrix.reference import reference_outputs
+    from plugins.models.resnet import MODELS
+
+    cache, home = tmp_path / "cache", tmp_path / "home"
+    home.mkdir()
+    reference_outputs(MODELS[0], 8, cache)
+    # no plaidml-setup ever ran, ~ is empty, and a stale setting points at a file that is not there
+    proc = run_plaidml(python, cache, home, "--models=resnet18", "--batch-sizes=1", "--precisions=fp32",
+                       PLAIDML_SETTINGS=str(tmp_path / "gone.json"))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "1 passed" in proc.stdout
+    assert list(home.iterdir()) == []  # no ~/.plaidml written
+
+
+def test_plaidml_asked_for_a_device_it_does_not_have_is_a_usage_error(tmp_path: Path) -> None:
+    proc = run_plaidml(plaidml_python(), tmp_path, tmp_path, "--devices=opencl_imaginary.0", "--collect-only")
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "--devices: unknown name 'opencl_imaginary.0'; valid: " in proc.stderr and "llvm_cpu.0" in proc.stderr
+
+
 def corrupt(path: Path, damage: str) -> None:
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
