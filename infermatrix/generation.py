@@ -353,15 +353,10 @@ def prepare(case: Any, prepare_session: Callable[[], GenerationSession | None], 
     untimed) and check those tokens against the torch fp32 reference."""
     import time
 
-    from infermatrix.runner import process_rss_bytes
+    from infermatrix.runner import timed_prepare
 
     spec: GenerationSpec = case.model.generation
-    rss_before = process_rss_bytes()
-    started = time.perf_counter()
-    session = prepare_session()
-    prepare_s = time.perf_counter() - started
-    if session is None:
-        raise RuntimeError(f"{case.id}: no plugin prepared a generation session for backend {case.backend.name!r}")
+    session, prepare_s, rss_before = timed_prepare(case, prepare_session)
     try:
         expected = reference_tokens(case.model.name, spec, cache_root, case.batch_size)
         got: dict[str, list[list[int]]] = {}

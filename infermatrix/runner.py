@@ -9,7 +9,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -92,6 +92,20 @@ def check_accuracy(case: Case, session: Session, cache_root: Path, min_samples: 
     return compare_outputs(got, expected, case.target.precision, classifier=case.model.task == "classification")
 
 
+SessionT = TypeVar("SessionT")
+
+
+def timed_prepare(case: Case, prepare_session: Callable[[], SessionT | None]) -> tuple[SessionT, float, int]:
+    """Run the prepare hook: the session, the seconds it took, and the RSS before it."""
+    rss_before = process_rss_bytes()
+    started = time.perf_counter()
+    session = prepare_session()
+    prepare_s = time.perf_counter() - started
+    if session is None:
+        raise RuntimeError(f"{case.id}: no plugin prepared a session for backend {case.backend.name!r}")
+    return session, prepare_s, rss_before
+
+
 def prepare(
     case: Case,
     prepare_session: Callable[[], Session | None],
@@ -102,12 +116,7 @@ def prepare(
 ) -> PreparedCase:
     """Prepare, first-infer, warm up and check one case. Raises AssertionError-free:
     the caller decides how a failed accuracy check ends the test."""
-    rss_before = process_rss_bytes()
-    started = time.perf_counter()
-    session = prepare_session()
-    prepare_s = time.perf_counter() - started
-    if session is None:
-        raise RuntimeError(f"{case.id}: no plugin prepared a session for backend {case.backend.name!r}")
+    session, prepare_s, rss_before = timed_prepare(case, prepare_session)
     inputs = case.model.eval_inputs(case.batch_size)
     try:
         if session.times.first_inference_s is None:
