@@ -24,10 +24,19 @@ def runs(suite: pytest.Pytester, tmp_path: Path) -> dict[str, Path]:
     """Two per-environment result files of one run (fp32, fp16), a slowed copy, and 3 accepted baselines."""
     shutil.copy(REPO / "suites" / "test_throughput.py", suite.path / "test_throughput.py")
     out: dict[str, Path] = {}
-    for name, args in {"fp32": ["--precisions=fp32"], "fp16": ["--precisions=fp16"],
-                       "slow": ["--precisions=fp32", "--inject-slowdown=numpy=3000"]}.items():
+    for name, args in {"fp32": ["--precisions=fp32"], "fp16": ["--precisions=fp16"]}.items():
         out[name] = tmp_path / f"{name}.json"
         assert suite.runpytest(*QUICK, *args, f"--benchmark-json={out[name]}").ret == 0
+    # One case 20x slower, the others as measured: a regression the verdicts cannot take for
+    # machine-wide drift (slowing every case alike would be, by design).
+    slow = json.loads(out["fp32"].read_text())
+    for bench in slow["benchmarks"]:
+        if bench["name"] == "test_latency[tinymlp-numpy-cpu-fp32-b1]":
+            bench["stats"]["data"] = [x * 20 for x in bench["stats"]["data"]]
+            for key in ("min", "max", "mean", "median", "q1", "q3"):
+                bench["stats"][key] *= 20
+    out["slow"] = tmp_path / "slow.json"
+    out["slow"].write_text(json.dumps(slow))
     store = tmp_path / "baselines"
     for _ in range(3):
         base = tmp_path / "base.json"
@@ -45,7 +54,7 @@ def test_the_report_merges_environments_and_puts_regressions_first(runs: dict[st
     summary = (out / "summary.md").read_text()
     assert summary.startswith("# infermatrix report")
     verdict_rows = [line for line in summary.splitlines() if line.startswith("| ") and "test_" in line]
-    assert verdict_rows[0].startswith("| regressed |"), verdict_rows[:3]
+    assert verdict_rows[0].startswith("| regressed | test_latency[tinymlp-numpy-cpu-fp32-b1]"), verdict_rows[:3]
     assert "CPU: " in summary and "machine fingerprint: " in summary and "numpy " in summary
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") >= 4  # latency, heatmap, throughput, trends
@@ -140,6 +149,7 @@ def test_a_slice_of_the_nightly_runs_through_tox(tmp_path: Path) -> None:
     bench = subprocess.run([*tox, "-e", "onnxruntime", "--", *slice_args], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=1200)
     assert bench.returncode == 0, bench.stdout[-3000:]
+    assert (results / "onnxruntime.json").exists(), bench.stdout[-3000:]  # timed, not all skipped
     final = subprocess.run([*tox, "-e", "report"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stdout[-3000:]
     summary = (report_dir / "summary.md").read_text()
