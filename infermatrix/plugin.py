@@ -232,6 +232,7 @@ def pytest_configure(config: pytest.Config) -> None:
     models = [configure_generation(m, config, weights.pop(m.name, None)) if m.generation is not None else m
               for m in models]
     models = [dataclasses.replace(m, weights_path=weights[m.name]) if m.name in weights else m for m in models]
+    config.pluginmanager.register(ProgressLines(config), "infermatrix-progress")
     config.stash[matrix_key] = InfermatrixState(
         config=config,
         selection=selection,
@@ -470,8 +471,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # framework per worker process), each case's scenarios back to back, latency first
     # (its prepare also warms the cache the isolated runs reuse).
     items[:] = sorted(keep, key=case_order)
-    runnable = [item for item in items if not item.get_closest_marker("skip")]
-    state.progress = Progress(total=len(dict.fromkeys(str(case_order(i)[1]) for i in runnable if case_order(i)[1])))
+    cases = {item.nodeid: case_order(item)[1] for item in items
+             if not item.get_closest_marker("skip") and case_order(item)[1]}
+    state.progress = Progress(total=len(set(cases.values())), cases=cases)
 
 
 @dataclasses.dataclass
@@ -479,6 +481,8 @@ class Progress:
     """Which case runs now and how many are left, for long runs (a line per case)."""
 
     total: int
+    #: node id -> case id of every test that will run
+    cases: dict[str, str] = dataclasses.field(default_factory=dict)
     done: int = 0
     current: str = ""
     started: float = dataclasses.field(default_factory=time.monotonic)
@@ -493,17 +497,23 @@ class Progress:
                 f"{elapsed / 60:.1f} min so far")
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    callspec = getattr(item, "callspec", None)
-    case_id = callspec.params.get("infermatrix_case_id") if callspec is not None else None
-    state = item.config.stash.get(matrix_key, None)
-    if not case_id or state is None or state.progress is None or item.get_closest_marker("skip"):
-        return
-    line = state.progress.line(str(case_id))
-    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
-    if line is not None and reporter is not None and item.config.getoption("verbose") >= 0:
-        reporter.ensure_newline()
-        reporter.write_line(line)
+class ProgressLines:
+    """Writes a case's progress line when its first test starts. At ``pytest_runtest_logstart``
+    output capture is suspended; a line written during setup would land in the captured
+    output instead of the terminal."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        state = self.config.stash.get(matrix_key, None)
+        if state is None or state.progress is None or nodeid not in state.progress.cases:
+            return
+        line = state.progress.line(state.progress.cases[nodeid])
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if line is not None and reporter is not None and self.config.getoption("verbose") >= 0:
+            reporter.ensure_newline()
+            reporter.write_line(line)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -125,8 +125,13 @@ def test_the_nightly_workflow_passes_actionlint() -> None:
     assert "GITHUB_STEP_SUMMARY" in workflow and "tox -e report" in workflow
 
 
-def test_long_runs_say_which_case_runs_and_how_many_are_left(suite: pytest.Pytester) -> None:
-    result = suite.runpytest(*QUICK, "--precisions=fp32")
+def test_long_runs_say_which_case_runs_and_how_many_are_left(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a real subprocess: in-process runs capture output differently, and a line written
+    # while a test's output is captured never reaches the terminal (it did, once)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "tests"), str(REPO)]))
+    result = suite.runpytest_subprocess(*QUICK, "--precisions=fp32")
     result.stdout.fnmatch_lines(["infermatrix [[]1/3] tinylinear-numpy-cpu-fp32-b2 — 2 case(s) left*",
                                  "infermatrix [[]3/3] tinymlp-numpy-cpu-fp32-b4 — 0 case(s) left*"])
 
