@@ -186,17 +186,26 @@ class GenerationSession(Protocol):
     def close(self) -> None: ...
 
 
-def token_clock() -> tuple[Callable[[], None], list[float], Callable[[], float]]:
-    """A stamp function for per-token callbacks, the stamps, and the start time reader."""
-    import time
+class TokenClock:
+    """Per-token timestamps. ``start()`` right before the backend's generate call, so that
+    setting up its streamer and options is not counted in time to first token."""
 
-    stamps: list[float] = []
-    start = time.perf_counter()
+    def __init__(self) -> None:
+        import time
 
-    def stamp() -> None:
-        stamps.append(time.perf_counter() - start)
+        self._now = time.perf_counter
+        self._start = self._now()
+        self.stamps: list[float] = []
 
-    return stamp, stamps, lambda: time.perf_counter() - start
+    def start(self) -> None:
+        self.stamps = []
+        self._start = self._now()
+
+    def stamp(self) -> None:
+        self.stamps.append(self._now() - self._start)
+
+    def elapsed(self) -> float:
+        return self._now() - self._start
 
 
 def figures(runs: list[Generated], batch_size: int) -> dict[str, float]:

@@ -207,10 +207,10 @@ class GenAISession:
     def generate(self, ids: np.ndarray, new_tokens: int) -> Any:
         import onnxruntime_genai as og
 
-        from infermatrix.generation import Generated, token_clock
+        from infermatrix.generation import Generated, TokenClock
 
-        stamp, stamps, elapsed = token_clock()
         batch, length = ids.shape
+        clock = TokenClock()  # starts here: the generator and its options are the per-request API
         params = og.GeneratorParams(self.model)
         params.set_search_options(do_sample=False, max_length=length + new_tokens, min_length=length + new_tokens,
                                   batch_size=batch)
@@ -218,9 +218,9 @@ class GenAISession:
         generator.append_tokens(ids.astype(np.int32))
         while not generator.is_done():
             generator.generate_next_token()
-            stamp()
+            clock.stamp()
         tokens = [list(generator.get_sequence(i))[length:] for i in range(batch)]
-        return Generated(tokens=tokens, token_times_s=list(stamps), total_s=elapsed())
+        return Generated(tokens=tokens, token_times_s=list(clock.stamps), total_s=clock.elapsed())
 
     def close(self) -> None:
         self.model = None

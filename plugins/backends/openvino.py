@@ -231,9 +231,10 @@ class GenAISession:
         import openvino as ov
         import openvino_genai as ov_genai
 
-        from infermatrix.generation import Generated, token_clock
+        from infermatrix.generation import Generated, TokenClock
 
-        stamp, stamps, elapsed = token_clock()
+        clock = TokenClock()
+        stamp = clock.stamp
 
         class Stamps(ov_genai.StreamerBase):  # type: ignore[misc]
             def write(self, token: Any) -> Any:
@@ -247,9 +248,12 @@ class GenAISession:
         settings.max_new_tokens = new_tokens
         settings.min_new_tokens = new_tokens
         settings.do_sample = False
+        streamer = Stamps()
+        clock.start()
         inputs = ov_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
-        result = self.pipeline.generate(inputs, settings, Stamps())
-        return Generated(tokens=[list(t) for t in result.tokens], token_times_s=list(stamps), total_s=elapsed())
+        result = self.pipeline.generate(inputs, settings, streamer)
+        return Generated(tokens=[list(t) for t in result.tokens], token_times_s=list(clock.stamps),
+                         total_s=clock.elapsed())
 
     def close(self) -> None:
         self.pipeline = None

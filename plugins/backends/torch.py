@@ -351,9 +351,10 @@ class TorchGeneration:
         import torch
         from transformers.generation.streamers import BaseStreamer
 
-        from infermatrix.generation import Generated, token_clock
+        from infermatrix.generation import Generated, TokenClock
 
-        stamp, stamps, elapsed = token_clock()
+        clock = TokenClock()
+        stamp = clock.stamp
 
         class Stamps(BaseStreamer):  # type: ignore[misc]
             prompt_seen = False
@@ -367,13 +368,15 @@ class TorchGeneration:
             def end(self) -> None:
                 pass
 
+        streamer = Stamps()
+        clock.start()
         inputs = torch.from_numpy(ids).to(self.device)
         with torch.inference_mode():
             out = self.model.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
                                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=2,
-                                      streamer=Stamps())
+                                      streamer=streamer)
         tokens = out[:, ids.shape[1]:].cpu().tolist()  # the copy to the host waits for the device
-        return Generated(tokens=tokens, token_times_s=list(stamps), total_s=elapsed())
+        return Generated(tokens=tokens, token_times_s=list(clock.stamps), total_s=clock.elapsed())
 
     def close(self) -> None:
         self.model = None
