@@ -9,7 +9,7 @@ half precisions loosely, int8 is judged by cosine similarity and top-1 agreement
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,6 +43,28 @@ TOLERANCES: dict[str, Tolerance] = {
     "int4": Tolerance(min_cosine=0.9, min_top1_agreement=0.3),
 }
 
+#: int8 recipes that keep weights or activations to 7 bits — what each backend chooses on
+#: a CPU without VNNI, where full-range u8 x s8 kernels (VPMADDUBSW) saturate — give up
+#: one bit of resolution. Measured on mobilenet_v2 (cosine to fp32, 8 samples), the same
+#: 7-bit recipe scored the same with and without VNNI (so nothing saturates): onnxruntime
+#: 0.971, OpenVINO 0.972-0.975, torch-compile 0.966 (its full-range recipe: 0.976 with
+#: VNNI), while saturated full-range runs on AVX2 scored 0.946-0.948. The bound sits
+#: between the two. Top-1 over 8 near-tied random-weight samples moved from 0.25 to 0.875
+#: between those runs without tracking either: it is kept only as a floor.
+REDUCED_RANGE_INT8 = Tolerance(min_cosine=0.96, min_top1_agreement=0.375)
+
+#: The backend config key that marks a 7-bit int8 recipe (set by the backends that choose one).
+REDUCED_RANGE_KEY = "int8_7bit"
+
+
+def tolerance_for(precision: str, backend_config: Mapping[str, Any]) -> tuple[str, Tolerance]:
+    """The tolerance a case is held to, and its name (recorded with the figures)."""
+    if precision == "int8" and backend_config.get(REDUCED_RANGE_KEY):
+        return "int8, 7-bit recipe (no VNNI)", REDUCED_RANGE_INT8
+    if precision not in TOLERANCES:
+        raise ValueError(f"no accuracy tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}")
+    return precision, TOLERANCES[precision]
+
 
 @dataclasses.dataclass(frozen=True)
 class AccuracyReport:
@@ -55,6 +77,8 @@ class AccuracyReport:
     top1_agreement: float | None
     finite: bool
     failures: tuple[str, ...]
+    #: which tolerance judged it (the precision's own, or a recipe's; see ``tolerance_for``)
+    tolerance: str = ""
 
     @property
     def passed(self) -> bool:
@@ -82,13 +106,16 @@ def compare_outputs(
     precision: str,
     classifier: bool,
     tolerance: Tolerance | None = None,
+    backend_config: Mapping[str, Any] | None = None,
 ) -> AccuracyReport:
-    """Compare ``outputs`` with ``reference`` (same order, same shapes) for ``precision``."""
+    """Compare ``outputs`` with ``reference`` (same order, same shapes) for ``precision``
+    (the tolerance: ``tolerance`` when given, else the one ``tolerance_for`` picks)."""
     if len(outputs) != len(reference):
         raise ValueError(f"backend returned {len(outputs)} outputs, the reference has {len(reference)}")
-    tol = tolerance or TOLERANCES.get(precision)
-    if tol is None:
-        raise ValueError(f"no accuracy tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}")
+    if tolerance is not None:
+        tolerance_name, tol = "given", tolerance
+    else:
+        tolerance_name, tol = tolerance_for(precision, backend_config or {})
     failures: list[str] = []
     got_parts, ref_parts = [], []
     for i, (got, ref) in enumerate(zip(outputs, reference, strict=True)):
@@ -134,4 +161,5 @@ def compare_outputs(
         top1_agreement=top1,
         finite=finite,
         failures=tuple(failures),
+        tolerance=tolerance_name,
     )

@@ -20,13 +20,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from infermatrix.machine import DISPATCH_FLAGS
+
 
 class BaselineError(ValueError):
     """A stored or given result file cannot be used; the message names it and what to do."""
 
 
 def fingerprint(machine_info: dict[str, Any]) -> str:
-    """A directory name for this hardware, readable and unique (hash of the facts)."""
+    """A directory name for this hardware, readable and unique (hash of the facts).
+
+    Two CPUs may share a brand string ("AMD EPYC" names a Zen 3 with AVX2 only and a
+    Zen 4 with AVX-512 + VNNI + bf16), so the facts include what changes the numbers:
+    vendor, family/model/stepping, the dispatch-relevant ISA flags and the cache sizes.
+    A run recorded before these were kept has none of them and is filed by what it has.
+    """
     im = machine_info.get("infermatrix") or {}
     cpu = str(im.get("cpu_model") or machine_info.get("cpu", {}).get("brand_raw") or machine_info.get("processor")
               or "unknown-cpu")
@@ -34,9 +42,19 @@ def fingerprint(machine_info: dict[str, Any]) -> str:
     gpus = sorted(g.get("name", "") for g in im.get("gpus", []))
     system = str(im.get("os") or machine_info.get("system") or "")
     arch = str(im.get("arch") or machine_info.get("machine") or "")
-    facts = {"cpu": cpu, "cores": cores, "gpus": gpus, "os": system, "arch": arch}
+    facts: dict[str, Any] = {"cpu": cpu, "cores": cores, "gpus": gpus, "os": system, "arch": arch}
+    generation = ""
+    if im.get("cpu_family") is not None or im.get("isa"):
+        isa = im.get("isa") or {}
+        flags = sorted(k for k, v in isa.items() if v is True and k in DISPATCH_FLAGS)
+        facts.update(vendor=im.get("cpu_vendor"), family=im.get("cpu_family"), model=im.get("cpu_model_number"),
+                     stepping=im.get("cpu_stepping"), isa=flags, caches=im.get("cpu_cache_bytes") or {})
+        best = ("amx" if "amx_int8" in flags else "avx512vnni" if "avx512_vnni" in flags
+                else "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "")
+        generation = f"-f{im.get('cpu_family')}m{im.get('cpu_model_number')}-{best}"
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:8]
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{cpu}-{cores}c-{'-'.join(gpus) or 'nogpu'}-{system}-{arch}".lower())
+    slug = re.sub(r"[^a-z0-9]+", "-",
+                  f"{cpu}{generation}-{cores}c-{'-'.join(gpus) or 'nogpu'}-{system}-{arch}".lower())
     return f"{slug.strip('-')[:80]}-{digest}"
 
 

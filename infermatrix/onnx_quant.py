@@ -3,10 +3,12 @@ onnxruntime backend's int8 and the symmetric Q/DQ graphs made for TensorRT)."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
 from infermatrix.announce import installed_version
+from infermatrix.machine import Isa
 from infermatrix.types import Arrays, ModelSpec
 
 
@@ -33,11 +35,46 @@ def _preprocess(source: Path, folder: Path) -> Path:
     return preprocessed
 
 
-def quantize_static_qdq(source: Path, target: Path, model: ModelSpec, symmetric: bool) -> str:
+@dataclasses.dataclass(frozen=True)
+class OrtInt8Recipe:
+    """How the onnxruntime backend quantizes for the CPU at hand, and why."""
+
+    reduce_range: bool
+    kernel: str
+    reason: str
+
+
+def cpu_int8_recipe(isa: Isa) -> OrtInt8Recipe:
+    """uint8 activations × int8 per-channel weights (the fast MLAS kernels) everywhere;
+    without VNNI the weights keep to 7 bits.
+
+    Without VNNI, MLAS's u8s8 kernels multiply with VPMADDUBSW, which adds two
+    u8×s8 products in int16 and saturates; onnxruntime's quantization docs name
+    ``reduce_range`` (7-bit weights: 255·63·2 < 2^15) or U8U8 as the remedies.
+    Measured on mobilenet_v2 (the model that showed it), with MLAS's real AVX2 kernels
+    run under QEMU's Zen 3 CPU model: cosine to fp32 0.946 full range, 0.971 with
+    reduce_range, 0.975 with U8U8; on this VNNI CPU 0.973 full range. reduce_range keeps
+    the u8s8 kernels (the issue measured them 1.67× faster than fp32 on a real Zen 3);
+    U8U8's AVX2 kernels widen to int16 first, and their speed could not be measured
+    on a real AVX2 CPU here. MLAS picks its kernels by CPUID and ignores
+    ``ONEDNN_MAX_CPU_ISA``, so the CPU's own flags decide.
+    """
+    if isa.int8_vnni:
+        return OrtInt8Recipe(False, isa.int8_kernel(),
+                             "VNNI accumulates u8 x s8 in 32 bits: full 8-bit weights cannot saturate")
+    return OrtInt8Recipe(True, isa.int8_kernel(),
+                         "no VNNI (avx512_vnni/avx_vnni/amx_int8): MLAS's u8s8 kernels use VPMADDUBSW, whose int16 "
+                         "pair sums saturate; 7-bit weights (reduce_range) keep them exact, as onnxruntime's "
+                         "quantization docs advise")
+
+
+def quantize_static_qdq(source: Path, target: Path, model: ModelSpec, symmetric: bool,
+                        reduce_range: bool = False) -> str:
     """Static int8 in QDQ format, per-channel int8 weights, MinMax calibration on the
     model's calibration inputs. ``symmetric=False``: uint8 activations (the fast
-    combination on x86 with VNNI); ``symmetric=True``: int8 activations with zero points
-    of 0, as TensorRT requires. Written atomically (rename in ``target``'s directory).
+    combination on x86); ``symmetric=True``: int8 activations with zero points of 0, as
+    TensorRT requires. ``reduce_range``: 7-bit weights, for CPUs without VNNI (see
+    :func:`cpu_int8_recipe`). Written atomically (rename in ``target``'s directory).
     Returns a description of the tool and settings, for the results."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -51,13 +88,15 @@ def quantize_static_qdq(source: Path, target: Path, model: ModelSpec, symmetric:
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
+            reduce_range=reduce_range,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {},
         )
         written.replace(target)
     activations = "symmetric int8 activations" if symmetric else "uint8 activations"
+    weights = "7-bit (reduce_range) int8 per-channel weights" if reduce_range else "int8 per-channel weights"
     return (f"onnxruntime {installed_version('onnxruntime')} quant_pre_process + quantize_static QDQ, "
-            f"{activations}, int8 per-channel weights, MinMax calibration")
+            f"{activations}, {weights}, MinMax calibration")
 
 
 def quantize_dynamic_int8(source: Path, target: Path) -> str:

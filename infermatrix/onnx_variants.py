@@ -78,10 +78,21 @@ def graph_variant(model: ModelSpec, precision: str, cache_root: Path) -> GraphVa
 
 
 def check_on_cpu(variant: GraphVariant, model: ModelSpec, cache_root: Path, samples: int = 8) -> AccuracyReport:
-    """Run ``variant`` with ONNX Runtime on the CPU and judge it against the fp32 reference."""
+    """Run ``variant`` with ONNX Runtime on the CPU and judge it against the fp32 reference.
+
+    Graph optimizations are off, so ONNX Runtime executes the graph as written: each
+    DequantizeLinear yields floats and the Conv/MatMul after it runs in fp32 — the
+    arithmetic the Q/DQ graph prescribes, which TensorRT's int8 kernels compute without
+    saturating. With fusions on, ONNX Runtime would run its own u8/s8 CPU kernels, whose
+    results depend on the CPU (VPMADDUBSW saturates without VNNI: a tiny CNN's int8 graph
+    then failed on a Zen 3 and passed on a Zen 4), so the check would judge the CPU, not
+    the graph.
+    """
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(variant.path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(variant.path), sess_options=options, providers=["CPUExecutionProvider"])
     got = session.run(None, accuracy_inputs(model, samples))
     expected = reference_outputs(model, samples, cache_root)
     return compare_outputs(got, expected, variant.precision, classifier=model.task == "classification")

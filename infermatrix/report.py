@@ -315,11 +315,32 @@ def machine_lines(run: dict[str, Any]) -> list[str]:
         f"Python {info.get('python_version', '?')}",
         f"machine fingerprint: {baselines.fingerprint(info)}",
     ]
+    if im.get("isa") or im.get("cpu_family") is not None:
+        lines.insert(1, isa_line(im))
     versions = [f"{name} {b.get('version') or '?'}" for name, b in sorted((im.get("backends") or {}).items())
                 if b.get("available")]
     if versions:
         lines.append("backends: " + ", ".join(versions))
     return lines
+
+
+def isa_line(im: dict[str, Any]) -> str:
+    """The CPU's generation and the instruction sets its numbers depend on, said plainly
+    ("no VNNI" matters as much as "AVX-512": it decides the int8 kernels)."""
+    isa = im.get("isa") or {}
+    caches = im.get("cpu_cache_bytes") or {}
+
+    def has(label: str, *flags: str) -> str:
+        return label if any(isa.get(f) for f in flags) else f"no {label}"
+
+    parts = [has("AVX2", "avx2"), has("AVX-512", "avx512f"), has("VNNI", "avx512_vnni", "avx_vnni"),
+             has("AMX", "amx_int8", "amx_bf16"), has("bf16", "avx512_bf16", "amx_bf16"),
+             has("fp16", "avx512_fp16", "amx_fp16")]
+    cap = isa.get("onednn_max_cpu_isa")
+    cache_text = ", ".join(f"{name.upper()} {size // 1024} KiB" for name, size in sorted(caches.items()))
+    return (f"CPU generation: {im.get('cpu_vendor') or '?'} family {im.get('cpu_family')} model "
+            f"{im.get('cpu_model_number')} stepping {im.get('cpu_stepping')}; ISA: {', '.join(parts)}"
+            f"{f' (oneDNN capped at {cap})' if cap else ''}{f'; caches: {cache_text}' if cache_text else ''}")
 
 
 def verdict_lines(results: list[verdicts.Verdict]) -> list[str]:

@@ -89,7 +89,8 @@ def check_accuracy(case: Case, session: Session, cache_root: Path, min_samples: 
     n = reference.accuracy_sample_count(case.batch_size, min_samples)
     expected = reference.reference_outputs(case.model, n, cache_root)
     got = run_in_batches(session, reference.accuracy_inputs(case.model, n), case.batch_size)
-    return compare_outputs(got, expected, case.target.precision, classifier=case.model.task == "classification")
+    return compare_outputs(got, expected, case.target.precision, classifier=case.model.task == "classification",
+                           backend_config=session.config)
 
 
 SessionT = TypeVar("SessionT")

@@ -8,7 +8,10 @@ The path, and why (see docs/backends.md):
   tools: ``quant_pre_process`` (shape inference + optimization; without it quantization
   crashes or misses nodes) then ``quantize_static`` in QDQ format with uint8
   activations and per-channel int8 weights, the combination measured ~3× faster than
-  fp32 on this VNNI CPU (int8 activations gave no gain here).
+  fp32 on an AVX-512 + VNNI CPU (int8 activations gave no gain there). On a CPU
+  without VNNI the weights keep to 7 bits (``reduce_range``): the u8s8 kernels then use
+  VPMADDUBSW, which saturates at full range (``onnx_quant.cpu_int8_recipe`` has the
+  measurements). The choice and its reason are recorded in the result.
 - int8-dynamic is ``quantize_dynamic`` (int8 weights), for Linear-heavy models.
 - cuda / tensorrt are targets only when the installed build offers the execution
   provider and a session really starts on it (ONNX Runtime otherwise falls back to
@@ -29,8 +32,9 @@ import numpy as np
 import pytest
 
 from infermatrix.announce import announce_backend
+from infermatrix.machine import isa
 from infermatrix.onnx_export import onnx_model
-from infermatrix.onnx_quant import quantize_dynamic_int8, quantize_static_qdq
+from infermatrix.onnx_quant import cpu_int8_recipe, quantize_dynamic_int8, quantize_static_qdq
 from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
 
 NAME = "onnxruntime"
@@ -143,6 +147,7 @@ def pytest_infermatrix_prepare(
     times.convert_s = export["export_s"]
     path = source
     quantizer = None
+    recipe: dict[str, Any] = {}
     if target.precision == "fp16":
         # Precision lives in the graph: the fp16 variant, checked on the CPU first.
         from infermatrix.onnx_variants import check_on_cpu, graph_variant
@@ -156,7 +161,11 @@ def pytest_infermatrix_prepare(
         started = time.perf_counter()
         if target.precision == "int8":
             path = context.workdir / "int8-static.onnx"
-            quantizer = quantize_static_qdq(source, path, model, symmetric=False)
+            chosen = cpu_int8_recipe(isa())
+            quantizer = quantize_static_qdq(source, path, model, symmetric=False, reduce_range=chosen.reduce_range)
+            recipe = {"int8_kernel": chosen.kernel, "int8_reduce_range": chosen.reduce_range,
+                      "int8_7bit": chosen.reduce_range,
+                      "int8_recipe_reason": chosen.reason}
         else:
             path = context.workdir / "int8-dynamic.onnx"
             quantizer = quantize_dynamic_int8(source, path)
@@ -179,6 +188,7 @@ def pytest_infermatrix_prepare(
             "inter_op_num_threads": 1,
             "precision": target.precision,
             "quantizer": quantizer,
+            **recipe,
             "onnx_file": path.name,
             "onnx_exporter": export.get("exporter"),
             "onnx_export_cached": export["cached"],

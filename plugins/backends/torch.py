@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from infermatrix.announce import announce_backend
-from infermatrix.machine import cpu_supports_bf16
+from infermatrix.machine import Isa, cpu_supports_bf16, isa
 from infermatrix.reference import build_torch_model
 from infermatrix.types import Arrays, BackendInfo, MemoryReport, ModelSpec, PrepareContext, PrepareTimes, Target
 
@@ -233,7 +233,22 @@ def _split_reused_module_calls(graph_module: Any) -> Any:
     return graph_module
 
 
-def _quantize_static_pt2e(module: Any, model: ModelSpec, session: TorchSession, batch_size: int) -> Any:
+def int8_reduce_range(cpu: Isa) -> tuple[bool, str]:
+    """``reduce_range`` of ``get_default_x86_inductor_quantization_config``, and why.
+
+    torchao's docstring: "Set it to True on earlier CPUs without VNNI to avoid accuracy
+    issue" — oneDNN's u8s8 kernels there use VPMADDUBSW, whose int16 pair sums saturate;
+    reduce_range keeps activations to 7 bits. oneDNN obeys ``ONEDNN_MAX_CPU_ISA``, so a
+    cap below VNNI counts as no VNNI.
+    """
+    if cpu.onednn_int8_vnni:
+        return False, "VNNI accumulates u8 x s8 in 32 bits: full-range activations cannot saturate"
+    return True, ("no VNNI for oneDNN (CPU flags or ONEDNN_MAX_CPU_ISA): its int8 kernels use VPMADDUBSW, whose "
+                  "int16 pair sums saturate; 7-bit activations (reduce_range) keep them exact")
+
+
+def _quantize_static_pt2e(module: Any, model: ModelSpec, session: TorchSession, batch_size: int,
+                          reduce_range: bool) -> Any:
     """PT2E static int8 for x86 Inductor, calibrated on the model's calibration inputs."""
     import torch
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
@@ -242,7 +257,7 @@ def _quantize_static_pt2e(module: Any, model: ModelSpec, session: TorchSession, 
     example = tuple(session.to_tensors(model.eval_inputs(batch_size)))
     exported = _split_reused_module_calls(torch.export.export(module, example).module())
     quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
     prepared = prepare_pt2e(exported, quantizer)
     for batch in model.calibration_inputs(batch_size):
         prepared(*session.to_tensors(batch))
@@ -286,9 +301,16 @@ def pytest_infermatrix_prepare(
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     quantizer = None
+    recipe: dict[str, Any] = {}
     if precision == "int8":
-        module = _quantize_static_pt2e(module, model, session, batch_size)
-        quantizer = "torchao PT2E X86InductorQuantizer (static, per-channel weights)"
+        cpu = isa()
+        reduce_range, reason = int8_reduce_range(cpu)
+        module = _quantize_static_pt2e(module, model, session, batch_size, reduce_range)
+        quantizer = (f"torchao PT2E X86InductorQuantizer (static, per-channel weights"
+                     f"{', 7-bit activations (reduce_range)' if reduce_range else ''})")
+        recipe = {"int8_kernel": cpu.int8_kernel(onednn=True), "int8_reduce_range": reduce_range,
+                  "int8_7bit": reduce_range,
+                  "int8_recipe_reason": reason}
     elif precision == "int8-dynamic":
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
@@ -324,6 +346,7 @@ def pytest_infermatrix_prepare(
         "tf32": bool(device == "cuda" and torch.backends.cuda.matmul.allow_tf32),
         "memory_format": "channels_last" if channels_last else "contiguous",
         "quantizer": quantizer,
+        **recipe,
         "threads": torch.get_num_threads(),
         "inference_mode": True,
         "torch": torch.__version__,
