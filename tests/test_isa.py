@@ -13,6 +13,7 @@ What each test checks on which ISA:
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -206,3 +207,44 @@ def _run_unfused(path: Path, folder: Path) -> np.ndarray:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return np.asarray(session.run(None, dict(np.load(folder / "inputs.npz")))[0])
+
+
+OPENVINO_UNDER_AVX2_CAP = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    sys.path[:0] = sys.argv[2:4]
+    from tiny_torch_model import TINY_CNN
+    from infermatrix.reference import accuracy_inputs, reference_outputs
+    from infermatrix.runner import run_in_batches
+    from infermatrix.accuracy import compare_outputs
+    from infermatrix.types import BackendInfo, PrepareContext, Target
+    from plugins.backends import openvino as backend
+    folder = Path(sys.argv[1])
+    session = backend.pytest_infermatrix_prepare(
+        BackendInfo("openvino", ("cpu",), ("int8",)), TINY_CNN, Target("cpu", "int8"), 4,
+        PrepareContext(workdir=folder, cache_root=folder / "cache", threads=1, config=None))
+    got = run_in_batches(session, accuracy_inputs(TINY_CNN, 8), 4)
+    report = compare_outputs(got, reference_outputs(TINY_CNN, 8, folder / "cache"), "int8", classifier=True,
+                             backend_config=session.config)
+    print(json.dumps({"config": {k: v for k, v in session.config.items() if k.startswith("int8")},
+                      "passed": report.passed, "tolerance": report.tolerance, "failures": report.failures}))
+""")
+
+
+def test_openvino_int8_under_an_avx2_cap_takes_the_7bit_recipe(tmp_path: Path) -> None:
+    """OpenVINO's oneDNN obeys ONEDNN_MAX_CPU_ISA, so its AVX2 int8 kernels run natively on
+    a bigger CPU: the case must choose NNCF's overflow fix there and pass the gate."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    pytest.importorskip("torch")
+    script = tmp_path / "run.py"
+    script.write_text(OPENVINO_UNDER_AVX2_CAP)
+    tests = Path(__file__).parent
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), str(tests), str(tests.parent)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["config"]["int8_overflow_fix"] == "enable" and seen["config"]["int8_7bit"] is True
+    assert "VPMADDUBSW" in seen["config"]["int8_kernel"]
+    assert seen["tolerance"] == "int8, 7-bit recipe (no VNNI)"
+    assert seen["passed"], seen["failures"]

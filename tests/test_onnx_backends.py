@@ -87,6 +87,12 @@ class TestOnnxRuntime:
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
         assert int8.size_bytes < fp32.size_bytes / 2
         assert int8.times.quantize_s > 0
+        # the recipe follows this CPU: 7-bit weights exactly where MLAS's kernels lack VNNI, reason recorded
+        from infermatrix.machine import isa
+
+        assert int8.config["int8_reduce_range"] == (not isa().int8_vnni)
+        assert "7-bit" in int8.config["quantizer"] if not isa().int8_vnni else "7-bit" not in int8.config["quantizer"]
+        assert int8.config["int8_recipe_reason"] and int8.config["int8_kernel"] == isa().int8_kernel()
 
     def test_targets_skip_what_this_build_lacks(self) -> None:
         from plugins.backends import onnxruntime as backend
@@ -137,6 +143,11 @@ class TestOpenVino:
         assert (tmp_path / "b" / "model.bin").stat().st_size < (tmp_path / "a" / "model.bin").stat().st_size / 2
         assert int8.size_bytes < fp32.size_bytes
         assert int8.config["inference_precision_hint"] == "f32"  # unquantized parts stay f32
+        # NNCF's overflow fix follows the CPU (and ONEDNN_MAX_CPU_ISA): half-range weights only without VNNI
+        from infermatrix.machine import isa
+
+        assert int8.config["int8_overflow_fix"] == ("disable" if isa().onednn_int8_vnni else "enable")
+        assert int8.config["int8_7bit"] == (not isa().onednn_int8_vnni) and int8.config["int8_recipe_reason"]
 
 
 def test_onnx_inputs_run_at_any_batch(cache: Path) -> None:
