@@ -3,7 +3,9 @@ timed trials on request (JSON lines on stdin/stdout). Started by ``infermatrix.a
 
 A side can be another environment (its own python), another checkout (its own
 rootdir on PYTHONPATH) or another configuration (``--inject-slowdown``, ``--threads``),
-so the worker finds its plugins and its ``infermatrix`` package from where it runs.
+so the worker finds its plugins and its ``infermatrix`` package from where it runs (the
+side's checkout comes first on ``PYTHONPATH``; the host then imports that checkout's
+``plugins`` package).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from infermatrix import host
 from infermatrix.cache import resolve_cache_dir
 from infermatrix.machine import physical_cores
-from infermatrix.sidebyside import OfflineError, find_case, plugin_manager, prepare_offline
+from infermatrix.sidebyside import OfflineError, find_case, prepare_offline
+from infermatrix.types import RunOptions
 
 
 def send(payload: dict[str, object]) -> None:
@@ -36,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     rootdir = args.rootdir.resolve()
-    manager = plugin_manager(rootdir)
-    threads = args.threads or physical_cores()
-    cache_root = args.cache or resolve_cache_dir(None, rootdir)
+    manager = host.plugin_manager()
+    options = RunOptions(cache_root=args.cache or resolve_cache_dir(None, rootdir),
+                         threads=args.threads or physical_cores())
     with tempfile.TemporaryDirectory(prefix="infermatrix-ab-") as tmp:
         try:
-            prepared = prepare_offline(manager, find_case(manager, args.case), threads, cache_root, Path(tmp))
+            prepared = prepare_offline(manager, find_case(manager, args.case, options), options, Path(tmp))
         except OfflineError as exc:
             send({"error": str(exc)})
             return 2

@@ -17,9 +17,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from infermatrix import host
 from infermatrix.machine import physical_cores
-from infermatrix.sidebyside import plugin_manager, prepare_side
+from infermatrix.sidebyside import prepare_side
 from infermatrix.timing import TimingPolicy, timed_rounds
+from infermatrix.types import RunOptions
 
 MEDIAN_LINE = re.compile(r"Median:\s+([0-9.]+)\s*ms")
 
@@ -58,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     rootdir = args.rootdir.resolve()
     threads = physical_cores()
     cache_root = resolve_cache_dir(None, rootdir)
-    manager = plugin_manager(rootdir)
+    manager = host.plugin_manager()
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = prepare_side(manager, args.model, "openvino:fp32", args.batch_size, threads, cache_root, Path(tmp))
+        prepared = prepare_side(manager, args.model, "openvino:fp32", args.batch_size,
+                                RunOptions(cache_root=cache_root, threads=threads), Path(tmp))
         model = prepared.case.model
         onnx_path, _ = onnx_model(model, cache_root)
         spec = model.inputs[0]

@@ -1,11 +1,14 @@
 """Hook specifications of infermatrix, all in one place (registered through pytest's
-plugin manager by :mod:`infermatrix.plugin`).
+plugin manager by :mod:`infermatrix.plugin`, and by :func:`infermatrix.host.plugin_manager`
+in the worker processes and the command-line tools).
 
-Implementations live in plugins: the built-in ones listed in the root ``conftest.py``
+Implementations live in plugins: the built-in ones listed in ``plugins/__init__.py``
 and outside packages registered through the ``infermatrix`` entry-point group. Every
 hook name starts with ``pytest_infermatrix_`` because pytest only collects hook
 implementations whose names carry the ``pytest_`` prefix. An implementation may accept
-only the arguments it needs.
+only the arguments it needs. Hooks never receive ``pytest.Config``: what a plugin may
+know of the run is the frozen :class:`~infermatrix.types.RunOptions`, the same in every
+process.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from infermatrix.types import BackendInfo, MemoryReport, ModelSpec, PrepareContext, Session, Target
+    from infermatrix.types import BackendInfo, MemoryReport, ModelSpec, PrepareContext, RunOptions, Session, Target
 
 hookspec = pytest.hookspec
 
@@ -50,9 +53,10 @@ def pytest_infermatrix_backends() -> list[BackendInfo]:  # type: ignore[empty-bo
 
 
 @hookspec(firstresult=True)
-def pytest_infermatrix_targets(backend: BackendInfo, config: pytest.Config) -> list[Target] | None:
+def pytest_infermatrix_targets(backend: BackendInfo, options: RunOptions) -> list[Target] | None:
     """Return every device × precision of ``backend`` on this machine.
 
+    ``options`` are the run's options (the devices asked for, plugin options).
     A target this machine cannot run carries a ``skip_reason``
     (``"torch: bf16 needs a CPU with avx512_bf16 or AMX"``). Return None for a
     backend that is not yours.
@@ -71,7 +75,7 @@ def pytest_infermatrix_prepare(
     each phase in ``session.times``. Run warm-up calls here or let the core do it:
     the core always makes untimed warm-up calls before the timed rounds. ``context``
     carries the case's work directory (converted models, engines), the shared cache,
-    the CPU thread count to use and the pytest config. Raise
+    the CPU thread count to use and the run's options. Raise
     ``pytest.skip.Exception`` (``pytest.skip(...)``) for a combination found
     unsupported only while preparing. Return None for a backend that is not yours.
 

@@ -34,9 +34,10 @@ import pytest
 
 from infermatrix.accuracy import AccuracyReport
 from infermatrix.generation import TokenReport
+from infermatrix.host import PluginSpec
 from infermatrix.timing import TimingPolicy, TimingResult, benchmark_recorder
 from infermatrix.types import Case
-from infermatrix.worker import PluginSpec, PrepareRequest, serve
+from infermatrix.worker import PrepareRequest, serve
 
 #: A step (prepare, or one scenario) that takes longer than this is taken as hung. The
 #: longest steps measured here: 82 s (torch-compile max-autotune on an H100), ~40 s

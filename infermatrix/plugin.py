@@ -15,19 +15,19 @@ from typing import Any
 
 import pytest
 
-from infermatrix import hookspec, matrix, reference, runner
+from infermatrix import hookspec, host, matrix, reference, runner
 from infermatrix.cache import resolve_cache_dir
 from infermatrix.generation import PreparedGeneration
 from infermatrix.isolation import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
 from infermatrix.machine import machine_summary
 from infermatrix.timing import TimingPolicy, mark_untimed
-from infermatrix.types import KNOWN_PRECISIONS, BackendInfo, Case, MemoryReport, ModelSpec, PrepareContext, Session
+from infermatrix.types import KNOWN_PRECISIONS, BackendInfo, Case, ModelSpec, PrepareContext, RunOptions, Session
 from infermatrix.worker import PrepareRequest
 
 #: A case as the scenarios see it: prepared in this process, or in the worker process.
 CaseHandle = runner.PreparedCase | RemoteCase | PreparedGeneration
 
-ENTRY_POINT_GROUP = "infermatrix"
+ENTRY_POINT_GROUP = host.ENTRY_POINT_GROUP
 #: Scenario modules mark themselves ``pytest.mark.infermatrix_scenario(name)``.
 SCENARIOS = ("latency", "throughput", "cold-start", "memory", "generate")
 #: cold-start and memory run each case in a fresh process (seconds per case), so
@@ -40,6 +40,8 @@ matrix_key = pytest.StashKey["InfermatrixState"]()
 @dataclasses.dataclass
 class InfermatrixState:
     config: pytest.Config
+    #: what the hooks get of this run (frozen, picklable: the workers get the same)
+    options: RunOptions
     selection: matrix.Selection
     models: list[ModelSpec]
     backends: list[BackendInfo]
@@ -69,7 +71,7 @@ class InfermatrixState:
                 self.selection,
                 self.models,
                 self.backends,
-                lambda backend: hook.pytest_infermatrix_targets(backend=backend, config=self.config),
+                lambda backend: hook.pytest_infermatrix_targets(backend=backend, options=self.options),
             )
         return self._entries
 
@@ -83,8 +85,15 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspec)
 
 
+#: The option group of this run's parser: plugins add their options to it, and its values
+#: travel to the hooks as ``RunOptions.plugin_options`` (set again by every run's addoption).
+_option_group: Any = None
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
+    global _option_group
     group = parser.getgroup("infermatrix", "infermatrix: the inference benchmark matrix")
+    _option_group = group
     group.addoption("--models", help="comma list of models to run (default: all)")
     group.addoption("--backends", help="comma list of backends to run (default: all)")
     group.addoption("--devices", help="comma list of devices, e.g. cpu,cuda (default: all)")
@@ -192,9 +201,11 @@ def _parse_weights(raw: list[str], models: list[ModelSpec]) -> dict[str, str]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "infermatrix_scenario(name): the scenario a suite module measures")
     config.pluginmanager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    hook = config.hook
-    models = [m for group in hook.pytest_infermatrix_models() for m in group]
-    backends = [b for group in hook.pytest_infermatrix_backends() for b in group]
+    if config.pluginmanager.get_plugin(host.CORE_DEFAULTS) is None:
+        import importlib
+
+        config.pluginmanager.register(importlib.import_module(host.CORE_DEFAULTS), host.CORE_DEFAULTS)
+    models, backends = host.announced(config.hook)
     try:
         selection = matrix.Selection(
             models=matrix.parse_list("--models", config.getoption("--models")),
@@ -233,12 +244,14 @@ def pytest_configure(config: pytest.Config) -> None:
               for m in models]
     models = [dataclasses.replace(m, weights_path=weights[m.name]) if m.name in weights else m for m in models]
     config.pluginmanager.register(ProgressLines(config), "infermatrix-progress")
+    cache_root = resolve_cache_dir(config.getoption("--infermatrix-cache"), config.rootpath)
     config.stash[matrix_key] = InfermatrixState(
         config=config,
+        options=run_options(config, cache_root, selection),
         selection=selection,
         models=models,
         backends=backends,
-        cache_root=resolve_cache_dir(config.getoption("--infermatrix-cache"), config.rootpath),
+        cache_root=cache_root,
         policy=policy,
         accuracy_samples=accuracy_samples,
         scenarios=scenarios,
@@ -275,6 +288,18 @@ def configure_generation(model: ModelSpec, config: pytest.Config, folder: str | 
     if folder is not None:
         changes["local_dir"] = folder
     return dataclasses.replace(model, generation=dataclasses.replace(spec, **changes))
+
+
+def run_options(config: pytest.Config, cache_root: Path, selection: matrix.Selection) -> RunOptions:
+    """The run's options as every hook sees them, in pytest and in the workers alike."""
+    plain = (str, int, float, bool, type(None))
+    values = []
+    for option in getattr(_option_group, "options", []):
+        value = config.getoption(option.dest)
+        if isinstance(value, plain) or (isinstance(value, list) and all(isinstance(v, plain) for v in value)):
+            values.append((option.dest, tuple(value) if isinstance(value, list) else value))
+    return RunOptions(cache_root=cache_root, threads=threads_option(config), devices=selection.devices,
+                      plugin_options=tuple(values))
 
 
 def threads_option(config: pytest.Config) -> int:
@@ -383,7 +408,7 @@ def infermatrix_prepared(
 def prepare_case(state: InfermatrixState, case: Case, workdir: Path) -> CaseHandle:
     """Prepare ``case`` in the worker process (``--isolation=process``) or in this one."""
     config = state.config
-    threads = threads_option(config)
+    threads = state.options.threads
     if case.model.task == "generation":
         return prepare_generation_case(state, case, workdir, threads)
     if state.pool is not None:
@@ -399,13 +424,13 @@ def prepare_case(state: InfermatrixState, case: Case, workdir: Path) -> CaseHand
             pytest.skip(str(exc))
         request = PrepareRequest(
             model=case.model.name, weights_path=case.model.weights_path, backend=case.backend, target=case.target,
-            batch_size=case.batch_size, workdir=str(workdir), cache_root=str(state.cache_root), threads=threads,
+            batch_size=case.batch_size, workdir=str(workdir), options=state.options,
             policy=state.policy, accuracy_samples=state.accuracy_samples,
         )
         return RemoteCase(case, state.pool, request)
 
     def prepare_session() -> Session | None:
-        context = PrepareContext(workdir=workdir, cache_root=state.cache_root, threads=threads, config=config)
+        context = PrepareContext(workdir=workdir, options=state.options)
         session: Session | None = config.hook.pytest_infermatrix_prepare(
             backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size, context=context
         )
@@ -431,13 +456,13 @@ def prepare_generation_case(state: InfermatrixState, case: Case, workdir: Path, 
     if state.pool is not None:
         request = PrepareRequest(
             model=case.model.name, weights_path=None, backend=case.backend, target=case.target,
-            batch_size=case.batch_size, workdir=str(workdir), cache_root=str(state.cache_root), threads=threads,
+            batch_size=case.batch_size, workdir=str(workdir), options=state.options,
             policy=state.policy, accuracy_samples=state.accuracy_samples, generation=case.model.generation,
         )
         return RemoteCase(case, state.pool, request)
 
     def prepare_session() -> Any:
-        context = PrepareContext(workdir=workdir, cache_root=state.cache_root, threads=threads, config=config)
+        context = PrepareContext(workdir=workdir, options=state.options)
         return config.hook.pytest_infermatrix_prepare(backend=case.backend, model=case.model, target=case.target,
                                                       batch_size=case.batch_size, context=context)
 
@@ -599,21 +624,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 # -------------------------------------------------------------------------
 # defaults and results
 # -------------------------------------------------------------------------
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_infermatrix_memory(session: Session, baseline_rss_bytes: int) -> MemoryReport:
-    """Host memory only: RSS now minus before the case, and the process's peak RSS."""
-    import resource
-
-    rss = runner.process_rss_bytes()
-    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    return MemoryReport(
-        host_peak_rss_bytes=peak,
-        host_peak_rss_added_bytes=max(0, peak - baseline_rss_bytes),
-        host_rss_delta_bytes=rss - baseline_rss_bytes,
-        source="psutil rss (delta) + getrusage ru_maxrss (process peak)",
-    )
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:

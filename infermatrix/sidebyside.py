@@ -3,8 +3,8 @@
     python -m infermatrix.sidebyside --model resnet18 --batch-size 1 \\
         --sides torch:fp32,torch-compile:int8,onnxruntime:fp32,onnxruntime:int8,openvino:fp32,openvino:int8
 
-Every side is prepared through the same hooks as in a pytest run (the built-in plugins
-of the root conftest), checked against the fp32 reference, then all sides are timed in
+Every side is prepared through the same hooks as in a pytest run (the one plugin host,
+:func:`infermatrix.host.plugin_manager`), checked against the fp32 reference, then all sides are timed in
 randomized interleaved trials (see infermatrix.paired). Ratios between sides from one
 such run are far steadier on a noisy machine than medians from separate runs.
 """
@@ -12,47 +12,32 @@ such run are far steadier on a noisy machine than medians from separate runs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
-from infermatrix import hookspec, matrix, paired, runner
+from infermatrix import host, matrix, paired, runner
 from infermatrix.cache import resolve_cache_dir
 from infermatrix.machine import physical_cores
 from infermatrix.timing import TimingPolicy
-from infermatrix.types import Case, PrepareContext
-
-
-def plugin_manager(rootdir: Path) -> pluggy.PluginManager:
-    """The hooks of a pytest run, without pytest: the specs plus the built-in plugins."""
-    sys.path.insert(0, str(rootdir))
-    conftest = importlib.import_module("conftest")
-    manager = pluggy.PluginManager("pytest")
-    manager.add_hookspecs(hookspec)
-    for name in conftest.BUILTIN_PLUGINS:
-        manager.register(importlib.import_module(name), name)
-    manager.load_setuptools_entrypoints("infermatrix")
-    return manager
+from infermatrix.types import Case, PrepareContext, RunOptions
 
 
 class OfflineError(RuntimeError):
     """A case that cannot be prepared outside pytest; the message says why."""
 
 
-def find_case(manager: pluggy.PluginManager, case_id: str) -> Case:
+def find_case(manager: pluggy.PluginManager, case_id: str, options: RunOptions) -> Case:
     """The case named by ``case_id``, from the same matrix a pytest run builds (any batch size)."""
     _, _, batch = case_id.rpartition("-b")
     if not batch.isdigit() or int(batch) < 1:
         raise OfflineError(f"unknown case {case_id!r}: ids read model-backend-device-precision-bN")
-    models = [m for group in manager.hook.pytest_infermatrix_models() for m in group]
-    backends = [b for group in manager.hook.pytest_infermatrix_backends() for b in group]
+    models, backends = host.announced(manager.hook)
     entries = matrix.build(matrix.Selection(batch_sizes=(int(batch),)), models, backends,
-                           lambda b: manager.hook.pytest_infermatrix_targets(backend=b, config=None))
+                           lambda b: manager.hook.pytest_infermatrix_targets(backend=b, options=options))
     entry = next((e for e in entries if e.case.id == case_id), None)
     if entry is None:
         raise OfflineError(f"unknown case {case_id!r}; models: {', '.join(m.name for m in models)}; "
@@ -62,15 +47,15 @@ def find_case(manager: pluggy.PluginManager, case_id: str) -> Case:
     return entry.case
 
 
-def prepare_offline(manager: pluggy.PluginManager, case: Case, threads: int, cache_root: Path,
+def prepare_offline(manager: pluggy.PluginManager, case: Case, options: RunOptions,
                     workdir: Path) -> runner.PreparedCase:
     """Prepare, warm and check ``case`` through the hooks, as the pytest fixture does."""
-    context = PrepareContext(workdir=workdir, cache_root=cache_root, threads=threads, config=None)
+    context = PrepareContext(workdir=workdir, options=options)
     prepared = runner.prepare(
         case,
         lambda: manager.hook.pytest_infermatrix_prepare(backend=case.backend, model=case.model, target=case.target,
                                                         batch_size=case.batch_size, context=context),
-        cache_root, TimingPolicy(), accuracy_samples=8, threads=threads,
+        options.cache_root, TimingPolicy(), accuracy_samples=8, threads=options.threads,
     )
     if not prepared.accuracy.passed:
         prepared.session.close()
@@ -78,14 +63,14 @@ def prepare_offline(manager: pluggy.PluginManager, case: Case, threads: int, cac
     return prepared
 
 
-def prepare_side(manager: pluggy.PluginManager, model_name: str, side: str, batch_size: int, threads: int,
-                 cache_root: Path, workdir: Path) -> runner.PreparedCase:
+def prepare_side(manager: pluggy.PluginManager, model_name: str, side: str, batch_size: int, options: RunOptions,
+                 workdir: Path) -> runner.PreparedCase:
     """``side`` is ``backend:precision`` (cpu) or ``backend:device@precision``."""
     backend_name, _, spec = side.partition(":")
     device, _, precision = spec.rpartition("@") if "@" in spec else ("cpu", "", spec)
     try:
-        case = find_case(manager, f"{model_name}-{backend_name}-{device}-{precision}-b{batch_size}")
-        return prepare_offline(manager, case, threads, cache_root, workdir)
+        case = find_case(manager, f"{model_name}-{backend_name}-{device}-{precision}-b{batch_size}", options)
+        return prepare_offline(manager, case, options, workdir)
     except OfflineError as exc:
         raise SystemExit(str(exc)) from None
 
@@ -104,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     threads = args.threads or physical_cores()
-    cache_root = resolve_cache_dir(None, args.rootdir.resolve())
-    manager = plugin_manager(args.rootdir.resolve())
+    options = RunOptions(cache_root=resolve_cache_dir(None, args.rootdir.resolve()), threads=threads)
+    manager = host.plugin_manager()
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     prepared: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="infermatrix-sidebyside-") as tmp:
@@ -113,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, side in enumerate(sides):
                 workdir = Path(tmp) / str(i)
                 workdir.mkdir()
-                prepared[side] = prepare_side(manager, args.model, side, args.batch_size, threads, cache_root, workdir)
+                prepared[side] = prepare_side(manager, args.model, side, args.batch_size, options, workdir)
             # different backends bring different thread runtimes: interleave in blocks
             result = paired.interleaved({side: p.call for side, p in prepared.items()}, trials=args.trials,
                                         calls_per_trial=args.calls_per_trial, blocks=True)

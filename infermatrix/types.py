@@ -226,17 +226,41 @@ class PrepareTimes:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """What a hook may know of the run: frozen and picklable, so pytest, its worker
+    processes and the command-line tools hand plugins the same thing (never
+    ``pytest.Config``, which exists only in pytest's own process)."""
+
+    #: The shared content-keyed cache (exported ONNX, references, weights).
+    cache_root: Path
+    #: CPU threads every backend uses (``--threads``, default: the physical cores).
+    threads: int
+    #: The devices the user asked for (``--devices``); None: no selection. A backend may
+    #: offer a device it hides by default (PlaidML's experimental ones) when named here.
+    devices: tuple[str, ...] | None = None
+    #: Every option of the ``infermatrix`` option group by its dest, as plain values, so a
+    #: plugin reads the options it added itself (``options.option("plaidml_experimental")``).
+    plugin_options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, dest: str, default: Any = None) -> Any:
+        return dict(self.plugin_options).get(dest, default)
+
+
+@dataclasses.dataclass(frozen=True)
 class PrepareContext:
     """What a backend gets to prepare one case besides the case itself."""
 
     #: A fresh directory for this case's files (converted models, engines).
     workdir: Path
-    #: The shared content-keyed cache (exported ONNX, references, weights).
-    cache_root: Path
-    #: CPU threads the backend should use (``--threads``, default: physical cores).
-    threads: int
-    #: The pytest config, for backend-specific options.
-    config: Any
+    options: RunOptions
+
+    @property
+    def cache_root(self) -> Path:
+        return self.options.cache_root
+
+    @property
+    def threads(self) -> int:
+        return self.options.threads
 
 
 @runtime_checkable

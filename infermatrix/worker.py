@@ -1,8 +1,9 @@
 """The process a case runs in under ``--isolation=process`` (the default).
 
 Started by ``infermatrix.isolation`` with multiprocessing's *spawn* method (a fresh
-interpreter: no inherited thread pools or CUDA context), it registers the same plugin
-modules as the pytest run, then serves requests one at a time over a pipe: prepare a
+interpreter: no inherited thread pools or CUDA context), it builds the one plugin host
+(:func:`infermatrix.host.plugin_manager`) with the same plugin modules as the pytest
+run, then serves requests one at a time over a pipe: prepare a
 case, time a scenario, close. The timed loops are the ones an in-process run uses
 (``runner.PreparedCase``); only the recorded rounds travel back to pytest.
 """
@@ -11,58 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
-import importlib
-import importlib.util
 import os
 import sys
 import tempfile
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pluggy
 import pytest
 
-from infermatrix import hookspec, runner
+from infermatrix import host, runner
+from infermatrix.host import PluginSpec
 from infermatrix.reference import ReferenceUnavailable
 from infermatrix.timing import RecordedRounds
-from infermatrix.types import BackendInfo, Case, ModelSpec, PrepareContext, Target
-
-
-@dataclasses.dataclass(frozen=True)
-class PluginSpec:
-    """A plugin module of the pytest run, as the worker can import it again."""
-
-    name: str
-    file: str | None
-
-
-def load_plugin(spec: PluginSpec) -> ModuleType:
-    """Import ``spec`` by name when that finds the same file, else from its file (conftest modules)."""
-    try:
-        module = importlib.import_module(spec.name)
-        if spec.file is None or Path(getattr(module, "__file__", "") or "").resolve() == Path(spec.file).resolve():
-            return module
-    except ImportError:
-        if spec.file is None:
-            raise
-    assert spec.file is not None
-    file_spec = importlib.util.spec_from_file_location(f"infermatrix_worker_{Path(spec.file).stem}", spec.file)
-    if file_spec is None or file_spec.loader is None:
-        raise ImportError(f"cannot load plugin {spec.name} from {spec.file}")
-    module = importlib.util.module_from_spec(file_spec)
-    file_spec.loader.exec_module(module)
-    return module
-
-
-def plugin_manager(specs: list[PluginSpec]) -> pluggy.PluginManager:
-    manager = pluggy.PluginManager("pytest")
-    manager.add_hookspecs(hookspec)
-    for spec in specs:
-        manager.register(load_plugin(spec), spec.name)
-    return manager
+from infermatrix.types import BackendInfo, Case, ModelSpec, PrepareContext, RunOptions, Target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +38,7 @@ class PrepareRequest:
     target: Target
     batch_size: int
     workdir: str
-    cache_root: str
-    threads: int
+    options: RunOptions
     policy: Any
     accuracy_samples: int
     #: the generation spec as the run's options made it (generation models only)
@@ -92,9 +56,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class Worker:
     def __init__(self, manager: pluggy.PluginManager) -> None:
         self.manager = manager
-        self.models: dict[str, ModelSpec] = {
-            m.name: m for group in manager.hook.pytest_infermatrix_models() for m in group
-        }
+        self.models: dict[str, ModelSpec] = {m.name: m for m in host.announced(manager.hook)[0]}
         self.current: Any = None  # runner.PreparedCase or generation.PreparedGeneration
 
     def close_current(self) -> None:
@@ -110,8 +72,7 @@ class Worker:
         if request.generation is not None:
             model = dataclasses.replace(model, generation=request.generation)
         case = Case(model, request.backend, request.target, request.batch_size)
-        context = PrepareContext(workdir=Path(request.workdir), cache_root=Path(request.cache_root),
-                                 threads=request.threads, config=None)
+        context = PrepareContext(workdir=Path(request.workdir), options=request.options)
         if model.task == "generation":
             from infermatrix import generation
 
@@ -120,7 +81,7 @@ class Worker:
                 lambda: self.manager.hook.pytest_infermatrix_prepare(
                     backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size,
                     context=context),
-                Path(request.cache_root),
+                request.options.cache_root,
             )
             return {"accuracy": self.current.accuracy, "info": self.current.info()}
         self.current = runner.prepare(
@@ -128,7 +89,7 @@ class Worker:
             lambda: self.manager.hook.pytest_infermatrix_prepare(
                 backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size,
                 context=context),
-            Path(request.cache_root), request.policy, request.accuracy_samples, request.threads,
+            request.options.cache_root, request.policy, request.accuracy_samples, request.options.threads,
         )
         return {"accuracy": self.current.accuracy, "info": self.current.info()}
 
@@ -153,7 +114,7 @@ def serve(conn: Connection, specs: list[PluginSpec]) -> None:
     # (compiler helpers) at once, and a terminal's Ctrl-C reaches only pytest.
     os.setsid()
     faulthandler.enable()  # a native crash prints the Python stack of the worker to stderr, into pytest's output
-    worker = Worker(plugin_manager(specs))
+    worker = Worker(host.plugin_manager(specs))
     with tempfile.TemporaryDirectory(prefix="infermatrix-worker-"):
         while True:
             try:

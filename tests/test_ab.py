@@ -27,10 +27,16 @@ def test_paired_verdicts_on_synthetic_trials() -> None:
     assert all(results[k].min_detectable_change < 0.05 + 1e-9 for k in same)
 
 
+def fake_checkout(root: Path) -> None:
+    """A checkout whose plugin list (``plugins/__init__.py``) names only the numpy test backend."""
+    (root / "plugins").mkdir()
+    (root / "plugins" / "__init__.py").write_text('BUILTIN_PLUGINS = ("numpy_backend",)\n')
+
+
 def test_ab_finds_a_slowed_side_through_worker_processes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "conftest.py").write_text('BUILTIN_PLUGINS = ("numpy_backend",)\n')
+    fake_checkout(tmp_path)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     common = ["--cases", "tinymlp-numpy-cpu-fp32-b4,tinylinear-numpy-cpu-fp32-b2", "--a-rootdir", str(tmp_path),
               "--b-rootdir", str(tmp_path), "--trials", "6", "--calls", "200", "--json"]
@@ -44,7 +50,7 @@ def test_ab_finds_a_slowed_side_through_worker_processes(
 
 def test_ab_names_an_unknown_or_unrunnable_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "conftest.py").write_text('BUILTIN_PLUGINS = ("numpy_backend",)\n')
+    fake_checkout(tmp_path)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     base = ["--a-rootdir", str(tmp_path), "--b-rootdir", str(tmp_path), "--trials", "2", "--calls", "2"]
     assert ab.main(["--cases", "nosuch-numpy-cpu-fp32-b1", *base]) == 2

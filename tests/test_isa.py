@@ -217,12 +217,12 @@ OPENVINO_UNDER_AVX2_CAP = textwrap.dedent("""
     from infermatrix.reference import accuracy_inputs, reference_outputs
     from infermatrix.runner import run_in_batches
     from infermatrix.accuracy import compare_outputs
-    from infermatrix.types import BackendInfo, PrepareContext, Target
+    from infermatrix.types import BackendInfo, PrepareContext, RunOptions, Target
     from plugins.backends import openvino as backend
     folder = Path(sys.argv[1])
     session = backend.pytest_infermatrix_prepare(
         BackendInfo("openvino", ("cpu",), ("int8",)), TINY_CNN, Target("cpu", "int8"), 4,
-        PrepareContext(workdir=folder, cache_root=folder / "cache", threads=1, config=None))
+        PrepareContext(workdir=folder, options=RunOptions(cache_root=folder / "cache", threads=1)))
     got = run_in_batches(session, accuracy_inputs(TINY_CNN, 8), 4)
     report = compare_outputs(got, reference_outputs(TINY_CNN, 8, folder / "cache"), "int8", classifier=True,
                              backend_config=session.config)

@@ -18,7 +18,7 @@ from infermatrix import onnx_export  # noqa: E402
 from infermatrix.accuracy import compare_outputs  # noqa: E402
 from infermatrix.reference import accuracy_inputs, reference_outputs  # noqa: E402
 from infermatrix.runner import run_in_batches  # noqa: E402
-from infermatrix.types import BackendInfo, PrepareContext, Target  # noqa: E402
+from infermatrix.types import BackendInfo, PrepareContext, RunOptions, Target  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def context(tmp_path: Path, cache: Path) -> PrepareContext:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    return PrepareContext(workdir=tmp_path, cache_root=cache, threads=1, config=None)
+    return PrepareContext(workdir=tmp_path, options=RunOptions(cache_root=cache, threads=1))
 
 
 def check(session, precision: str, cache: Path, batch_size: int = 4):

@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 from infermatrix.announce import announce_backend, installed_version
-from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
+from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, RunOptions, Target
 
 NAME = "plaidml"
 PRECISIONS = ("fp32", "fp16")
@@ -82,16 +82,13 @@ def pytest_infermatrix_backends() -> list[BackendInfo]:
 
 
 @pytest.hookimpl
-def pytest_infermatrix_targets(backend: BackendInfo, config: Any) -> list[Target] | None:
+def pytest_infermatrix_targets(backend: BackendInfo, options: RunOptions) -> list[Target] | None:
     if backend.name != NAME:
         return None
     normal, experimental = plaidml_devices()
-    asked = set()
-    if config is not None:
-        raw = config.getoption("--devices") or ""
-        asked = {d.strip() for d in raw.split(",") if d.strip()}
-        if config.getoption("--plaidml-experimental", default=False):
-            asked |= set(experimental)
+    asked = set(options.devices or ())
+    if options.option("plaidml_experimental", False):
+        asked |= set(experimental)
     keras_problem = None
     if installed_version("keras") != "2.2.4":
         keras_problem = (f"plaidml: needs keras 2.2.4 (found {installed_version('keras')}); run it in its own "
