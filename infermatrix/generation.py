@@ -25,13 +25,6 @@ import numpy as np
 
 from infermatrix.types import PrepareTimes
 
-#: The default tiny Llama: 4.2 M parameters, CI-sized on 2 cores. ``initializer_range=0.1``:
-#: with the usual 0.02 this model repeats one token, and every token check passes trivially.
-TINY_LLAMA = {
-    "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4,
-    "num_key_value_heads": 4, "vocab_size": 2000, "max_position_embeddings": 1024, "initializer_range": 0.1,
-    "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
-}
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>")
 
 

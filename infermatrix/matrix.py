@@ -84,17 +84,16 @@ def check_unique(kind: str, names: Sequence[str]) -> None:
 
 
 def model_rule(model: ModelSpec, target: Target, backend: BackendInfo | None = None) -> str | None:
-    """Skips that follow from the model (and the form of it the backend runs)."""
+    """Skips that follow from the model (and the form of it the backend consumes)."""
+    if backend is not None and not set(backend.forms) & set(model.forms):
+        return (f"{backend.name}: runs the {' or '.join(backend.forms)} form of a model; {model.name} comes as "
+                f"{', '.join(model.forms)}")
     if model.task == "generation":
         if backend is not None and target.precision not in backend.generation_precisions:
-            runs = ", ".join(backend.generation_precisions)
-            return (f"{backend.name}: generates in {runs}" if runs else
-                    f"{backend.name}: has no generation path (generation runs on torch, openvino, onnxruntime)")
+            return f"{backend.name}: generates in {', '.join(backend.generation_precisions)}"
         return None
     if target.precision == "int4":
         return "int4 is weight-only compression for generation models"
-    if backend is not None and backend.model_form == "keras" and model.build_keras is None:
-        return f"{backend.name}: {model.name} has no Keras form (ModelSpec.build_keras)"
     if target.precision == "int8-dynamic" and not model.linear_heavy:
         return (
             f"int8-dynamic quantizes only Linear/MatMul layers and {model.name} is not Linear-heavy "

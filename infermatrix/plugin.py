@@ -21,7 +21,16 @@ from infermatrix.generation import PreparedGeneration
 from infermatrix.isolation import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
 from infermatrix.machine import machine_summary
 from infermatrix.timing import TimingPolicy, mark_untimed
-from infermatrix.types import KNOWN_PRECISIONS, BackendInfo, Case, ModelSpec, PrepareContext, RunOptions, Session
+from infermatrix.types import (
+    FORM_GENERATION,
+    KNOWN_PRECISIONS,
+    BackendInfo,
+    Case,
+    ModelSpec,
+    PrepareContext,
+    RunOptions,
+    Session,
+)
 from infermatrix.worker import PrepareRequest
 
 #: A case as the scenarios see it: prepared in this process, or in the worker process.
@@ -287,7 +296,7 @@ def configure_generation(model: ModelSpec, config: pytest.Config, folder: str | 
     changes["config"] = settings
     if folder is not None:
         changes["local_dir"] = folder
-    return dataclasses.replace(model, generation=dataclasses.replace(spec, **changes))
+    return model.with_form(FORM_GENERATION, dataclasses.replace(spec, **changes))
 
 
 def run_options(config: pytest.Config, cache_root: Path, selection: matrix.Selection) -> RunOptions:

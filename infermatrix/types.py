@@ -24,6 +24,14 @@ if TYPE_CHECKING:
 KNOWN_PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "int8", "int8-dynamic", "int4")
 
 Task = Literal["classification", "embedding", "generation"]
+
+#: The forms a model comes in, by name. A model module provides the forms it has
+#: (``ModelSpec.forms``) and a backend says which it consumes (``BackendInfo.forms``):
+#: "torch" builds the fp32 ``nn.Module`` (the ONNX export is made from it);
+#: "keras" builds the Keras model, given the ``keras`` module (Keras 3 or 2.2.4);
+#: "generation" is a ``GenerationSpec`` (a Hugging Face folder made or given);
+#: "numpy" is the fp32 reference function itself (framework-free models of the tests).
+FORM_TORCH, FORM_KERAS, FORM_GENERATION, FORM_NUMPY = "torch", "keras", "generation", "numpy"
 Arrays = dict[str, "NDArray[Any]"]
 
 
@@ -79,10 +87,11 @@ def make_inputs(signature: Sequence[InputSpec], batch_size: int, seed: int) -> A
 class ModelSpec:
     """A model announces itself with one of these (``pytest_infermatrix_models``).
 
-    ``build_torch`` returns the fp32 ``torch.nn.Module`` in eval mode with its seeded (or
-    user-provided) weights; it is only called by code that has torch. Evaluation inputs
-    and calibration inputs come from different seeds, so quantization is never calibrated
-    on the very samples it is judged on.
+    ``forms`` holds the model's forms by name (see ``FORM_*``); the torch form returns the
+    fp32 ``torch.nn.Module`` in eval mode with its seeded (or user-provided) weights and is
+    only called by code that has torch. Evaluation inputs and calibration inputs come
+    from different seeds, so quantization is never calibrated on the very samples it is
+    judged on.
     """
 
     name: str
@@ -90,7 +99,8 @@ class ModelSpec:
     task: Task
     inputs: tuple[InputSpec, ...]
     output_names: tuple[str, ...]
-    build_torch: Callable[[], Any] | None
+    #: The model's forms by name (``FORM_*``); excluded from hashing (builders are callables).
+    forms: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     default_batch_sizes: tuple[int, ...] = (1,)
     weight_seed: int = 0
     eval_seed: int = 1000
@@ -104,25 +114,39 @@ class ModelSpec:
     weights_path: str | None = None
     #: Changes whenever the network definition changes; part of every cache key.
     version: str = "1"
-    #: Generation models (task "generation"): how the model folder is made and prompted
-    #: (infermatrix.generation.GenerationSpec); only the ``generate`` scenario runs them.
-    generation: Any = None
-    #: The Keras form: called with the ``keras`` module (Keras 3 or PlaidML's Keras 2.2.4),
-    #: returns the model with layers named after torch's state_dict (infermatrix.keras_models).
-    build_keras: Callable[[Any], Any] | None = None
-    #: fp32 reference outputs for given inputs, for models with no torch form (the
-    #: tests' numpy model); None means "run the torch build".
-    reference_fn: Callable[[Arrays], list[Any]] | None = None
-
     def __post_init__(self) -> None:
         if not self.name or "-" in self.name:
             raise ValueError(f"model name {self.name!r}: must be non-empty and contain no '-' (ids use '-')")
         if not self.inputs:
             raise ValueError(f"model {self.name!r}: needs at least one input")
-        if self.build_torch is None and self.reference_fn is None and self.generation is None:
-            raise ValueError(f"model {self.name!r}: give build_torch or reference_fn (how to get fp32 outputs)")
+        if not self.forms:
+            raise ValueError(f"model {self.name!r}: give at least one form ({FORM_TORCH!r}, {FORM_KERAS!r}, "
+                             f"{FORM_GENERATION!r} or {FORM_NUMPY!r})")
+        if (self.task == "generation") != (FORM_GENERATION in self.forms):
+            raise ValueError(f"model {self.name!r}: a generation model has a {FORM_GENERATION!r} form, and only it")
         if any(b <= 0 for b in self.default_batch_sizes):
             raise ValueError(f"model {self.name!r}: batch sizes must be > 0, got {self.default_batch_sizes}")
+
+    @property
+    def build_torch(self) -> Callable[[], Any] | None:
+        return self.forms.get(FORM_TORCH)
+
+    @property
+    def build_keras(self) -> Callable[[Any], Any] | None:
+        return self.forms.get(FORM_KERAS)
+
+    @property
+    def generation(self) -> Any:
+        """The ``GenerationSpec`` of a generation model (infermatrix.generation), else None."""
+        return self.forms.get(FORM_GENERATION)
+
+    @property
+    def reference_fn(self) -> Callable[[Arrays], list[Any]] | None:
+        return self.forms.get(FORM_NUMPY)
+
+    def with_form(self, name: str, value: Any) -> ModelSpec:
+        """This model with form ``name`` replaced (a generation spec as this run's options make it)."""
+        return dataclasses.replace(self, forms={**self.forms, name: value})
 
     def eval_inputs(self, batch_size: int) -> Arrays:
         """The timed batch: the first ``batch_size`` samples of the accuracy inputs."""
@@ -173,9 +197,9 @@ class BackendInfo:
     version: str = ""
     #: The framework's import name, for timing its import in the cold-start scenario.
     framework_module: str = ""
-    #: The form of a model the backend runs beyond torch/ONNX: "keras" needs ModelSpec.build_keras.
-    model_form: str | None = None
-    #: Precisions the backend generates text in (the ``generate`` scenario); empty: it does not.
+    #: The model forms this backend consumes (``FORM_*``); a model with none of them is a skip.
+    forms: tuple[str, ...] = (FORM_TORCH,)
+    #: Precisions the backend generates text in (its ``generation`` form); empty: it does not.
     generation_precisions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ from infermatrix import host, runner
 from infermatrix.host import PluginSpec
 from infermatrix.reference import ReferenceUnavailable
 from infermatrix.timing import RecordedRounds
-from infermatrix.types import BackendInfo, Case, ModelSpec, PrepareContext, RunOptions, Target
+from infermatrix.types import FORM_GENERATION, BackendInfo, Case, ModelSpec, PrepareContext, RunOptions, Target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Worker:
         if request.weights_path is not None:
             model = dataclasses.replace(model, weights_path=request.weights_path)
         if request.generation is not None:
-            model = dataclasses.replace(model, generation=request.generation)
+            model = model.with_form(FORM_GENERATION, request.generation)
         case = Case(model, request.backend, request.target, request.batch_size)
         context = PrepareContext(workdir=Path(request.workdir), options=request.options)
         if model.task == "generation":

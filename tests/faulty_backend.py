@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from numpy_backend import weights
 
-from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
+from infermatrix.types import FORM_NUMPY, Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
 
 FAULTS = ("segfault", "abort", "hang", "oom", "nan", "cudaoom")
 
@@ -38,9 +38,9 @@ FAULTS = ("segfault", "abort", "hang", "oom", "nan", "cudaoom")
 def pytest_infermatrix_backends() -> list[BackendInfo]:
     return [
         *(BackendInfo(name=f, devices=("cuda",) if f == "cudaoom" else ("cpu",), precisions=("fp32",),
-                      version="0") for f in FAULTS),
+                      version="0", forms=(FORM_NUMPY,)) for f in FAULTS),
         BackendInfo(name="broken", devices=("cpu",), precisions=("fp32",), version="0",
-                    framework_module="broken_native_lib"),
+                    framework_module="broken_native_lib", forms=(FORM_NUMPY,)),
     ]
 
 

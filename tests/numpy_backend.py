@@ -17,7 +17,16 @@ import numpy as np
 import pytest
 
 from infermatrix.announce import announce_backend
-from infermatrix.types import Arrays, BackendInfo, InputSpec, ModelSpec, PrepareContext, PrepareTimes, Target
+from infermatrix.types import (
+    FORM_NUMPY,
+    Arrays,
+    BackendInfo,
+    InputSpec,
+    ModelSpec,
+    PrepareContext,
+    PrepareTimes,
+    Target,
+)
 
 FEATURES, CLASSES = 64, 10
 
@@ -36,12 +45,12 @@ def reference(seed: int):
 MODELS = [
     ModelSpec(
         name="tinymlp", family="tiny", task="classification", inputs=(InputSpec("x", (FEATURES,), "float32"),),
-        output_names=("logits",), build_torch=None, reference_fn=reference(7), default_batch_sizes=(1, 4),
+        output_names=("logits",), forms={FORM_NUMPY: reference(7)}, default_batch_sizes=(1, 4),
         weight_seed=7,
     ),
     ModelSpec(
         name="tinylinear", family="tiny", task="embedding", inputs=(InputSpec("x", (FEATURES,), "float32"),),
-        output_names=("y",), build_torch=None, reference_fn=reference(8), default_batch_sizes=(2,),
+        output_names=("y",), forms={FORM_NUMPY: reference(8)}, default_batch_sizes=(2,),
         weight_seed=8, linear_heavy=True,
     ),
 ]
@@ -56,7 +65,7 @@ def pytest_infermatrix_models() -> list[ModelSpec]:
 def pytest_infermatrix_backends() -> list[BackendInfo]:
     return [
         BackendInfo(name="numpy", devices=("cpu", "fakegpu"), precisions=("fp32", "fp16", "int8", "int8-dynamic"),
-                    version=np.__version__),
+                    version=np.__version__, forms=(FORM_NUMPY,)),
         announce_backend("ghost", "ghostlib_that_is_not_installed", "ghostlib", ("cpu",), ("fp32",), extra="ghost"),
     ]
 

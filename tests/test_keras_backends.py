@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import keras
 from plugins.models.resnet import MODELS
-from infermatrix.keras_models import load_torch_state
+from infermatrix.forms.keras import load_torch_state
 from infermatrix.reference import torch_state
 state = dict(torch_state(MODELS[0], Path(sys.argv[2])))
 del state["layer2.0.bn1.running_var"]

@@ -33,7 +33,7 @@ def write_outside_package(root) -> None:
 
         @pytest.hookimpl
         def pytest_infermatrix_backends():
-            return [BackendInfo(name="toy", devices=("cpu",), precisions=("fp32",), version="0.0.1")]
+            return [BackendInfo(name="toy", devices=("cpu",), precisions=("fp32",), version="0.0.1", forms=("numpy",))]
 
         @pytest.hookimpl
         def pytest_infermatrix_targets(backend):

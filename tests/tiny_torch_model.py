@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infermatrix.types import InputSpec, ModelSpec
+from infermatrix.types import FORM_TORCH, InputSpec, ModelSpec
 
 
 def build() -> Any:
@@ -20,6 +20,6 @@ def build() -> Any:
 
 TINY_CNN = ModelSpec(
     name="tinycnn", family="tiny", task="classification", inputs=(InputSpec("input", (3, 32, 32), "float32"),),
-    output_names=("logits",), build_torch=build, default_batch_sizes=(1, 4), is_cnn=True,
+    output_names=("logits",), forms={FORM_TORCH: build}, default_batch_sizes=(1, 4), is_cnn=True,
     calibration_samples=32,
 )

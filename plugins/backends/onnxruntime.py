@@ -35,7 +35,16 @@ from infermatrix.announce import announce_backend
 from infermatrix.machine import isa
 from infermatrix.onnx_export import onnx_model
 from infermatrix.onnx_quant import cpu_int8_recipe, quantize_dynamic_int8, quantize_static_qdq
-from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
+from infermatrix.types import (
+    FORM_GENERATION,
+    FORM_TORCH,
+    Arrays,
+    BackendInfo,
+    ModelSpec,
+    PrepareContext,
+    PrepareTimes,
+    Target,
+)
 
 NAME = "onnxruntime"
 DEVICES = ("cpu", "cuda", "tensorrt")
@@ -49,7 +58,8 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "te
 def pytest_infermatrix_backends() -> list[BackendInfo]:
     info = announce_backend(NAME, "onnxruntime", "onnxruntime", DEVICES, PRECISIONS, extra="onnxruntime")
     generates = importlib.util.find_spec("onnxruntime_genai") is not None
-    return [dataclasses.replace(info, generation_precisions=GENERATION_PRECISIONS if generates else ())]
+    return [dataclasses.replace(info, forms=(FORM_TORCH, FORM_GENERATION) if generates else (FORM_TORCH,),
+                                generation_precisions=GENERATION_PRECISIONS if generates else ())]
 
 
 def _reason(device: str, precision: str, available: list[str]) -> str | None:

@@ -30,7 +30,16 @@ import pytest
 from infermatrix.announce import announce_backend
 from infermatrix.machine import Isa, isa
 from infermatrix.onnx_export import onnx_model
-from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
+from infermatrix.types import (
+    FORM_GENERATION,
+    FORM_TORCH,
+    Arrays,
+    BackendInfo,
+    ModelSpec,
+    PrepareContext,
+    PrepareTimes,
+    Target,
+)
 
 NAME = "openvino"
 DEVICES = ("cpu", "gpu", "npu")
@@ -47,7 +56,8 @@ CAPABILITY = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16", "int8": "INT8", "i
 def pytest_infermatrix_backends() -> list[BackendInfo]:
     info = announce_backend(NAME, "openvino", "openvino", DEVICES, PRECISIONS, extra="openvino")
     generates = importlib.util.find_spec("openvino_genai") is not None
-    return [dataclasses.replace(info, generation_precisions=GENERATION_PRECISIONS if generates else ())]
+    return [dataclasses.replace(info, forms=(FORM_TORCH, FORM_GENERATION) if generates else (FORM_TORCH,),
+                                generation_precisions=GENERATION_PRECISIONS if generates else ())]
 
 
 def ov_device(device: str) -> str:

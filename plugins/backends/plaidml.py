@@ -11,7 +11,7 @@ The path, and why (see docs/backends.md):
 - Devices are PlaidML's own ids (``llvm_cpu.0``, ``opencl_*``, ``metal_*``, ``cuda_*``),
   each a device of the matrix. Devices PlaidML lists only in experimental mode run only
   when asked for: named in ``--devices`` or with ``--plaidml-experimental``.
-- The model is the Keras form of the network (``infermatrix.keras_models``) with the same
+- The model is the Keras form of the network (its ``keras`` form, ``plugins/models/*.py``) with the same
   weights as torch, called through ``keras.backend.function`` — the graph ``predict()``
   runs, without its Python batching loop. The first call compiles the tile program:
   timed as ``compile_s``, outside the timed rounds.
@@ -35,7 +35,16 @@ import numpy as np
 import pytest
 
 from infermatrix.announce import announce_backend, installed_version
-from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, RunOptions, Target
+from infermatrix.types import (
+    FORM_KERAS,
+    Arrays,
+    BackendInfo,
+    ModelSpec,
+    PrepareContext,
+    PrepareTimes,
+    RunOptions,
+    Target,
+)
 
 NAME = "plaidml"
 PRECISIONS = ("fp32", "fp16")
@@ -70,7 +79,7 @@ def plaidml_devices() -> tuple[list[str], list[str]]:
 @pytest.hookimpl
 def pytest_infermatrix_backends() -> list[BackendInfo]:
     info = dataclasses.replace(announce_backend(NAME, "plaidml", "plaidml", DEFAULT_DEVICES, PRECISIONS,
-                                                extra="plaidml"), model_form="keras")
+                                                extra="plaidml"), forms=(FORM_KERAS,))
     if not info.available:
         return [info]
     try:
@@ -171,8 +180,8 @@ def pytest_infermatrix_prepare(
 ) -> PlaidMLSession | None:
     if backend.name != NAME:
         return None
-    assert model.build_keras is not None  # the matrix skips models without one (model_form="keras")
-    from infermatrix.keras_models import load_torch_state
+    assert model.build_keras is not None  # the matrix skips models without one (forms=(FORM_KERAS,))
+    from infermatrix.forms.keras import load_torch_state
     from infermatrix.reference import torch_state
 
     normal, _ = plaidml_devices()

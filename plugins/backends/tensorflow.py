@@ -1,7 +1,7 @@
 """TensorFlow with Keras 3: ``tensorflow`` (graph via ``tf.function``) and ``tensorflow-xla``.
 
 The path, and why (see docs/backends.md):
-- The model is the Keras form of the network (``infermatrix.keras_models``) filled with
+- The model is the Keras form of the network (its ``keras`` form, ``plugins/models/*.py``) filled with
   the same weights as the torch form (the cached seeded ``state_dict``), taking the same
   NCHW inputs.
 - Timed calls go through a ``tf.function`` with a fixed input signature — never
@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 from infermatrix.announce import announce_backend, installed_version
-from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
+from infermatrix.types import FORM_KERAS, Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
 
 NAMES = ("tensorflow", "tensorflow-xla")
 DEVICES = ("cpu", "cuda")
@@ -49,7 +49,7 @@ def pytest_infermatrix_backends() -> list[BackendInfo]:
         if info.available:  # the CPU wheel is another distribution of the same module
             version = installed_version("tensorflow") or installed_version("tensorflow-cpu") or "unknown"
             info = dataclasses.replace(info, version=version)
-        found.append(dataclasses.replace(info, model_form="keras"))
+        found.append(dataclasses.replace(info, forms=(FORM_KERAS,)))
     return found
 
 
@@ -144,9 +144,9 @@ def pytest_infermatrix_prepare(
 ) -> TensorFlowSession | None:
     if backend.name not in NAMES:
         return None
-    assert model.build_keras is not None  # the matrix skips models without one (model_form="keras")
+    assert model.build_keras is not None  # the matrix skips models without one (forms=(FORM_KERAS,))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from infermatrix.keras_models import load_torch_state
+    from infermatrix.forms.keras import load_torch_state
     from infermatrix.reference import torch_state
 
     started = time.perf_counter()

@@ -31,7 +31,17 @@ import pytest
 from infermatrix.announce import announce_backend
 from infermatrix.machine import Isa, cpu_supports_bf16, isa
 from infermatrix.reference import build_torch_model
-from infermatrix.types import Arrays, BackendInfo, MemoryReport, ModelSpec, PrepareContext, PrepareTimes, Target
+from infermatrix.types import (
+    FORM_GENERATION,
+    FORM_TORCH,
+    Arrays,
+    BackendInfo,
+    MemoryReport,
+    ModelSpec,
+    PrepareContext,
+    PrepareTimes,
+    Target,
+)
 
 EAGER = "torch"
 COMPILE = "torch-compile"
@@ -55,6 +65,7 @@ GENERATION_PRECISIONS = ("fp32", "bf16", "int8-dynamic")
 def pytest_infermatrix_backends() -> list[BackendInfo]:
     return [
         dataclasses.replace(announce_backend(name, "torch", "torch", DEVICES, PRECISIONS, extra="torch"),
+                            forms=(FORM_TORCH, FORM_GENERATION) if name == EAGER else (FORM_TORCH,),
                             generation_precisions=GENERATION_PRECISIONS if name == EAGER else ())
         for name in VARIANTS
     ]

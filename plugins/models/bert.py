@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from infermatrix.types import InputSpec, ModelSpec
+from infermatrix.types import FORM_TORCH, InputSpec, ModelSpec
 
 VOCAB_SIZE = 30522
 SEQUENCE_LENGTH = 128
@@ -82,7 +82,7 @@ MODELS = [
         task="embedding",
         inputs=(InputSpec("input_ids", (SEQUENCE_LENGTH,), "int64", high=VOCAB_SIZE),),
         output_names=("last_hidden_state", "pooled"),
-        build_torch=build_encoder,
+        forms={FORM_TORCH: build_encoder},
         default_batch_sizes=(1,),
         linear_heavy=True,
     ),

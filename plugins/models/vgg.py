@@ -1,4 +1,4 @@
-"""VGG-19, the network of the seed benchmark (Keras VGG19, batch 8): its default batch is 8, and
+"""VGG-19 (torch and Keras forms), the network of the seed benchmark (Keras VGG19, batch 8): its default batch is 8, and
 its inputs are the seed's — 32x32 images, each pixel repeated 7x on both axes to 224x224."""
 
 from __future__ import annotations
@@ -7,14 +7,38 @@ from typing import Any
 
 import pytest
 
-from infermatrix.keras_models import vgg19
-from infermatrix.types import InputSpec, ModelSpec
+from infermatrix.forms.keras import KerasBuilder
+from infermatrix.types import FORM_KERAS, FORM_TORCH, InputSpec, ModelSpec
 
 
 def _vgg19() -> Any:
     from torchvision.models import vgg19
 
     return vgg19(weights=None)
+
+
+VGG19_FEATURES: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+                                         512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+
+
+def vgg19_keras(keras: Any, name: str = "vgg19", classes: int = 1000) -> Any:
+    """torchvision's VGG-19 (no batch norm); ``features.N`` indices count conv, ReLU and pool modules."""
+    b = KerasBuilder(keras)
+    inputs, x = b.nchw_input((3, 224, 224))
+    index = 0
+    for v in VGG19_FEATURES:
+        if v == "M":
+            x = keras.layers.MaxPooling2D(2, 2, name=b.unique("maxpool"))(x)
+            index += 1
+        else:
+            x = b.relu(b.conv(x, f"features.{index}", int(v), 3, 1, 1, bias=True))
+            index += 2
+    # 7x7 maps at 224x224 (torch's adaptive pool is the identity there); flatten channels-first like torch
+    x = keras.layers.Permute((3, 1, 2), name="nhwc_to_nchw")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = b.relu(b.dense(x, "classifier.0", 4096))
+    x = b.relu(b.dense(x, "classifier.3", 4096))  # dropout (classifier.2/.5) is the identity at inference
+    return b.model(inputs, b.dense(x, "classifier.6", classes), name)
 
 
 MODELS = [
@@ -24,9 +48,8 @@ MODELS = [
         task="classification",
         inputs=(InputSpec("input", (3, 224, 224), "float32", repeat=7),),
         output_names=("logits",),
-        build_torch=_vgg19,
+        forms={FORM_TORCH: _vgg19, FORM_KERAS: vgg19_keras},
         default_batch_sizes=(8,),
-        build_keras=vgg19,
         is_cnn=True,
     ),
 ]

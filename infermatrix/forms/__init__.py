@@ -1,0 +1,1 @@
+"""Model forms beyond torch: the Keras weight transfer (and, as the layers settle, the ONNX export and quantization helpers)."""
