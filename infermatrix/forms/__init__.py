@@ -1,1 +1,1 @@
-"""Model forms beyond torch: the Keras weight transfer (and, as the layers settle, the ONNX export and quantization helpers)."""
+"""Model forms beyond torch: the Keras builder and weight transfer (more form helpers join as the layers settle)."""
