@@ -24,16 +24,16 @@ import dataclasses
 import json
 import math
 import os
-import random
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from infermatrix.verdicts import Policy, Verdict, table
+from infermatrix.paired import interleaved_blocks
+from infermatrix.verdicts import Estimate, Policy, Verdict, decide, table
 
 
 @dataclasses.dataclass
@@ -75,14 +75,12 @@ def measure_case(case_id: str, a: Side, b: Side, trials: int, calls: int, seed: 
             hello = _ask(proc, None)
             if "error" in hello:
                 raise RuntimeError(f"side {name}: {hello['error']}")
-        rng = random.Random(seed)
-        ratios = []
-        for _ in range(trials):
-            order = ["A", "B"]
-            rng.shuffle(order)
-            medians = {name: _ask(workers[name], {"calls": calls})["median_s"] for name in order}
-            ratios.append(medians["B"] / medians["A"])
-        return ratios
+        def remote_block(proc: subprocess.Popen[str]) -> Callable[[int], float]:
+            # the worker makes one untimed call, then ``calls`` timed ones, and answers their median
+            return lambda calls: float(_ask(proc, {"calls": calls})["median_s"])
+
+        result = interleaved_blocks({name: remote_block(proc) for name, proc in workers.items()}, trials, calls, seed)
+        return result.ratios("B", "A")
     finally:
         for proc in workers.values():
             if proc.poll() is None and proc.stdin is not None:
@@ -98,36 +96,22 @@ def measure_case(case_id: str, a: Side, b: Side, trials: int, calls: int, seed: 
 
 
 def judge_paired(ratios_by_case: dict[str, list[float]], policy: Policy | None = None) -> list[Verdict]:
-    from scipy import stats
-
+    """Each case's per-trial ratios B/A, judged by the same rule as the history verdicts
+    (``verdicts.decide``): the mean log ratio against its standard error, BH across cases."""
     policy = policy or Policy()
-    keys = sorted(ratios_by_case)
-    rows = []
-    for key in keys:
+    estimates = []
+    for key in sorted(ratios_by_case):
         logs = np.log(ratios_by_case[key])
         n = len(logs)
-        mean = float(np.mean(logs))
         sd = max(float(np.std(logs, ddof=1)), 1e-4) if n > 1 else math.inf
-        t_stat = mean / (sd / math.sqrt(n))
-        p = float(2 * stats.t.sf(abs(t_stat), n - 1))
-        t_crit = float(stats.t.ppf(1 - policy.alpha / 2, n - 1))
-        half = t_crit * sd / math.sqrt(n)
-        rows.append((key, mean, half, p, n))
-    q_values = stats.false_discovery_control([r[3] for r in rows], method="bh") if rows else []
-    verdicts = []
-    for (key, mean, half, p, n), q in zip(rows, q_values, strict=True):
-        ratio = math.exp(mean)
-        verdict, reason = "unchanged", ""
-        if q < policy.alpha and ratio >= 1 + policy.min_effect:
-            verdict, reason = "regressed", f"B {(ratio - 1) * 100:.1f}% slower than A"
-        elif q < policy.alpha and ratio <= 1 / (1 + policy.min_effect):
-            verdict, reason = "improved", f"B {(1 - ratio) * 100:.1f}% faster than A"
-        mdc = max(math.exp(half) - 1, policy.min_effect)
-        verdicts.append(Verdict(key, verdict, ratio, (math.exp(mean - half), math.exp(mean + half)), p, float(q),
-                                mdc, n, None, reason))
+        estimates.append(Estimate(key, float(np.mean(logs)), sd / math.sqrt(n), max(1, n - 1)))
+    found = [Verdict(d.key, d.verdict, d.ratio, d.ci95, d.p_value, d.q_value, d.min_detectable_change,
+                     len(ratios_by_case[d.key]), None, d.reason.replace("slower", "slower: B than A")
+                     .replace("faster", "faster: B than A"))
+             for d in decide(estimates, policy)]
     order = {"regressed": 0, "improved": 1, "unchanged": 2}
-    verdicts.sort(key=lambda v: (order.get(v.verdict, 3), v.key))
-    return verdicts
+    found.sort(key=lambda v: (order.get(v.verdict, 3), v.key))
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

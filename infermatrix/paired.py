@@ -43,6 +43,38 @@ class PairedResult:
         return out
 
 
+def block_timer(call: Callable[[], Any]) -> Callable[[int], float]:
+    """A side run in this process, as :func:`interleaved_blocks` drives it: one untimed call
+    (the other side's runtime may still have threads spinning), then ``calls`` timed calls;
+    their median in seconds."""
+    def run_block(calls: int) -> float:
+        call()
+        samples = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            call()
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples)
+
+    return run_block
+
+
+def interleaved_blocks(sides: Mapping[str, Callable[[int], float]], trials: int, calls_per_trial: int,
+                       seed: int = 0) -> PairedResult:
+    """Each trial runs every side's block once (``side(calls) -> median seconds``), the sides
+    in a fresh random order. A side may be in this process (:func:`block_timer`) or in
+    another one (the A/B workers, each answering one block per request): the one paired
+    design for both."""
+    names = list(sides)
+    rng = random.Random(seed)
+    results = []
+    for _ in range(trials):
+        order = names[:]
+        rng.shuffle(order)
+        results.append({name: sides[name](calls_per_trial) for name in order})
+    return PairedResult(names, [{name: trial[name] for name in names} for trial in results])
+
+
 def interleaved(calls: Mapping[str, Callable[[], Any]], trials: int = 12, calls_per_trial: int = 20,
                 seed: int = 0, warmup: int = 3, blocks: bool = False) -> PairedResult:
     """``blocks=False``: calls of all sides shuffled together (for two sessions of one
@@ -51,28 +83,20 @@ def interleaved(calls: Mapping[str, Callable[[], Any]], trials: int = 12, calls_
     different thread runtimes (OpenMP, TBB, ONNX Runtime's pool), whose idle threads
     spin for a while after each call and would slow whichever side runs next."""
     names = list(calls)
-    rng = random.Random(seed)
     for name in names:
         for _ in range(warmup):
             calls[name]()
+    if blocks:
+        return interleaved_blocks({name: block_timer(calls[name]) for name in names}, trials, calls_per_trial, seed)
+    rng = random.Random(seed)
     results = []
     for _ in range(trials):
         samples: dict[str, list[float]] = {name: [] for name in names}
-        plan: list[tuple[str, bool]] = []  # (side, timed)
-        if blocks:
-            sides = names[:]
-            rng.shuffle(sides)
-            for name in sides:
-                plan.append((name, False))  # switching runtimes: the first call is not timed
-                plan += [(name, True)] * calls_per_trial
-        else:
-            order = [name for name in names for _ in range(calls_per_trial)]
-            rng.shuffle(order)
-            plan = [(name, True) for name in order]
-        for name, timed in plan:
+        order = [name for name in names for _ in range(calls_per_trial)]
+        rng.shuffle(order)
+        for name in order:
             started = time.perf_counter()
             calls[name]()
-            if timed:
-                samples[name].append(time.perf_counter() - started)
+            samples[name].append(time.perf_counter() - started)
         results.append({name: statistics.median(values) for name, values in samples.items()})
     return PairedResult(names, results)

@@ -75,6 +75,53 @@ class Policy:
     accuracy_drop: float = 0.005
 
 
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """One case's change as a log ratio (new / old) with its standard error and degrees of freedom."""
+
+    key: str
+    log_ratio: float
+    scale: float
+    df: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    key: str
+    verdict: str
+    ratio: float
+    ci95: tuple[float, float]
+    p_value: float
+    q_value: float
+    min_detectable_change: float
+    reason: str
+
+
+def decide(estimates: Sequence[Estimate], policy: Policy) -> list[Decision]:
+    """The one verdict rule, for the history verdicts and the paired A/B alike: a t test per
+    case, Benjamini–Hochberg across them, and a change is called only when q < alpha *and*
+    it is at least ``min_effect``. The detectable change is the CI half-width as a ratio."""
+    if not estimates:
+        return []
+    from scipy import stats  # slow to import: only when there is something to judge
+
+    p_values = np.array([2 * stats.t.sf(abs(e.log_ratio / e.scale), e.df) for e in estimates])
+    q_values = stats.false_discovery_control(p_values, method="bh")
+    decisions = []
+    for e, p, q in zip(estimates, p_values, q_values, strict=True):
+        ratio = math.exp(e.log_ratio)
+        t_crit = float(stats.t.ppf(1 - policy.alpha / 2, e.df))
+        half = t_crit * e.scale
+        verdict, reason = "unchanged", ""
+        if q < policy.alpha and ratio >= 1 + policy.min_effect:
+            verdict, reason = "regressed", f"{(ratio - 1) * 100:.1f}% slower (q={q:.3g})"
+        elif q < policy.alpha and ratio <= 1 / (1 + policy.min_effect):
+            verdict, reason = "improved", f"{(1 - ratio) * 100:.1f}% faster (q={q:.3g})"
+        decisions.append(Decision(e.key, verdict, ratio, (math.exp(e.log_ratio - half), math.exp(e.log_ratio + half)),
+                                  float(p), float(q), max(math.exp(half) - 1, policy.min_effect), reason))
+    return decisions
+
+
 def summarize(run: dict[str, Any]) -> tuple[dict[str, CaseRun], dict[str, str]]:
     """Per benchmark name: its median (repeats' median if recorded) and cosine; and the
     failed cases the run recorded (``infermatrix.failed``)."""
@@ -93,7 +140,6 @@ def summarize(run: dict[str, Any]) -> tuple[dict[str, CaseRun], dict[str, str]]:
 def judge(history_runs: Sequence[dict[str, Any]], current_run: dict[str, Any],
           policy: Policy | None = None) -> list[Verdict]:
     """Verdicts for every case of the current run and of the history (oldest first)."""
-    from scipy import stats
 
     policy = policy or Policy()
     history = [summarize(run)[0] for run in history_runs]
@@ -142,7 +188,7 @@ def judge(history_runs: Sequence[dict[str, Any]], current_run: dict[str, Any],
                       f"({math.exp(seen):.2f}x): the machine, or a change that moved most cases")
 
     verdicts: list[Verdict] = []
-    pending: list[tuple[str, float, float, int]] = []  # key, corrected log ratio, scale, df
+    pending: list[Estimate] = []
     for key in keys:
         if key in failed:
             verdicts.append(Verdict(key, "failed", None, None, None, None, None, count.get(key, 0), drift,
@@ -169,26 +215,17 @@ def judge(history_runs: Sequence[dict[str, Any]], current_run: dict[str, Any],
         sigma = max(math.sqrt(variance / weight), policy.noise_floor)
         scale = sigma * math.sqrt(1 / max(1, len(repeats)) + 1 / k)
         df = max(1, int(round(weight)))
-        pending.append((key, log_ratio[key] - drift, scale, df))
+        pending.append(Estimate(key, log_ratio[key] - drift, scale, df))
 
-    if pending:
-        p_values = np.array([2 * stats.t.sf(abs(lr / scale), df) for _, lr, scale, df in pending])
-        q_values = stats.false_discovery_control(p_values, method="bh")
-        for (key, lr, scale, df), p, q in zip(pending, p_values, q_values, strict=True):
-            ratio = math.exp(lr)
-            t_crit = float(stats.t.ppf(1 - policy.alpha / 2, df))
-            ci = (math.exp(lr - t_crit * scale), math.exp(lr + t_crit * scale))
-            mdc = max(math.exp(t_crit * scale) - 1, policy.min_effect)
-            verdict, reason = "unchanged", drift_note
-            if q < policy.alpha and ratio >= 1 + policy.min_effect:
-                verdict, reason = "regressed", f"{(ratio - 1) * 100:.1f}% slower (q={q:.3g})"
-            elif q < policy.alpha and ratio <= 1 / (1 + policy.min_effect):
-                verdict, reason = "improved", f"{(1 - ratio) * 100:.1f}% faster (q={q:.3g})"
-            baseline_cos = [c for run in history if key in run and (c := run[key].cosine) is not None]
-            cos_now = current[key].cosine
-            if cos_now is not None and baseline_cos and cos_now < min(baseline_cos) - policy.accuracy_drop:
-                verdict, reason = "regressed", f"accuracy dropped: cosine {cos_now:.5f} < {min(baseline_cos):.5f}"
-            verdicts.append(Verdict(key, verdict, ratio, ci, float(p), float(q), mdc, count[key], drift, reason))
+    for estimate, decision in zip(pending, decide(pending, policy), strict=True):
+        key = estimate.key
+        verdict, reason = decision.verdict, decision.reason or drift_note
+        baseline_cos = [c for run in history if key in run and (c := run[key].cosine) is not None]
+        cos_now = current[key].cosine
+        if cos_now is not None and baseline_cos and cos_now < min(baseline_cos) - policy.accuracy_drop:
+            verdict, reason = "regressed", f"accuracy dropped: cosine {cos_now:.5f} < {min(baseline_cos):.5f}"
+        verdicts.append(Verdict(key, verdict, decision.ratio, decision.ci95, decision.p_value, decision.q_value,
+                                decision.min_detectable_change, count[key], drift, reason))
     order = {v: i for i, v in enumerate(VERDICTS)}
     verdicts.sort(key=lambda v: (order[v.verdict], v.key))
     return verdicts
