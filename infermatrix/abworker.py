@@ -1,5 +1,5 @@
 """One side of a paired A/B comparison: a process that holds one prepared case and runs
-timed trials on request (JSON lines on stdin/stdout). Started by ``infermatrix.ab``.
+timed trials on request (JSON lines on stdin/stdout). Started by ``python -m infermatrix ab`` (``infermatrix.cli.ab``).
 
 A side can be another environment (its own python), another checkout (its own
 rootdir on PYTHONPATH) or another configuration (``--inject-slowdown``, ``--threads``),
@@ -21,7 +21,7 @@ from pathlib import Path
 from infermatrix import host
 from infermatrix.cache import resolve_cache_dir
 from infermatrix.machine import physical_cores
-from infermatrix.sidebyside import OfflineError, find_case, prepare_offline
+from infermatrix.offline import OfflineError, find_case, prepare_offline
 from infermatrix.types import RunOptions
 
 

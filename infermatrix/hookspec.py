@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from infermatrix.types import BackendInfo, MemoryReport, ModelSpec, PrepareContext, RunOptions, Session, Target
+    from infermatrix.types import (
+        BackendInfo,
+        Command,
+        MemoryReport,
+        ModelSpec,
+        PrepareContext,
+        RunOptions,
+        Session,
+        Target,
+    )
 
 hookspec = pytest.hookspec
 
@@ -97,4 +106,18 @@ def pytest_infermatrix_memory(session: Session, baseline_rss_bytes: int) -> Memo
     a backend with a device overrides it to add device memory.
 
     Stops at first non-None result.
+    """
+
+
+# -------------------------------------------------------------------------
+# Tools
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def pytest_infermatrix_commands() -> list[Command]:  # type: ignore[empty-body]
+    """Return the command-line tools this plugin adds to ``python -m infermatrix``.
+
+    A backend's own tools (OpenVINO's ``benchmark_app`` cross-check, say) live beside
+    the backend and are announced here; import their code only when ``main`` runs.
     """

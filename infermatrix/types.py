@@ -318,3 +318,13 @@ class MemoryReport:
     device_peak_bytes: int | None = None
     device_process_bytes: int | None = None
     source: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A command-line tool a plugin adds: ``python -m infermatrix <name> ...``."""
+
+    name: str
+    help: str
+    #: called with the arguments after the name; returns the exit status
+    main: Callable[[list[str]], int]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infermatrix import ab
+from infermatrix.cli import ab
 
 TESTS = Path(__file__).resolve().parent
 

@@ -13,7 +13,7 @@ import pytest
 from helpers import FAST
 
 from infermatrix import baselines, verdicts
-from infermatrix.__main__ import main as cli
+from infermatrix.cli import main as cli
 from infermatrix.paired import interleaved
 from infermatrix.runner import PreparedCase
 

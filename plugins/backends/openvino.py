@@ -35,6 +35,7 @@ from infermatrix.types import (
     FORM_TORCH,
     Arrays,
     BackendInfo,
+    Command,
     ModelSpec,
     PrepareContext,
     PrepareTimes,
@@ -58,6 +59,16 @@ def pytest_infermatrix_backends() -> list[BackendInfo]:
     generates = importlib.util.find_spec("openvino_genai") is not None
     return [dataclasses.replace(info, forms=(FORM_TORCH, FORM_GENERATION) if generates else (FORM_TORCH,),
                                 generation_precisions=GENERATION_PRECISIONS if generates else ())]
+
+
+@pytest.hookimpl
+def pytest_infermatrix_commands() -> list[Command]:
+    def fidelity(argv: list[str]) -> int:
+        from plugins.backends import openvino_fidelity
+
+        return openvino_fidelity.main(argv)
+
+    return [Command("fidelity", "the suite's OpenVINO timing against OpenVINO's own benchmark_app", fidelity)]
 
 
 def ov_device(device: str) -> str:

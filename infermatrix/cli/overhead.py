@@ -1,4 +1,4 @@
-"""How much the harness adds to every timed call: ``python -m infermatrix.overhead``.
+"""How much the harness adds to every timed call: ``python -m infermatrix overhead``.
 
 A no-op session (it returns its input) is timed through the suite's own loop —
 ``timing.timed_rounds`` recording each round into pytest-benchmark's statistics, the
@@ -76,7 +76,7 @@ def measure(n: int = 20_000, trials: int = 9) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m infermatrix overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--trials", type=int, default=9)
     args = parser.parse_args(argv)

@@ -1,8 +1,8 @@
-"""How well do the verdicts detect, on this machine?  ``python -m infermatrix.detector``
+"""How well do the verdicts detect, on this machine?  ``python -m infermatrix detector``
 
 Two measurements on real runs (not a timed unit test):
 
-nightly  ``--runs`` separate pytest runs of a small latency matrix, unchanged; then
+nightly  ``--runs`` separate pytest runs of a small latency matrix (``--models``, ``--backends``), unchanged; then
          leave-one-out: each run judged against the others as history (A/A false
          positives), and runs with ``--inject-slowdown`` at 10% and 20% on one backend
          judged against all unchanged runs (recall on that backend's cases, false
@@ -17,6 +17,7 @@ Prints a summary; ``--out DIR`` keeps the run JSON files.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import subprocess
@@ -27,15 +28,32 @@ from typing import Any
 
 import numpy as np
 
-from infermatrix import ab, verdicts
-
-MODELS = "resnet18,mobilenet_v2"
-BACKENDS = "onnxruntime,openvino"
+from infermatrix import verdicts
+from infermatrix.cli import ab
 
 
-def pytest_run(rootdir: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Matrix:
+    """The small latency matrix the detector measures (named on the command line)."""
+
+    models: str
+    backends: str
+    precisions: str
+
+    @property
+    def slowed(self) -> str:
+        """The backend the injected slowdowns hit: the first one named."""
+        return self.backends.split(",")[0]
+
+    def case_ids(self) -> list[str]:
+        return [f"{m}-{b}-cpu-{p}-b1" for m in self.models.split(",") for b in self.backends.split(",")
+                for p in self.precisions.split(",")]
+
+
+def pytest_run(rootdir: Path, out: Path, extra: list[str], cases: Matrix) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", "suites/test_latency.py", "-q", "-p", "no:cacheprovider",
-           "--models", MODELS, "--backends", BACKENDS, "--devices", "cpu", "--precisions", "fp32,int8",
+           "--models", cases.models, "--backends", cases.backends, "--devices", "cpu",
+           "--precisions", cases.precisions,
            "--batch-sizes", "1", "--scenarios", "latency", f"--benchmark-json={out}", *extra]
     subprocess.run(cmd, cwd=rootdir, check=True, capture_output=True, text=True)
     return dict(json.loads(out.read_text()))
@@ -48,8 +66,8 @@ def median_rule(old: dict[str, Any], new: dict[str, Any], threshold: float = 0.1
             for b in new["benchmarks"] if b["name"] in before}
 
 
-def nightly(rootdir: Path, runs: int, folder: Path) -> dict[str, Any]:
-    unchanged = [pytest_run(rootdir, folder / f"aa-{i}.json", []) for i in range(runs)]
+def nightly(rootdir: Path, runs: int, folder: Path, cases: Matrix) -> dict[str, Any]:
+    unchanged = [pytest_run(rootdir, folder / f"aa-{i}.json", [], cases) for i in range(runs)]
     aa_flags = aa_total = 0
     rule_flags = rule_total = 0
     mdcs = []
@@ -65,10 +83,11 @@ def nightly(rootdir: Path, runs: int, folder: Path) -> dict[str, Any]:
             rule_total += len(flags)
     injected = {}
     for percent in (10, 20):
-        run = pytest_run(rootdir, folder / f"slow{percent}.json", ["--inject-slowdown", f"onnxruntime={percent}"])
+        run = pytest_run(rootdir, folder / f"slow{percent}.json",
+                         ["--inject-slowdown", f"{cases.slowed}={percent}"], cases)
         results = verdicts.judge(unchanged, run)
-        slowed = [v for v in results if "onnxruntime" in v.key]
-        others = [v for v in results if "onnxruntime" not in v.key]
+        slowed = [v for v in results if f"-{cases.slowed}-" in v.key]
+        others = [v for v in results if f"-{cases.slowed}-" not in v.key]
         rule = median_rule(unchanged[-1], run)
         injected[f"{percent}%"] = {
             "recall": sum(v.verdict == "regressed" for v in slowed) / len(slowed),
@@ -110,15 +129,20 @@ def paired(rootdir: Path, repeats: int, cases: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m infermatrix detector", description=__doc__.splitlines()[0])
     parser.add_argument("--rootdir", type=Path, default=Path.cwd())
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", choices=("nightly", "paired"), default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--models", required=True, help="comma list, e.g. resnet18,mobilenet_v2")
+    parser.add_argument("--backends", required=True,
+                        help="comma list, e.g. onnxruntime,openvino; the nightly part slows the first one")
+    parser.add_argument("--precisions", default="fp32,int8", help="comma list (default: fp32,int8)")
     args = parser.parse_args(argv)
     rootdir = args.rootdir.resolve()
-    cases = [f"{m}-{b}-cpu-{p}-b1" for m in MODELS.split(",") for b in BACKENDS.split(",") for p in ("fp32", "int8")]
+    matrix = Matrix(args.models, args.backends, args.precisions)
+    cases = matrix.case_ids()
     summary: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.out or Path(tmp)
@@ -127,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             summary["paired"] = paired(rootdir, args.repeats, cases)
             print(json.dumps(summary, indent=2), flush=True)
         if args.only in (None, "nightly"):
-            summary["nightly"] = nightly(rootdir, args.runs, folder)
+            summary["nightly"] = nightly(rootdir, args.runs, folder, matrix)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -1,4 +1,6 @@
-"""Does the suite time OpenVINO as OpenVINO times itself?  ``python -m infermatrix.fidelity``
+"""Does the suite time OpenVINO as OpenVINO times itself?  ``python -m infermatrix fidelity``
+
+A tool of the openvino backend, beside it (announced by its ``pytest_infermatrix_commands``).
 
 Runs OpenVINO's own ``benchmark_app`` (sync API, LATENCY hint, the same threads,
 precision hint and static shape the suite uses) on the model's cached ONNX export, and
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from infermatrix import host
 from infermatrix.machine import physical_cores
-from infermatrix.sidebyside import prepare_side
+from infermatrix.offline import prepare_side
 from infermatrix.timing import TimingPolicy, timed_rounds
 from infermatrix.types import RunOptions
 
@@ -46,7 +48,7 @@ def benchmark_app_median_ms(onnx_path: Path, input_name: str, shape: list[int], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m infermatrix fidelity", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=3)
