@@ -5,12 +5,13 @@ pytest-benchmark file written with ``--benchmark-json``), judges it against the 
 baselines of its machine when asked, and writes:
 
 - ``summary.md``: short enough for a CI job summary — the verdicts (regressions first),
-  failed cases and why, the machine;
+  generation, cold-start and memory figures, failed cases and why, the machine;
 - ``index.html``: one self-contained page (plots embedded as PNG data, no network needed):
   latency per model by backend and precision, a backend x backend speed-up heatmap per
   model, throughput against batch size, int8 against fp32 (speed-up, accuracy, size),
-  trends over the stored history, the full table, and the machine and versions behind
-  the numbers.
+  trends over the stored history, cold start and memory per case, the full table (every
+  scenario's result: each is read as an ``infermatrix.results.CaseResult``), and the
+  machine and versions behind the numbers.
 
 Exit status: 0, or 1 when a case regressed (so a nightly job fails), 2 for bad input.
 """
