@@ -27,7 +27,7 @@ class Tolerance:
     min_top1_agreement: float | None = None
 
 
-#: Set from measurements of this project's seeded models (docs/accuracy.md). fp32 backends
+#: Set from measurements of this project's seeded models (docs/measurements.md). fp32 backends
 #: agree with the torch reference to ~1e-5 relative. Reduced precisions are judged on
 #: the deepest networks too: with seeded weights, bf16 (8-bit mantissa) reaches relative
 #: L2 ~0.13 and cosine ~0.992 on ResNet-50 / MobileNetV2 on an H100, TF32 ~0.02; int8

@@ -289,11 +289,8 @@ class PreparedGeneration:
     slowdown: float = 0.0
 
     def info(self) -> dict[str, Any]:
-        case = self.case
+        """How the case was prepared (the record adds which case it is, as for ``runner.case_info``)."""
         return {
-            "case_id": case.id, "model": case.model.name, "backend": case.backend.name,
-            "backend_version": case.backend.version, "device": case.target.device,
-            "precision": case.target.precision, "batch_size": case.batch_size,
             "backend_config": dict(self.session.config), "prepare_s": self.prepare_s,
             **self.session.times.as_dict(), "warmup_s": self.warmup_s, "accuracy": self.accuracy.as_dict(),
             "model_size_bytes": self.session.size_bytes, "generation_config": self.spec.key()["config"],

@@ -21,12 +21,14 @@ from typing import Any
 import pytest
 
 from infermatrix.isolation import describe_exit
+from infermatrix.results import CaseResult
 
 
 @dataclasses.dataclass(frozen=True)
 class IsolatedRun:
     case_id: str
-    extra_info: dict[str, Any]
+    #: the child's latency record (its preparation phases, memory, accuracy)
+    result: CaseResult
     latency_samples_s: list[float]
     process_wall_s: float
     framework_import_s: float | None
@@ -81,7 +83,7 @@ def run_isolated(config: pytest.Config, latency_module: Path, case_id: str, fram
         (bench,) = json.loads(out.read_text())["benchmarks"]
     return IsolatedRun(
         case_id=case_id,
-        extra_info=bench["extra_info"],
+        result=CaseResult.from_benchmark(bench),
         latency_samples_s=list(bench["stats"]["data"]),
         process_wall_s=wall,
         framework_import_s=framework_import_seconds(framework_module),

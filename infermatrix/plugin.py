@@ -20,6 +20,7 @@ from infermatrix.cache import resolve_cache_dir
 from infermatrix.generation import PreparedGeneration
 from infermatrix.isolation import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
 from infermatrix.machine import machine_summary
+from infermatrix.results import record
 from infermatrix.timing import TimingPolicy, mark_untimed
 from infermatrix.types import (
     FORM_GENERATION,
@@ -37,8 +38,9 @@ from infermatrix.worker import PrepareRequest
 CaseHandle = runner.PreparedCase | RemoteCase | PreparedGeneration
 
 ENTRY_POINT_GROUP = host.ENTRY_POINT_GROUP
-#: Scenario modules mark themselves ``pytest.mark.infermatrix_scenario(name)``.
-SCENARIOS = ("latency", "throughput", "cold-start", "memory", "generate")
+#: Scenario modules mark themselves ``pytest.mark.infermatrix_scenario(name)``; the names
+#: are the record's, so every scenario the suite runs is one a result can say it came from.
+SCENARIOS = record.SCENARIOS
 #: cold-start and memory run each case in a fresh process (seconds per case), so
 #: they are asked for explicitly; the default matrix stays within 20 minutes here.
 DEFAULT_SCENARIOS = ("latency", "throughput", "generate")
@@ -412,6 +414,11 @@ def infermatrix_prepared(
     yield prepared
     prepared.record_memory(config.hook)
     benchmark.extra_info.update(prepared.extra_info)
+    # The figures gathered above become the case's typed record; the scenario comes from the
+    # module's marker, so a test that failed before measuring still says what it was.
+    marker = request.node.get_closest_marker("infermatrix_scenario")
+    scenario = str(marker.args[0]) if marker else str(benchmark.extra_info.get("scenario", "latency"))
+    record.write(benchmark, case, scenario)
 
 
 def prepare_case(state: InfermatrixState, case: Case, workdir: Path) -> CaseHandle:

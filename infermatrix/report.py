@@ -5,12 +5,13 @@ pytest-benchmark file written with ``--benchmark-json``), judges it against the 
 baselines of its machine when asked, and writes:
 
 - ``summary.md``: short enough for a CI job summary — the verdicts (regressions first),
-  failed cases and why, the machine;
+  generation, cold-start and memory figures, failed cases and why, the machine;
 - ``index.html``: one self-contained page (plots embedded as PNG data, no network needed):
   latency per model by backend and precision, a backend x backend speed-up heatmap per
   model, throughput against batch size, int8 against fp32 (speed-up, accuracy, size),
-  trends over the stored history, the full table, and the machine and versions behind
-  the numbers.
+  trends over the stored history, cold start and memory per case, the full table (every
+  scenario's result: each is read as an ``infermatrix.results.CaseResult``), and the
+  machine and versions behind the numbers.
 
 Exit status: 0, or 1 when a case regressed (so a nightly job fails), 2 for bad input.
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from infermatrix import baselines, verdicts
+from infermatrix.results import CaseResult, RecordError
 
 
 class ReportError(ValueError):
@@ -41,19 +43,44 @@ class ReportError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One timed case of one scenario, flattened for tables and plots."""
+    """One timed case of one scenario: its record and the median of its rounds."""
 
     name: str
-    scenario: str
-    case_id: str
-    model: str
-    backend: str
-    device: str
-    precision: str
-    batch_size: int
+    result: CaseResult
+    #: the median of the rounds pytest-benchmark stored (what each scenario times: see its module)
     median_ms: float
-    throughput: float | None
-    extra: dict[str, Any]
+
+    @property
+    def scenario(self) -> str:
+        return self.result.scenario
+
+    @property
+    def case_id(self) -> str:
+        return self.result.case_id
+
+    @property
+    def model(self) -> str:
+        return self.result.model
+
+    @property
+    def backend(self) -> str:
+        return self.result.backend
+
+    @property
+    def device(self) -> str:
+        return self.result.device
+
+    @property
+    def precision(self) -> str:
+        return self.result.precision
+
+    @property
+    def batch_size(self) -> int:
+        return self.result.batch_size
+
+    @property
+    def throughput(self) -> float | None:
+        return self.result.throughput_samples_per_s
 
     @property
     def side(self) -> str:
@@ -92,18 +119,15 @@ def merge_runs(paths: Sequence[Path]) -> dict[str, Any]:
 
 
 def rows(run: dict[str, Any]) -> list[Row]:
+    """Every benchmark of the run as a row, whatever its scenario or the version that wrote it."""
     found = []
     for bench in run["benchmarks"]:
-        extra = bench["extra_info"]
-        if "model" not in extra:
-            continue
-        scenario = str(extra.get("scenario", "latency"))
-        found.append(Row(
-            name=bench["name"], scenario=scenario, case_id=extra["case_id"], model=extra["model"],
-            backend=extra["backend"], device=extra["device"], precision=extra["precision"],
-            batch_size=int(extra["batch_size"]), median_ms=float(bench["stats"]["median"]) * 1e3,
-            throughput=extra.get("throughput_samples_per_s"), extra=extra,
-        ))
+        try:
+            result = CaseResult.from_benchmark(bench)
+        except RecordError as exc:  # a result the report cannot place is an error, never a silent gap
+            sources = ", ".join(run.get("sources") or [])
+            raise ReportError(f"{exc}{f' (in {sources})' if sources else ''}") from None
+        found.append(Row(name=bench["name"], result=result, median_ms=float(bench["stats"]["median"]) * 1e3))
     return found
 
 
@@ -209,13 +233,13 @@ def int8_table(latency: list[Row]) -> list[dict[str, Any]]:
         base = fp32.get((r.model, r.backend, r.device, r.batch_size))
         if base is None:
             continue
-        accuracy = r.extra.get("accuracy") or {}
+        accuracy = r.result.accuracy or {}
         found.append({
             "case": r.case_id, "fp32_ms": base.median_ms, "int8_ms": r.median_ms,
             "speedup": base.median_ms / r.median_ms,
             "cosine": accuracy.get("cosine_similarity"), "top1": accuracy.get("top1_agreement"),
-            "fp32_size_mb": (base.extra.get("model_size_bytes") or 0) / 1e6 or None,
-            "int8_size_mb": (r.extra.get("model_size_bytes") or 0) / 1e6 or None,
+            "fp32_size_mb": (base.result.model_size_bytes or 0) / 1e6 or None,
+            "int8_size_mb": (r.result.model_size_bytes or 0) / 1e6 or None,
         })
     return found
 
@@ -238,13 +262,45 @@ def generation_table(generate: list[Row]) -> list[dict[str, Any]]:
     """Every generate case and sweep configuration: TTFT and tokens/s side by side."""
     found = []
     for r in sorted(generate, key=lambda r: (r.model, r.side)):
-        share = (r.extra.get("accuracy") or {}).get("identical_share")
-        for config, f in (r.extra.get("generate") or {}).items():
+        share = (r.result.accuracy or {}).get("identical_share")
+        for config, f in (r.result.generate or {}).items():
             found.append({"case": r.case_id, "config": config, "ttft_ms": f.get("ttft_ms"),
                           "itl_p50_ms": f.get("itl_p50_ms"), "itl_p99_ms": f.get("itl_p99_ms"),
                           "decode_tokens_per_s": f.get("decode_tokens_per_s"),
                           "e2e_tokens_per_s": f.get("e2e_tokens_per_s"), "identical_tokens": share})
     return found
+
+
+#: (heading, record field, scale) of the cold-start table: seconds, each phase apart.
+COLD_START_COLUMNS = (("import s", "framework_import_s", 1.0), ("load s", "load_s", 1.0),
+                      ("convert s", "convert_s", 1.0), ("quantize s", "quantize_s", 1.0),
+                      ("compile s", "compile_s", 1.0), ("first inference s", "first_inference_s", 1.0),
+                      ("total s", "cold_start_total_s", 1.0))
+#: (heading, record field, scale) of the memory table: MB (10^6 bytes).
+MEMORY_COLUMNS = (("host peak RSS added MB", "memory_host_peak_rss_added_bytes", 1e-6),
+                  ("host peak RSS MB", "memory_host_peak_rss_bytes", 1e-6),
+                  ("device peak MB", "memory_device_peak_bytes", 1e-6),
+                  ("model size MB", "model_size_bytes", 1e-6))
+
+
+def figure_table(chosen: list[Row], columns: Sequence[tuple[str, str, float]]) -> list[list[Any]]:
+    """One line per case: the case id, then each column's field scaled (None where not measured)."""
+    lines = []
+    for r in sorted(chosen, key=lambda r: (r.model, r.batch_size, r.side)):
+        values = [getattr(r.result, field) for _, field, _ in columns]
+        lines.append([r.case_id, *(None if v is None else float(v) * scale
+                                   for v, (_, _, scale) in zip(values, columns, strict=True))])
+    return lines
+
+
+def markdown_table(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> list[str]:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(cell(v) for v in line) + " |" for line in body)]
 
 
 def plot_generation(generate: list[Row]) -> list[tuple[str, str]]:
@@ -259,13 +315,13 @@ def plot_generation(generate: list[Row]) -> list[tuple[str, str]]:
         names = [r.side for r in chosen]
         colors = [PRECISION_COLORS.get(r.precision, "tab:gray") for r in chosen]
         figure, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(names)), 3.6))
-        left.bar(range(len(names)), [r.extra.get("ttft_ms") or 0 for r in chosen], color=colors)
+        left.bar(range(len(names)), [r.result.ttft_ms or 0 for r in chosen], color=colors)
         left.set_ylabel("time to first token (ms, lower is better)")
-        right.bar(range(len(names)), [r.extra.get("decode_tokens_per_s") or 0 for r in chosen], color=colors)
+        right.bar(range(len(names)), [r.result.decode_tokens_per_s or 0 for r in chosen], color=colors)
         right.set_ylabel("decode tokens/s (higher is better)")
         for axes in (left, right):
             axes.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize="small")
-        primary = chosen[0].extra.get("generate_primary", "")
+        primary = chosen[0].result.generate_primary or ""
         figure.suptitle(f"{model} ({primary}, batch {chosen[0].batch_size}): generation by backend and precision")
         plots.append((f"Generation — {model}", _png(figure)))
     return plots
@@ -371,6 +427,12 @@ def write_summary(path: Path, run: dict[str, Any], table: list[Row], results: li
         lines += [f"| {g['case']} | {g['config']} | {g['ttft_ms']:.2f} | {g['decode_tokens_per_s'] or 0:.0f} | "
                   f"{g['e2e_tokens_per_s']:.0f} | {g['identical_tokens']:.3f} |" for g in generation]
         lines.append("")
+    for title, scenario, columns in (("Cold start", "cold-start", COLD_START_COLUMNS),
+                                     ("Memory", "memory", MEMORY_COLUMNS)):
+        chosen = [r for r in table if r.scenario == scenario]
+        if chosen:
+            lines += [f"## {title}", "",
+                      *markdown_table(["case", *(c[0] for c in columns)], figure_table(chosen, columns)), ""]
     if failed:
         lines += ["## Failed cases", ""]
         for name, reason in sorted(failed.items()):
@@ -445,12 +507,18 @@ def write_html(path: Path, run: dict[str, Any], table: list[Row], results: list[
                 ["case", "fp32 ms", "int8 ms", "speed-up", "cosine", "top-1", "fp32 MB", "int8 MB"],
                 [(t["case"], t["fp32_ms"], t["int8_ms"], t["speedup"], t["cosine"], t["top1"], t["fp32_size_mb"],
                   t["int8_size_mb"]) for t in int8]))
+    for title, scenario, columns in (("Cold start", "cold-start", COLD_START_COLUMNS),
+                                     ("Memory", "memory", MEMORY_COLUMNS)):
+        chosen = [r for r in table if r.scenario == scenario]
+        if chosen:
+            sections.append(f"<h2>{title}</h2>" + _table_html(["case", *(c[0] for c in columns)],
+                                                               figure_table(chosen, columns)))
     sections.append("<h2>All results</h2>" + _table_html(
         ["scenario", "case", "median ms", "samples/s", "accuracy (rel. L2 / cosine)", "config"],
         [(r.scenario, r.case_id, r.median_ms, r.throughput,
-          f"{(r.extra.get('accuracy') or {}).get('rel_l2_error', float('nan')):.2g} / "
-          f"{(r.extra.get('accuracy') or {}).get('cosine_similarity', float('nan')):.6f}",
-          ", ".join(f"{k}={v}" for k, v in sorted((r.extra.get("backend_config") or {}).items()))[:300])
+          f"{(r.result.accuracy or {}).get('rel_l2_error', float('nan')):.2g} / "
+          f"{(r.result.accuracy or {}).get('cosine_similarity', float('nan')):.6f}",
+          ", ".join(f"{k}={v}" for k, v in sorted((r.result.backend_config or {}).items()))[:300])
          for r in sorted(table, key=lambda r: (r.model, r.batch_size, r.scenario, r.median_ms))]))
     im = run["machine_info"].get("infermatrix") or {}
     sections.append("<h2>Machine and versions</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>"

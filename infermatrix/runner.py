@@ -134,16 +134,10 @@ def prepare(
 
 
 def case_info(prepared: PreparedCase) -> dict[str, Any]:
-    """What every result records about its case, whatever the scenario."""
-    case, session = prepared.case, prepared.session
+    """How the case was prepared, for every scenario's record (the record adds which case it is:
+    ``infermatrix.results.CaseResult.of_case``)."""
+    session = prepared.session
     return {
-        "case_id": case.id,
-        "model": case.model.name,
-        "backend": case.backend.name,
-        "backend_version": case.backend.version,
-        "device": case.target.device,
-        "precision": case.target.precision,
-        "batch_size": case.batch_size,
         "backend_config": dict(session.config),
         "prepare_s": prepared.prepare_s,
         **{f"{k}": v for k, v in session.times.as_dict().items()},

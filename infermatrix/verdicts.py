@@ -1,6 +1,6 @@
 """Regression verdicts that survive a noisy machine.
 
-What the machine does (docs/measurements.md, ENVIRONMENT.md): within one run a case's
+What the machine does (docs/measurements.md): within one run a case's
 median is known to ~2%, but between runs it moves by ~17% (often between two levels),
 and the whole machine drifts by ~10% between time windows. A test on the rounds of two
 runs is therefore useless (thousands of rounds make every drift "significant"). The
@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from infermatrix.results import CaseResult
 
 VERDICTS = ("regressed", "improved", "unchanged", "new", "missing", "failed")
 
@@ -127,12 +129,10 @@ def summarize(run: dict[str, Any]) -> tuple[dict[str, CaseRun], dict[str, str]]:
     failed cases the run recorded (``infermatrix.failed``)."""
     cases: dict[str, CaseRun] = {}
     for bench in run["benchmarks"]:
-        info = bench.get("extra_info", {})
-        repeats = info.get("repeat_medians_ms") or []
-        logs = tuple(math.log(m / 1e3) for m in repeats if m > 0)
+        result = CaseResult.from_benchmark(bench)
+        logs = tuple(math.log(m / 1e3) for m in result.repeat_medians_ms or () if m > 0)
         median = math.exp(float(np.mean(logs))) if logs else float(bench["stats"]["median"])
-        accuracy = info.get("accuracy") or {}
-        cases[bench["name"]] = CaseRun(bench["name"], median, accuracy.get("cosine_similarity"), logs)
+        cases[bench["name"]] = CaseRun(bench["name"], median, result.cosine_similarity, logs)
     failed = dict((run.get("infermatrix") or {}).get("failed", {}))
     return cases, failed
 

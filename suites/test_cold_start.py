@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from infermatrix.results import write
 
 from infermatrix.isolated import IsolatedRuns, isolated_key
 from infermatrix.timing import benchmark_recorder
@@ -26,23 +27,25 @@ def test_cold_start(infermatrix_case: Case, request: pytest.FixtureRequest, benc
     runs = request.config.stash.setdefault(isolated_key, IsolatedRuns())
     latency_module = Path(__file__).with_name("test_latency.py")
     run = runs.get(request.config, latency_module, infermatrix_case.id, infermatrix_case.backend.framework_module)
-    child = run.extra_info
-    phases = {phase: child[phase] for phase in PHASES if child.get(phase) is not None}
-    total = (run.framework_import_s or 0.0) + child["prepare_s"] + child["first_inference_s"]
+    child = run.result
+    assert child.prepare_s is not None and child.first_inference_s is not None, child
+    total = (run.framework_import_s or 0.0) + child.prepare_s + child.first_inference_s
+    backend_config = dict(child.backend_config or {})
     benchmark.group = f"cold-start-{infermatrix_case.model.name}-b{infermatrix_case.batch_size}"
-    benchmark.extra_info.update(
-        case_id=infermatrix_case.id,
-        scenario="cold-start",
-        framework_import_s=run.framework_import_s,
-        **phases,
-        prepare_s=child["prepare_s"],
-        cold_start_total_s=total,
-        isolated_process_wall_s=run.process_wall_s,
-        onnx_export_cached=child["backend_config"].get("onnx_export_cached"),  # None: no ONNX on this path
-        backend_config=child["backend_config"],
-        accuracy=child["accuracy"],
-    )
+    write(benchmark, infermatrix_case, "cold-start", {
+        "backend_version": child.backend_version,
+        "framework_import_s": run.framework_import_s,
+        **{phase: getattr(child, phase) for phase in PHASES},
+        "prepare_s": child.prepare_s,
+        "cold_start_total_s": total,
+        "isolated_process_wall_s": run.process_wall_s,
+        "onnx_export_cached": backend_config.get("onnx_export_cached"),  # None: no ONNX on this path
+        "backend_config": backend_config,
+        "accuracy": child.accuracy,
+        "model_size_bytes": child.model_size_bytes,
+    })
     # One round: the whole cold start, so pytest-benchmark's table and compare show it.
     benchmark_recorder(benchmark, "infermatrix cold-start (one isolated run)")(total)
-    assert child["accuracy"]["passed"], child["accuracy"]["failures"]
-    assert child["first_inference_s"] > 0
+    accuracy = child.accuracy or {}
+    assert accuracy.get("passed"), accuracy.get("failures")
+    assert child.first_inference_s > 0

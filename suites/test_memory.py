@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from infermatrix.results import write
 
 from infermatrix.isolated import IsolatedRuns, isolated_key
 from infermatrix.timing import benchmark_recorder
@@ -25,17 +26,18 @@ def test_memory(infermatrix_case: Case, request: pytest.FixtureRequest, benchmar
     runs = request.config.stash.setdefault(isolated_key, IsolatedRuns())
     latency_module = Path(__file__).with_name("test_latency.py")
     run = runs.get(request.config, latency_module, infermatrix_case.id, infermatrix_case.backend.framework_module)
-    child = run.extra_info
-    memory = {k: v for k, v in child.items() if k.startswith("memory_")}
+    child = run.result
+    # every memory figure the child's hooks measured, typed or not yet a field of the record
+    memory = {k: v for k, v in child.to_extra_info().items() if k.startswith("memory_")}
     benchmark.group = f"memory-{infermatrix_case.model.name}-b{infermatrix_case.batch_size}"
-    benchmark.extra_info.update(
-        case_id=infermatrix_case.id,
-        scenario="memory",
+    write(benchmark, infermatrix_case, "memory", {
+        "backend_version": child.backend_version,
         **memory,
-        model_size_bytes=child.get("model_size_bytes"),
-        backend_config=child["backend_config"],
-        accuracy=child["accuracy"],
-    )
+        "model_size_bytes": child.model_size_bytes,
+        "isolated_process_wall_s": run.process_wall_s,
+        "backend_config": child.backend_config,
+        "accuracy": child.accuracy,
+    })
     record = benchmark_recorder(benchmark, "infermatrix memory (isolated run)")
     for sample in run.latency_samples_s:
         record(sample)

@@ -4,20 +4,28 @@ It exercises every hook without any deep-learning framework: a seeded linear
 classifier (``tinymlp``) and a Linear-heavy twin (``tinylinear``), a ``numpy`` backend
 that runs them in fp32 or fp16, and a ``ghost`` backend whose library is missing.
 ``NUMPY_BACKEND_PERTURB=<relative noise>`` makes the backend's outputs wrong, to
-prove the accuracy gate fails such a case.
+prove the accuracy gate fails such a case. ``NUMPY_BACKEND_GENERATION_DIR=<dir>`` adds
+``tinygen``, a generation model with a counting rule for weights, so the generate
+scenario runs without torch or transformers (its model folder and reference tokens are
+written into ``<dir>``, where the core looks for a local model's cached tokens).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from infermatrix.announce import announce_backend
+from infermatrix.generation import Generated, GenerationSpec, prompt_ids, sweep
 from infermatrix.types import (
+    FORM_GENERATION,
     FORM_NUMPY,
     Arrays,
     BackendInfo,
@@ -56,16 +64,47 @@ MODELS = [
 ]
 
 
+GENERATION_VOCAB = 64
+
+
+def next_tokens(sequences: np.ndarray) -> np.ndarray:
+    """tinygen's "model": each row's next token from its last token and its length (greedy, deterministic)."""
+    return (31 * sequences[:, -1] + 7 * sequences.shape[1] + 3) % GENERATION_VOCAB
+
+
+def generate_tokens(ids: np.ndarray, new_tokens: int) -> list[list[int]]:
+    sequences = np.asarray(ids, dtype=np.int64)
+    for _ in range(new_tokens):
+        sequences = np.concatenate([sequences, next_tokens(sequences)[:, None]], axis=1)
+    return sequences[:, ids.shape[1]:].tolist()
+
+
+def generation_model(folder: Path) -> ModelSpec:
+    """tinygen, its folder (``hf/config.json``) and its reference tokens made in ``folder``."""
+    spec = GenerationSpec(config={"vocab_size": GENERATION_VOCAB}, prompt_lengths=(4,), new_tokens=(3,),
+                          local_dir=str(folder / "hf"))
+    (folder / "hf").mkdir(parents=True, exist_ok=True)
+    (folder / "hf" / "config.json").write_text(json.dumps({"model_type": "numpy-tinygen", **spec.config}))
+    reference = {f"{p}x{n}": generate_tokens(prompt_ids(p, 1, spec.seed, GENERATION_VOCAB), n) for p, n in sweep(spec)}
+    (folder / "reference-tokens-b1.json").write_text(json.dumps(reference))
+    return ModelSpec(
+        name="tinygen", family="tiny", task="generation",
+        inputs=(InputSpec("input_ids", (4,), "int64", high=GENERATION_VOCAB),), output_names=("token_ids",),
+        forms={FORM_GENERATION: spec}, default_batch_sizes=(1,),
+    )
+
+
 @pytest.hookimpl
 def pytest_infermatrix_models() -> list[ModelSpec]:
-    return MODELS
+    folder = os.environ.get("NUMPY_BACKEND_GENERATION_DIR")
+    return [*MODELS, generation_model(Path(folder))] if folder else MODELS
 
 
 @pytest.hookimpl
 def pytest_infermatrix_backends() -> list[BackendInfo]:
     return [
         BackendInfo(name="numpy", devices=("cpu", "fakegpu"), precisions=("fp32", "fp16", "int8", "int8-dynamic"),
-                    version=np.__version__, forms=(FORM_NUMPY,)),
+                    version=np.__version__, forms=(FORM_NUMPY, FORM_GENERATION), generation_precisions=("fp32",)),
         announce_backend("ghost", "ghostlib_that_is_not_installed", "ghostlib", ("cpu",), ("fp32",), extra="ghost"),
     ]
 
@@ -103,12 +142,35 @@ class NumpySession:
         self.closed = True
 
 
+@dataclasses.dataclass
+class NumpyGenerator:
+    """tinygen's session: the generation interface (``infermatrix.generation.GenerationSession``)."""
+
+    config: dict[str, Any]
+    times: PrepareTimes
+    size_bytes: int | None = None
+
+    def generate(self, ids: np.ndarray, new_tokens: int) -> Generated:
+        started = time.perf_counter()
+        sequences = np.asarray(ids, dtype=np.int64)
+        stamps = []
+        for _ in range(new_tokens):
+            sequences = np.concatenate([sequences, next_tokens(sequences)[:, None]], axis=1)
+            stamps.append(time.perf_counter() - started)
+        return Generated(sequences[:, ids.shape[1]:].tolist(), stamps, time.perf_counter() - started)
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.hookimpl
 def pytest_infermatrix_prepare(
     backend: BackendInfo, model: ModelSpec, target: Target, context: PrepareContext
-) -> NumpySession | None:
+) -> NumpySession | NumpyGenerator | None:
     if backend.name != "numpy":
         return None
+    if model.task == "generation":
+        return NumpyGenerator(config={"rule": "counting", "threads": context.threads}, times=PrepareTimes())
     log = os.environ.get("NUMPY_BACKEND_PREPARE_LOG")
     if log:  # lets tests count how often a case is prepared
         with open(log, "a") as fh:

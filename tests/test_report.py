@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import FAST
+from helpers import FAST, schema_violations
+from infermatrix.results import SCENARIOS
 
 from infermatrix.report import main as report
+from infermatrix.report import merge_runs, rows
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = [*FAST, "--throughput-time=0.05", "--backends=numpy", "--devices=cpu"]
@@ -93,6 +95,49 @@ def chromium() -> str:
         if found:
             return found
     pytest.skip("no headless Chromium here (make test installs Debian's chromium when it runs as root)")
+
+
+def test_every_scenario_of_a_case_reaches_the_report(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """latency, throughput, cold-start, memory and generate of tinymlp b1 (generate: the
+    numpy backend's tinygen, its generation counterpart) all land in rows, summary and page."""
+    for module in ("test_throughput.py", "test_cold_start.py", "test_memory.py", "test_generate.py"):
+        shutil.copy(REPO / "suites" / module, suite.path / module)
+    # the cold-start/memory child process loads this checkout and the numpy backend from tests/
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "tests"), str(REPO),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("NUMPY_BACKEND_GENERATION_DIR", str(tmp_path / "tinygen"))
+    out = tmp_path / "run.json"
+    result = suite.runpytest(*QUICK, "--scenarios=all", "--precisions=fp32", "--batch-sizes=1",
+                             "-k", "tinymlp or tinygen", f"--benchmark-json={out}")
+    assert result.parseoutcomes().get("passed") == 5, result.outlines[-30:]
+    benchmarks = json.loads(out.read_text())["benchmarks"]
+    for bench in benchmarks:
+        assert schema_violations(bench["extra_info"]) == [], bench["name"]
+
+    table = rows(merge_runs([out]))
+    assert sorted(r.scenario for r in table) == sorted(SCENARIOS)  # one row each, none dropped
+    by_scenario = {r.scenario: r for r in table}
+    assert by_scenario["cold-start"].result.cold_start_total_s > 0
+    assert by_scenario["memory"].result.memory_host_peak_rss_added_bytes > 0
+    assert by_scenario["generate"].result.ttft_ms > 0 and by_scenario["generate"].case_id == "tinygen-numpy-cpu-fp32-b1"
+    assert {r.case_id for r in table if r.scenario != "generate"} == {"tinymlp-numpy-cpu-fp32-b1"}
+
+    assert report([str(out), "--out", str(tmp_path / "report")]) == 0
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    for heading in ("## Generation", "## Cold start", "## Memory"):
+        assert heading in summary
+    cold = summary.split("## Cold start")[1].split("##")[0]
+    memory = summary.split("## Memory")[1].split("##")[0]
+    assert "| tinymlp-numpy-cpu-fp32-b1 |" in cold and "| tinymlp-numpy-cpu-fp32-b1 |" in memory
+    page = (tmp_path / "report" / "index.html").read_text()
+    for section in ("Latency", "Throughput against batch size", "Generation: time to first token and tokens/s",
+                    "Cold start", "Memory", "All results"):
+        assert f"<h2>{section}</h2>" in page, section
+    all_results = page.split("<h2>All results</h2>")[1].split("</table>")[0]
+    for scenario in SCENARIOS:
+        assert f"<td>{scenario}</td>" in all_results, scenario
 
 
 def test_the_page_renders_in_headless_chromium_with_every_plot_decoded(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import FAST
 
-from infermatrix import overhead
+from infermatrix.cli import overhead
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -68,7 +68,8 @@ def test_a_cases_scenarios_share_one_prepared_session(
 def test_cold_start_and_memory_run_the_case_in_a_fresh_process(
     all_scenarios: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    # the child processes import this checkout (not whichever one is installed) and the numpy backend
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")]))
     log = tmp_path / "prepares.log"
     monkeypatch.setenv("NUMPY_BACKEND_PREPARE_LOG", str(log))
     out = tmp_path / "out.json"
@@ -87,7 +88,8 @@ def test_cold_start_and_memory_run_the_case_in_a_fresh_process(
 def test_repeats_time_the_case_in_fresh_processes(
     suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    # the child processes import this checkout (not whichever one is installed) and the numpy backend
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")]))
     out = tmp_path / "out.json"
     result = suite.runpytest("-k", "tinymlp-numpy-cpu-fp32-b1", "--repeats", "2", f"--benchmark-json={out}", *FAST)
     assert result.parseoutcomes()["passed"] == 1

@@ -25,7 +25,8 @@ def fake_run(medians: dict[str, float], cosine: float = 0.999, failed: dict[str,
     return {
         "machine_info": MACHINE,
         "benchmarks": [{"name": key, "stats": {"median": m, "data": [m]},
-                        "extra_info": {"case_id": key, "accuracy": {"cosine_similarity": cosine}}}
+                        "extra_info": {"case_id": f"{key}-numpy-cpu-fp32-b1",
+                                       "accuracy": {"cosine_similarity": cosine}}}
                        for key, m in medians.items()],
         "infermatrix": {"failed": failed or {}},
     }

@@ -1,0 +1,268 @@
+"""``CaseResult``: the one record every scenario writes and every reader reads.
+
+A run's results stay pytest-benchmark JSON (its ``compare`` and table keep working on
+them); the record lives in each benchmark's ``extra_info``: every field at the top level,
+plus ``"record_version"``. Fields a scenario does not measure are left out, not written
+as null, so a reader can tell "not measured" from "measured as nothing". What a scenario
+records beyond the typed fields (sweeps, confidence intervals, efficiency) is kept in
+``extra`` and written back at the top level too, so nothing a scenario measured is lost.
+
+``case-result.schema.json`` beside this module describes the same record for readers
+outside Python; ``tests/test_record.py`` keeps the two in step.
+
+Files written before the record existed carry no ``record_version`` and, for cold-start
+and memory, no identity beyond ``case_id``: ``from_benchmark`` reads them too, taking the
+identity from the case id (``model-backend-device-precision-bN``) and the scenario from
+the test's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from infermatrix.types import Case
+
+#: Bumped when a field changes meaning or type; adding an optional field does not need it
+#: (an older reader keeps the unknown key in ``extra``).
+SCHEMA_VERSION = 1
+
+#: Every scenario, in the order a case runs them (the suite's ``--scenarios`` names).
+SCENARIOS = ("latency", "throughput", "cold-start", "memory", "generate")
+
+SCHEMA_PATH = Path(__file__).with_name("case-result.schema.json")
+
+#: The fields that say which case and scenario a record belongs to; all required.
+IDENTITY = ("case_id", "model", "backend", "device", "precision", "batch_size", "scenario")
+
+
+class RecordError(ValueError):
+    """A benchmark entry that cannot be read as a ``CaseResult``; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseResult:
+    """One timed case of one scenario: which case it was and what was measured."""
+
+    # ---- identity (every record) ----
+    case_id: str
+    model: str
+    backend: str
+    device: str
+    precision: str
+    batch_size: int
+    scenario: str
+
+    # ---- how the case ran (every scenario that prepares or isolates the case) ----
+    backend_version: str | None = None
+    #: what the backend really ran with (providers, dtype, threads, compile mode...)
+    backend_config: Mapping[str, Any] | None = None
+    #: the accuracy gate's figures (outputs against the fp32 reference, or tokens for generate)
+    accuracy: Mapping[str, Any] | None = None
+    model_size_bytes: int | None = None
+    flops_per_sample: int | None = None
+    #: "process" (a worker process ran the case) or "none" (pytest's own process)
+    isolation: str | None = None
+
+    # ---- preparation, seconds (cold-start's phases; in-process scenarios record them too) ----
+    prepare_s: float | None = None
+    load_s: float | None = None
+    convert_s: float | None = None
+    quantize_s: float | None = None
+    compile_s: float | None = None
+    first_inference_s: float | None = None
+
+    # ---- latency ----
+    latency_p50_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_p99_9_ms: float | None = None
+    rounds: int | None = None
+    stop_reason: str | None = None
+    #: --repeats: the median of each fresh process; the verdicts use their spread
+    repeat_medians_ms: tuple[float, ...] | None = None
+
+    # ---- throughput (latency records its single-stream figure here too) ----
+    throughput_samples_per_s: float | None = None
+
+    # ---- cold start ----
+    framework_import_s: float | None = None
+    cold_start_total_s: float | None = None
+    isolated_process_wall_s: float | None = None
+
+    # ---- memory (memory's are the case alone in a fresh process; others' share a process) ----
+    memory_host_peak_rss_bytes: int | None = None
+    memory_host_peak_rss_added_bytes: int | None = None
+    memory_host_rss_delta_bytes: int | None = None
+    memory_device_peak_bytes: int | None = None
+    memory_device_process_bytes: int | None = None
+    memory_source: str | None = None
+
+    # ---- generate (the first sweep configuration; ``generate`` holds all of them) ----
+    ttft_ms: float | None = None
+    itl_p50_ms: float | None = None
+    itl_p99_ms: float | None = None
+    decode_tokens_per_s: float | None = None
+    e2e_tokens_per_s: float | None = None
+    generate: Mapping[str, Mapping[str, float]] | None = None
+    generate_primary: str | None = None
+
+    #: everything else the scenario recorded, written back at the top level of extra_info
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise RecordError(f"{self.case_id}: unknown scenario {self.scenario!r}; valid: {', '.join(SCENARIOS)}")
+        for name in IDENTITY:
+            if getattr(self, name) in ("", None):
+                raise RecordError(f"{self.case_id or '?'}: {name} is empty; every record names its case")
+        if self.batch_size < 1:
+            raise RecordError(f"{self.case_id}: batch_size {self.batch_size} must be at least 1")
+        clash = sorted(set(self.extra) & (set(FIELD_KINDS) | {"record_version", "extra"}))
+        if clash:
+            raise RecordError(f"{self.case_id}: extra holds typed field(s) {', '.join(clash)}; set them as fields")
+
+    # ---- reading ----------------------------------------------------------------------
+
+    @property
+    def cosine_similarity(self) -> float | None:
+        value = (self.accuracy or {}).get("cosine_similarity")
+        return None if value is None else float(value)
+
+    @classmethod
+    def from_benchmark(cls, bench: Mapping[str, Any]) -> CaseResult:
+        """The record of one entry of a result file's ``benchmarks`` (any version)."""
+        return cls.from_extra_info(bench.get("extra_info") or {}, name=str(bench.get("name", "")))
+
+    @classmethod
+    def from_extra_info(cls, info: Mapping[str, Any], name: str = "") -> CaseResult:
+        """The record of an ``extra_info``; ``name`` (the test's) fills what old files lack."""
+        data = dict(info)
+        version = data.pop("record_version", None)
+        if version is not None and int(version) > SCHEMA_VERSION:
+            raise RecordError(f"{name or data.get('case_id')}: record_version {version} is newer than this "
+                              f"infermatrix reads ({SCHEMA_VERSION}); update infermatrix to read it")
+        data.update(_identity(data, name))
+        fields: dict[str, Any] = {}
+        for key in list(data):
+            if key in FIELD_KINDS:
+                fields[key] = _coerce(key, data.pop(key), name or str(data.get("case_id")))
+        return cls(**fields, extra=data)
+
+    # ---- writing ----------------------------------------------------------------------
+
+    def to_extra_info(self) -> dict[str, Any]:
+        """The record as pytest-benchmark's ``extra_info``: plain JSON, fields at the top level."""
+        info: dict[str, Any] = {"record_version": SCHEMA_VERSION}
+        for name in FIELD_KINDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            info[name] = value
+        info.update(self.extra)
+        return info
+
+    @classmethod
+    def of_case(cls, case: Case, scenario: str, figures: Mapping[str, Any]) -> CaseResult:
+        """The record of ``case`` in ``scenario``: identity from the case itself, the rest from ``figures``."""
+        data = {k: v for k, v in figures.items() if k not in IDENTITY and k != "record_version"}
+        data.setdefault("backend_version", case.backend.version)
+        data.update(case_id=case.id, model=case.model.name, backend=case.backend.name, device=case.target.device,
+                    precision=case.target.precision, batch_size=case.batch_size, scenario=scenario)
+        return cls.from_extra_info(data, name=case.id)
+
+
+def write(benchmark: Any, case: Case, scenario: str, figures: Mapping[str, Any] | None = None) -> CaseResult:
+    """Put the record of ``case`` in ``scenario`` into ``benchmark.extra_info``, replacing what is there.
+
+    ``figures`` default to what the benchmark's ``extra_info`` already holds, so a fixture
+    can collect figures as the scenario runs and seal them into the record at the end.
+    """
+    record = CaseResult.of_case(case, scenario, benchmark.extra_info if figures is None else figures)
+    benchmark.extra_info.clear()  # in place: pytest-benchmark keeps this very dict
+    benchmark.extra_info.update(record.to_extra_info())
+    return record
+
+
+# ---- field kinds, shared by the reader and the schema test ---------------------------------------
+
+#: name -> (JSON-able Python type, optional); ``extra`` is not a field of the JSON record.
+FIELD_KINDS: dict[str, tuple[type, bool]] = {}
+
+
+def _kind(hint: Any) -> tuple[type, bool]:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+    origin = typing.get_origin(hint) or hint
+    if origin in (Mapping, dict):
+        return dict, optional
+    if not isinstance(origin, type):
+        raise TypeError(f"CaseResult: no JSON kind for {hint!r}")
+    return origin, optional
+
+
+_HINTS = typing.get_type_hints(CaseResult)
+for _field in dataclasses.fields(CaseResult):
+    if _field.name != "extra":
+        FIELD_KINDS[_field.name] = _kind(_HINTS[_field.name])
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """JSON's value as the field's type: ints stand for floats in JSON, lists for tuples."""
+    if value is None:
+        return None
+    kind, _ = FIELD_KINDS[name]
+    try:
+        if kind is tuple:
+            return tuple(float(v) for v in value)
+        if kind is dict:
+            if not isinstance(value, Mapping):
+                raise TypeError(f"expected an object, got {type(value).__name__}")
+            return dict(value)
+        if kind in (int, float) and isinstance(value, str):
+            raise TypeError(f"expected a number, got the string {value!r}")
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise RecordError(f"{where}: field {name!r} = {value!r} is not a {kind.__name__}: {exc}") from None
+
+
+_PARAM = re.compile(r"^test_(?P<scenario>\w+)\[(?P<case_id>.+)\]$")
+
+
+def _identity(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The identity fields, from the record, else the case id, else the test's name."""
+    from_name = _PARAM.match(name)
+    found: dict[str, Any] = {}
+    case_id = data.get("case_id") or (from_name["case_id"] if from_name else None)
+    if not case_id:
+        raise RecordError(f"{name or 'a benchmark'}: no case_id; not an infermatrix result")
+    found["case_id"] = str(case_id)
+    missing = [k for k in ("model", "backend", "device", "precision", "batch_size") if data.get(k) in (None, "")]
+    if missing:
+        # Imported here: the plugin imports the modules that write records (a cycle at import time).
+        from infermatrix.plugin import case_id_pattern
+
+        parsed = case_id_pattern().match(found["case_id"])
+        if parsed is None:
+            raise RecordError(f"{name or case_id}: {', '.join(missing)} missing and the case id {case_id!r} is not "
+                              "model-backend-device-precision-bN")
+        derived = {"model": parsed["model"], "backend": parsed["backend"], "device": parsed["device"],
+                   "precision": parsed["precision"], "batch_size": int(parsed["batch"])}
+        found.update((k, derived[k]) for k in missing)
+    if not data.get("scenario"):
+        # Old files: a scenario module's tests are named test_<scenario>; before scenarios
+        # existed every result was a latency result.
+        scenario = from_name["scenario"].replace("_", "-") if from_name else ""
+        found["scenario"] = scenario if scenario in SCENARIOS else "latency"
+    return found
