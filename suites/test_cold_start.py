@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from infermatrix.results import write
 
 from infermatrix.isolated import IsolatedRuns, isolated_key
+from infermatrix.results import write
 from infermatrix.timing import benchmark_recorder
 from infermatrix.types import Case
 

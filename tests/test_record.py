@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from helpers import SCHEMA_KEYWORDS, schema_violations
-from infermatrix.results import SCENARIOS, SCHEMA_PATH, SCHEMA_VERSION, CaseResult, RecordError
-from infermatrix.results.record import FIELD_KINDS, IDENTITY
 
 from infermatrix import plugin
+from infermatrix.results import SCENARIOS, SCHEMA_PATH, SCHEMA_VERSION, CaseResult, RecordError
+from infermatrix.results.record import FIELD_KINDS, IDENTITY
 
 JSON_TYPE = {str: "string", int: "integer", float: "number", dict: "object", tuple: "array", bool: "boolean"}
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from helpers import FAST, schema_violations
-from infermatrix.results import SCENARIOS
 
 from infermatrix.report import main as report
 from infermatrix.report import merge_runs, rows
+from infermatrix.results import SCENARIOS
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = [*FAST, "--throughput-time=0.05", "--backends=numpy", "--devices=cpu"]
