@@ -23,7 +23,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from infermatrix.types import PrepareTimes
+from infermatrix.reference import ReferenceUnavailable
+from infermatrix.runner import Drivable, busy_wait
+from infermatrix.scenario import CaseKind
+from infermatrix.types import FORM_GENERATION, ModelSpec, PrepareTimes, RunOptions
 
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>")
 
@@ -275,7 +278,7 @@ def compare_tokens(got: Mapping[str, list[list[int]]], expected: Mapping[str, li
 
 
 @dataclasses.dataclass
-class PreparedGeneration:
+class PreparedGeneration(Drivable):
     """A generation case whose session is ready, warmed and checked against the torch tokens."""
 
     case: Any
@@ -319,9 +322,7 @@ class PreparedGeneration:
             while len(runs) < policy.min_rounds or (time.perf_counter() - started) < policy.min_time_s:
                 run = self.session.generate(ids, new)
                 if self.slowdown:  # --inject-slowdown: the same share added to the whole generation
-                    until = time.perf_counter() + run.total_s * self.slowdown
-                    while time.perf_counter() < until:
-                        pass
+                    busy_wait(run.total_s * self.slowdown)
                     run = dataclasses.replace(run, total_s=run.total_s * (1 + self.slowdown),
                                               token_times_s=[t * (1 + self.slowdown) for t in run.token_times_s])
                 runs.append(run)
@@ -331,20 +332,11 @@ class PreparedGeneration:
                     break
             results[f"prompt{length}-new{new}"] = figures(runs, self.case.batch_size)
         first = next(iter(results.values()))
-        self.extra_info.update(scenario="generate", generate=results,
+        self.extra_info.update(generate=results,
                                ttft_ms=first["ttft_ms"], decode_tokens_per_s=first.get("decode_tokens_per_s"),
                                e2e_tokens_per_s=first["e2e_tokens_per_s"], itl_p50_ms=first.get("itl_p50_ms"),
                                itl_p99_ms=first.get("itl_p99_ms"), generate_primary=next(iter(results)))
         return results
-
-    def record_memory(self, hook: Any) -> None:
-        from infermatrix.runner import memory_info
-
-        report = hook.pytest_infermatrix_memory(session=self.session, baseline_rss_bytes=self.rss_before_bytes)
-        self.extra_info.update(memory_info(report))
-
-    def close(self) -> None:
-        self.session.close()
 
 
 def prepare(case: Any, prepare_session: Callable[[], GenerationSession | None], cache_root: Path) -> PreparedGeneration:
@@ -390,3 +382,28 @@ def exported(folder: Path, name: str, make: list[str], tool: str) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
+
+
+def fill_generation_cache(case: Any, options: RunOptions, accuracy_samples: int) -> None:
+    """The model folder and the torch fp32 reference tokens, made in pytest's process."""
+    try:
+        reference_tokens(case.model.name, case.model.generation, options.cache_root, case.batch_size)
+    except UnavailableForGeneration as exc:
+        raise ReferenceUnavailable(str(exc)) from None
+    except ImportError as exc:
+        raise ReferenceUnavailable(f"{case.model.name}: the torch reference tokens need transformers and torch "
+                                   f"({exc}); pip install 'infermatrix[torch,llm]'") from None
+
+
+def prepare_generation(case: Any, prepare_session: Callable[[], GenerationSession | None], options: RunOptions,
+                       policy: Any, accuracy_samples: int) -> PreparedGeneration:
+    return prepare(case, prepare_session, options.cache_root)
+
+
+def is_generation_model(model: ModelSpec) -> bool:
+    return FORM_GENERATION in model.forms
+
+
+#: Text generation: models with a generation form, prepared by ``pytest_infermatrix_prepare_generation``.
+GENERATION = CaseKind("generation", accepts=is_generation_model, fill_cache=fill_generation_cache,
+                      prepare_hook="pytest_infermatrix_prepare_generation", prepare=prepare_generation)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from infermatrix.generation import GenerationSession
     from infermatrix.types import (
         BackendInfo,
         Command,
@@ -87,6 +88,22 @@ def pytest_infermatrix_prepare(
     the CPU thread count to use and the run's options. Raise
     ``pytest.skip.Exception`` (``pytest.skip(...)``) for a combination found
     unsupported only while preparing. Return None for a backend that is not yours.
+
+    Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def pytest_infermatrix_prepare_generation(
+    backend: BackendInfo, model: ModelSpec, target: Target, batch_size: int, context: PrepareContext
+) -> GenerationSession | None:
+    """Return a ready :class:`~infermatrix.generation.GenerationSession` for one
+    generation case (a model with a ``generation`` form; the ``generate`` scenario).
+
+    As ``pytest_infermatrix_prepare``, for text generation: export or load the model
+    folder ``model.generation`` describes, in ``target.precision``; the core generates
+    the sweep once untimed and checks the tokens against torch's fp32 greedy tokens.
+    Return None for a backend that is not yours.
 
     Stops at first non-None result.
     """

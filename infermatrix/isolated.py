@@ -3,7 +3,8 @@
 Cold start (framework import, load, convert, quantize, compile, first inference) is only
 cold in a new process, and a process's peak RSS (``ru_maxrss``) only belongs to one case
 when that case is the only thing the process did. The child is an ordinary pytest run
-of the latency scenario for that one case id, so it goes through exactly the same hooks.
+of one test (a scenario module names its node and the options that select it, e.g. the
+latency test of that case), so it goes through exactly the same hooks.
 """
 
 from __future__ import annotations
@@ -56,17 +57,32 @@ def framework_import_seconds(module: str, timeout_s: float = 300) -> float | Non
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-def run_isolated(config: pytest.Config, latency_module: Path, case_id: str, framework_module: str,
+@dataclasses.dataclass(frozen=True)
+class FreshRun:
+    """One test of one case as a fresh pytest process runs it: its node id and the options
+    that select its scenario (the scenario module that owns the test says both)."""
+
+    case_id: str
+    node: str
+    select: tuple[str, ...]
+
+    @classmethod
+    def of_test(cls, module: Path, test: str, scenario: str, case_id: str) -> FreshRun:
+        """``test`` of ``module`` (a scenario module's parametrized test) for ``case_id``."""
+        return cls(case_id, f"{module}::{test}[{case_id}]", (f"--scenarios={scenario}",))
+
+
+def run_isolated(config: pytest.Config, fresh: FreshRun, framework_module: str,
                  timing_args: tuple[str, ...] = ("--min-rounds=5", "--min-time=0", "--max-time=1")) -> IsolatedRun:
-    """Run ``case_id`` of ``latency_module`` alone in a new process; its result JSON entry."""
+    """Run ``fresh`` alone in a new process; its result JSON entry."""
     timeout_s = float(config.getoption("--case-timeout"))
+    case_id = fresh.case_id
     with tempfile.TemporaryDirectory(prefix="infermatrix-isolated-") as tmp:
         out = Path(tmp) / "result.json"
-        node = f"{latency_module}::test_latency[{case_id}]"
         # --isolation=none: this process is already the case's own; a worker would hide its memory and imports.
         cmd = [
-            sys.executable, "-m", "pytest", node, "-q", "-p", "no:cacheprovider", f"--rootdir={config.rootpath}",
-            f"--benchmark-json={out}", "--scenarios=latency", "--isolation=none", *timing_args,
+            sys.executable, "-m", "pytest", fresh.node, "-q", "-p", "no:cacheprovider", f"--rootdir={config.rootpath}",
+            f"--benchmark-json={out}", *fresh.select, "--isolation=none", *timing_args,
             *_passthrough_options(config),
         ]
         started = time.perf_counter()
@@ -96,18 +112,17 @@ class IsolatedRuns:
 
     runs: dict[str, IsolatedRun] = dataclasses.field(default_factory=dict)
 
-    def get(self, config: pytest.Config, latency_module: Path, case_id: str, framework_module: str) -> IsolatedRun:
-        if case_id not in self.runs:
-            self.runs[case_id] = run_isolated(config, latency_module, case_id, framework_module)
-        return self.runs[case_id]
+    def get(self, config: pytest.Config, fresh: FreshRun, framework_module: str) -> IsolatedRun:
+        if fresh.case_id not in self.runs:
+            self.runs[fresh.case_id] = run_isolated(config, fresh, framework_module)
+        return self.runs[fresh.case_id]
 
 
 isolated_key = pytest.StashKey[IsolatedRuns]()
 
 
-def repeat_info(config: pytest.Config, latency_module: Path, case_id: str, repeats: int,
-                in_process_median_s: float) -> dict[str, Any]:
-    """Time ``case_id`` in ``repeats`` fresh processes with this run's timing options.
+def repeat_info(config: pytest.Config, fresh: FreshRun, repeats: int, in_process_median_s: float) -> dict[str, Any]:
+    """Time ``fresh`` (a case's latency test) in ``repeats`` fresh processes with this run's timing options.
 
     On a noisy machine a case's median moves between processes far more than within
     one (here ~17%, often between two levels); this records that spread beside the
@@ -121,7 +136,7 @@ def repeat_info(config: pytest.Config, latency_module: Path, case_id: str, repea
     )
     medians = []
     for _ in range(repeats):
-        run = run_isolated(config, latency_module, case_id, "", timing_args=timing_args)
+        run = run_isolated(config, fresh, "", timing_args=timing_args)
         medians.append(float(np.median(run.latency_samples_s)))
     values = np.asarray(medians)
     return {

@@ -35,7 +35,8 @@ import pytest
 from infermatrix.accuracy import AccuracyReport
 from infermatrix.generation import TokenReport
 from infermatrix.host import PluginSpec
-from infermatrix.timing import TimingPolicy, TimingResult, benchmark_recorder
+from infermatrix.scenario import Scenario
+from infermatrix.timing import benchmark_recorder
 from infermatrix.types import Case
 from infermatrix.worker import PrepareRequest, serve
 
@@ -206,34 +207,24 @@ class RemoteCase:
     def info(self) -> dict[str, Any]:
         return dict(self._info)
 
-    def _scenario(self, name: str, benchmark: Any, argument: Any) -> Any:
+    def run(self, scenario: Scenario, benchmark: Any, argument: Any) -> Any:
+        """Run ``scenario`` on the case in the worker (the same ``Scenario.measure`` an
+        in-process case runs); its rounds are recorded here, into pytest-benchmark."""
         disabled = bool(getattr(benchmark, "disabled", False))
         try:
-            reply = self.pool.request(self.case.id, f"the {name} scenario", "scenario",
-                                      {"name": name, "disabled": disabled, "slowdown": self.slowdown,
+            reply = self.pool.request(self.case.id, f"the {scenario.name} scenario", "scenario",
+                                      {"scenario": scenario, "disabled": disabled, "slowdown": self.slowdown,
                                        "argument": argument})
         except CaseAborted as exc:
             self.failure = str(exc)  # the case's later scenarios fail with it, without a new attempt
         if self.failure is not None:
             pytest.fail(self.failure, pytrace=False)
         if not disabled:
-            record = benchmark_recorder(benchmark, f"infermatrix {name} (worker process)")
+            record = benchmark_recorder(benchmark, f"infermatrix {scenario.name} (worker process)")
             for sample in reply["samples"]:
                 record(sample)
         self.extra_info.update(reply["extra_info"])
         return reply["result"]
-
-    def latency(self, benchmark: Any, policy: TimingPolicy) -> TimingResult:
-        result: TimingResult = self._scenario("latency", benchmark, policy)
-        return result
-
-    def throughput(self, benchmark: Any, duration_s: float) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._scenario("throughput", benchmark, duration_s)
-        return result
-
-    def generate(self, benchmark: Any, policy: TimingPolicy) -> dict[str, Any]:
-        result: dict[str, Any] = self._scenario("generate", benchmark, policy)
-        return result
 
     def record_memory(self, hook: Any) -> None:
         """Nothing to do: the worker measured memory with its own hooks after each scenario."""

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from infermatrix import hookspec, host, matrix, reference, runner
+from infermatrix import hookspec, host, matrix, reference, scenario
 from infermatrix.cache import resolve_cache_dir
-from infermatrix.generation import PreparedGeneration
 from infermatrix.isolation import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
 from infermatrix.machine import machine_summary
 from infermatrix.results import record
+from infermatrix.scenario import CaseKind, Prepared
 from infermatrix.timing import TimingPolicy, mark_untimed
 from infermatrix.types import (
     FORM_GENERATION,
@@ -30,20 +30,10 @@ from infermatrix.types import (
     ModelSpec,
     PrepareContext,
     RunOptions,
-    Session,
 )
 from infermatrix.worker import PrepareRequest
 
-#: A case as the scenarios see it: prepared in this process, or in the worker process.
-CaseHandle = runner.PreparedCase | RemoteCase | PreparedGeneration
-
 ENTRY_POINT_GROUP = host.ENTRY_POINT_GROUP
-#: Scenario modules mark themselves ``pytest.mark.infermatrix_scenario(name)``; the names
-#: are the record's, so every scenario the suite runs is one a result can say it came from.
-SCENARIOS = record.SCENARIOS
-#: cold-start and memory run each case in a fresh process (seconds per case), so
-#: they are asked for explicitly; the default matrix stays within 20 minutes here.
-DEFAULT_SCENARIOS = ("latency", "throughput", "generate")
 
 matrix_key = pytest.StashKey["InfermatrixState"]()
 
@@ -132,9 +122,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     f"(default: {TimingPolicy.target_precision})")
     group.addoption("--threads", type=int, default=None,
                     help="CPU threads per backend (default: the physical cores)")
-    group.addoption("--scenarios", default=",".join(DEFAULT_SCENARIOS),
-                    help=f"comma list of scenarios to run, or 'all' (default: {','.join(DEFAULT_SCENARIOS)}; "
-                    f"known: {', '.join(SCENARIOS)})")
+    group.addoption("--scenarios", default=None,
+                    help="comma list of scenarios to run, or 'all' (default: each scenario module says whether it "
+                    "runs by default; suites/ has one module per scenario)")
     group.addoption("--repeats", type=int, default=0,
                     help="also time each latency case in N fresh processes and record the spread "
                     "between them (default: 0, off)")
@@ -210,7 +200,7 @@ def _parse_weights(raw: list[str], models: list[ModelSpec]) -> dict[str, str]:
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "infermatrix_scenario(name): the scenario a suite module measures")
+    config.addinivalue_line("markers", f"{scenario.MARKER}(scenario): the Scenario a suite module measures")
     config.pluginmanager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     if config.pluginmanager.get_plugin(host.CORE_DEFAULTS) is None:
         import importlib
@@ -234,14 +224,8 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except (matrix.SelectionError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
+    # checked against the scenario modules once they are collected (pytest_collection_modifyitems)
     scenarios = matrix.parse_list("--scenarios", config.getoption("--scenarios"))
-    if scenarios == ("all",):
-        scenarios = SCENARIOS
-    unknown = [name for name in scenarios or () if name not in SCENARIOS]
-    if unknown:
-        raise pytest.UsageError(
-            f"--scenarios: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(SCENARIOS)}, all"
-        )
     timeout = config.getoption("--case-timeout")
     if timeout <= 0:
         raise pytest.UsageError(f"--case-timeout={timeout:g}: give a number of seconds above 0")
@@ -338,10 +322,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(str(exc)) from None
     # Parameters are the plain case ids (they serialize into pytest-benchmark's JSON);
     # the ``infermatrix_case`` fixture maps an id to its Case.
-    # The generate scenario takes the generation models, every other scenario the rest.
-    marker = metafunc.definition.get_closest_marker("infermatrix_scenario")
-    generating = marker is not None and marker.args[0] == "generate"
-    entries = [e for e in entries if (e.case.model.task == "generation") == generating]
+    # Each scenario takes the models of its kind of case (forward or generation).
+    measured = scenario.of_item(metafunc.definition)
+    if measured is not None:
+        entries = [e for e in entries if measured.kind.accepts(e.case.model)]
     params = [
         pytest.param(e.case.id, id=e.case.id, marks=[pytest.mark.skip(reason=e.skip_reason)] if e.skip_reason else [])
         for e in entries
@@ -367,9 +351,9 @@ class PreparedCases:
     model is in memory at a time.
     """
 
-    current: CaseHandle | None = None
+    current: Prepared | None = None
 
-    def take(self, case_id: str) -> CaseHandle | None:
+    def take(self, case_id: str) -> Prepared | None:
         if self.current is not None and self.current.case.id == case_id:
             return self.current
         self.close()
@@ -387,7 +371,7 @@ prepared_key = pytest.StashKey[PreparedCases]()
 @pytest.fixture
 def infermatrix_prepared(
     infermatrix_case: Case, request: pytest.FixtureRequest, tmp_path: Path, benchmark: Any
-) -> Iterator[CaseHandle]:
+) -> Iterator[Prepared]:
     """The case's session, prepared, warmed up and checked against the fp32 reference.
 
     A case whose outputs fail the accuracy check, or whose worker process crashed, hung
@@ -401,9 +385,13 @@ def infermatrix_prepared(
     benchmark.group = f"{case.model.name}-b{case.batch_size}"
     benchmark.extra_info["case_id"] = case.id
 
+    measured = scenario.of_item(request.node)
+    if measured is None:
+        raise pytest.UsageError(f"{request.node.nodeid}: infermatrix_prepared is for scenario tests "
+                                f"(a suites/ module with pytestmark = SCENARIO.mark())")
     prepared = cases.take(case.id)
     if prepared is None:
-        prepared = prepare_case(state, case, tmp_path)
+        prepared = prepare_case(state, case, measured.kind, tmp_path)
         cases.current = prepared
     prepared.extra_info = {}  # each scenario test records its own figures
     prepared.slowdown = state.slowdowns.get(case.backend.name, 0.0)
@@ -416,101 +404,69 @@ def infermatrix_prepared(
     benchmark.extra_info.update(prepared.extra_info)
     # The figures gathered above become the case's typed record; the scenario comes from the
     # module's marker, so a test that failed before measuring still says what it was.
-    marker = request.node.get_closest_marker("infermatrix_scenario")
-    scenario = str(marker.args[0]) if marker else str(benchmark.extra_info.get("scenario", "latency"))
-    record.write(benchmark, case, scenario)
+    record.write(benchmark, case, measured.name)
 
 
-def prepare_case(state: InfermatrixState, case: Case, workdir: Path) -> CaseHandle:
-    """Prepare ``case`` in the worker process (``--isolation=process``) or in this one."""
-    config = state.config
-    threads = state.options.threads
-    if case.model.task == "generation":
-        return prepare_generation_case(state, case, workdir, threads)
-    if state.pool is not None:
-        # The shared cache (seeded weights, fp32 reference, FLOPs) is filled here, not in the
-        # worker: the worker then runs only its own framework (TensorFlow beside torch crashed
-        # a process here), and its peak memory is the case's, not the reference model's.
-        try:
-            reference.reference_outputs(case.model, reference.accuracy_sample_count(case.batch_size,
-                                                                                    state.accuracy_samples),
-                                        state.cache_root)
-            reference.flops_per_sample(case.model, state.cache_root)
-        except reference.ReferenceUnavailable as exc:
-            pytest.skip(str(exc))
-        request = PrepareRequest(
-            model=case.model.name, weights_path=case.model.weights_path, backend=case.backend, target=case.target,
-            batch_size=case.batch_size, workdir=str(workdir), options=state.options,
-            policy=state.policy, accuracy_samples=state.accuracy_samples,
-        )
-        return RemoteCase(case, state.pool, request)
-
-    def prepare_session() -> Session | None:
-        context = PrepareContext(workdir=workdir, options=state.options)
-        session: Session | None = config.hook.pytest_infermatrix_prepare(
-            backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size, context=context
-        )
-        return session
-
+def prepare_case(state: InfermatrixState, case: Case, kind: CaseKind, workdir: Path) -> Prepared:
+    """Prepare ``case`` as its kind says, in the worker process (``--isolation=process``) or in this one."""
     try:
-        return runner.prepare(case, prepare_session, state.cache_root, state.policy, state.accuracy_samples, threads)
+        # The shared cache (references, FLOPs, a generation model's folder and tokens) is
+        # filled here, not in the worker: see the kind's ``fill_cache``.
+        kind.fill_cache(case, state.options, state.accuracy_samples)
     except reference.ReferenceUnavailable as exc:
         pytest.skip(str(exc))
-
-
-def prepare_generation_case(state: InfermatrixState, case: Case, workdir: Path, threads: int) -> CaseHandle:
-    from infermatrix import generation
-
-    config = state.config
-    try:  # the model folder and the torch reference tokens, made here (see prepare_case)
-        generation.reference_tokens(case.model.name, case.model.generation, state.cache_root, case.batch_size)
-    except generation.UnavailableForGeneration as exc:
-        pytest.skip(str(exc))
-    except ImportError as exc:
-        pytest.skip(f"{case.model.name}: the torch reference tokens need transformers and torch ({exc}); "
-                    "pip install 'infermatrix[torch,llm]'")
     if state.pool is not None:
         request = PrepareRequest(
-            model=case.model.name, weights_path=None, backend=case.backend, target=case.target,
-            batch_size=case.batch_size, workdir=str(workdir), options=state.options,
+            model=case.model.name, weights_path=case.model.weights_path, backend=case.backend, target=case.target,
+            batch_size=case.batch_size, workdir=str(workdir), options=state.options, kind=kind,
             policy=state.policy, accuracy_samples=state.accuracy_samples, generation=case.model.generation,
         )
         return RemoteCase(case, state.pool, request)
 
-    def prepare_session() -> Any:
-        context = PrepareContext(workdir=workdir, options=state.options)
-        return config.hook.pytest_infermatrix_prepare(backend=case.backend, model=case.model, target=case.target,
-                                                      batch_size=case.batch_size, context=context)
-
-    return generation.prepare(case, prepare_session, state.cache_root)
+    hook = getattr(state.config.hook, kind.prepare_hook)
+    context = PrepareContext(workdir=workdir, options=state.options)
+    try:
+        prepared: Prepared = kind.prepare(
+            case, lambda: hook(backend=case.backend, model=case.model, target=case.target,
+                               batch_size=case.batch_size, context=context),
+            state.options, state.policy, state.accuracy_samples)
+    except reference.ReferenceUnavailable as exc:
+        pytest.skip(str(exc))
+    return prepared
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run only the selected scenarios, and each case's scenarios back to back."""
-    selected = config.stash[matrix_key].scenarios
-    keep, drop = [], []
+    state = config.stash[matrix_key]
+    found = {s.name: s for item in items if (s := scenario.of_item(item)) is not None}
+    asked = state.scenarios
+    if asked == ("all",):
+        asked = tuple(found)
+    elif asked is None:
+        asked = tuple(name for name, s in found.items() if s.default)
+    unknown = [name for name in asked if name not in found]
+    if unknown and found:
+        known = sorted(found.values(), key=lambda s: (s.kind.name, s.order, s.name))
+        raise pytest.UsageError(f"--scenarios: unknown {', '.join(map(repr, unknown))}; "
+                                f"valid: {', '.join(s.name for s in known)}, all")
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
-        marker = item.get_closest_marker("infermatrix_scenario")
-        if marker is not None and selected is not None and marker.args[0] not in selected:
-            drop.append(item)
-        else:
-            keep.append(item)
+        measured = scenario.of_item(item)
+        (drop if measured is not None and measured.name not in asked else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-
-    state = config.stash[matrix_key]
 
     def case_order(item: pytest.Item) -> tuple[str, str, int]:
         callspec = getattr(item, "callspec", None)
         case_id = str(callspec.params.get("infermatrix_case_id", "")) if callspec is not None else ""
         backend = state.case(case_id).backend.name if case_id else ""
-        marker = item.get_closest_marker("infermatrix_scenario")
-        rank = SCENARIOS.index(marker.args[0]) if marker is not None and marker.args[0] in SCENARIOS else -1
-        return (backend, case_id, rank)
+        measured = scenario.of_item(item)
+        return (backend, case_id, measured.order if measured is not None else -1)
 
     # Stable: items of no case keep their order first; cases run grouped by backend (one
-    # framework per worker process), each case's scenarios back to back, latency first
-    # (its prepare also warms the cache the isolated runs reuse).
+    # framework per worker process), each case's scenarios back to back in their order
+    # (the first prepares the case and warms the cache the fresh-process runs reuse).
     items[:] = sorted(keep, key=case_order)
     cases = {item.nodeid: case_order(item)[1] for item in items
              if not item.get_closest_marker("skip") and case_order(item)[1]}
@@ -594,8 +550,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
     """The accuracy gate: a case whose outputs are wrong (or whose worker failed) fails before it is timed."""
-    prepared = pyfuncitem.funcargs.get("infermatrix_prepared")
-    if not isinstance(prepared, (runner.PreparedCase, RemoteCase, PreparedGeneration)):
+    prepared: Any = pyfuncitem.funcargs.get("infermatrix_prepared")
+    if prepared is None:
         return
     failure = getattr(prepared, "failure", None)
     if failure is None and prepared.accuracy is not None and not prepared.accuracy.passed:

@@ -15,8 +15,9 @@ import numpy as np
 
 from infermatrix import reference
 from infermatrix.accuracy import AccuracyReport, compare_outputs
+from infermatrix.scenario import CaseKind, Scenario
 from infermatrix.timing import TimingPolicy, TimingResult, benchmark_recorder, measure, percentiles, warm_up
-from infermatrix.types import Arrays, Case, MemoryReport, Session
+from infermatrix.types import FORM_GENERATION, Arrays, Case, MemoryReport, ModelSpec, RunOptions, Session
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -28,8 +29,30 @@ def process_rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+class Drivable:
+    """What every prepared case shares (``PreparedCase`` here, ``generation.PreparedGeneration``):
+    scenarios drive it through ``run``; memory is read through the memory hook."""
+
+    session: Any
+    rss_before_bytes: int
+    extra_info: dict[str, Any]
+    slowdown: float
+
+    def run(self, scenario: Scenario, benchmark: Any, argument: Any) -> Any:
+        assert scenario.measure is not None, f"scenario {scenario.name!r} prepares no case"
+        return scenario.measure(self, benchmark, argument)
+
+    def record_memory(self, hook: Any) -> None:
+        """The memory hook's figures for this case, into ``extra_info``."""
+        report = hook.pytest_infermatrix_memory(session=self.session, baseline_rss_bytes=self.rss_before_bytes)
+        self.extra_info.update(memory_info(report))
+
+    def close(self) -> None:
+        self.session.close()
+
+
 @dataclasses.dataclass
-class PreparedCase:
+class PreparedCase(Drivable):
     """A case whose session is ready, warmed and checked against the reference."""
 
     case: Case
@@ -45,33 +68,15 @@ class PreparedCase:
     #: --inject-slowdown: extra share of each timed call's own duration, spent busy-waiting
     slowdown: float = 0.0
 
-    # The same five methods as ``isolation.RemoteCase``: scenarios and the fixture use
-    # these, whichever process the case lives in.
     def info(self) -> dict[str, Any]:
         return case_info(self)
-
-    def latency(self, benchmark: Any, policy: TimingPolicy) -> TimingResult:
-        return measure_latency(self, benchmark, policy)
-
-    def throughput(self, benchmark: Any, duration_s: float) -> list[dict[str, Any]]:
-        return [r.as_dict() for r in measure_throughput(self, benchmark, duration_s)]
-
-    def record_memory(self, hook: Any) -> None:
-        """The memory hook's figures for this case, into ``extra_info``."""
-        report = hook.pytest_infermatrix_memory(session=self.session, baseline_rss_bytes=self.rss_before_bytes)
-        self.extra_info.update(memory_info(report))
-
-    def close(self) -> None:
-        self.session.close()
 
     def call(self) -> list[NDArray[Any]]:
         if not self.slowdown:
             return self.session.run(self.inputs)
         started = time.perf_counter()
         outputs = self.session.run(self.inputs)
-        until = started + (time.perf_counter() - started) * (1 + self.slowdown)
-        while time.perf_counter() < until:  # busy-wait: sleep() is far too coarse at µs-ms scale
-            pass
+        busy_wait((time.perf_counter() - started) * self.slowdown)
         return outputs
 
 
@@ -105,6 +110,13 @@ def timed_prepare(case: Case, prepare_session: Callable[[], SessionT | None]) ->
     if session is None:
         raise RuntimeError(f"{case.id}: no plugin prepared a session for backend {case.backend.name!r}")
     return session, prepare_s, rss_before
+
+
+def busy_wait(seconds: float) -> None:
+    """--inject-slowdown's added time, spent busy (sleep() is far too coarse at µs-ms scale)."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
 
 
 def prepare(
@@ -193,7 +205,6 @@ def device_latency_info(prepared: PreparedCase, rounds: int) -> dict[str, Any]:
 
 def measure_latency(prepared: PreparedCase, benchmark: Any, policy: TimingPolicy) -> TimingResult:
     timing = measure(benchmark, prepared.call, policy, prepared.warmup_calls)
-    prepared.extra_info["scenario"] = "latency"
     prepared.extra_info.update(latency_info(prepared, timing))
     prepared.extra_info.update(device_latency_info(prepared, min(len(timing.samples_s), 200)))
     return timing
@@ -215,7 +226,6 @@ def measure_throughput(prepared: PreparedCase, benchmark: Any, duration_s: float
         for window in best.window_s_per_batch:
             record(window)
     prepared.extra_info.update(
-        scenario="throughput",
         throughput_samples_per_s=best.samples_per_s,
         throughput_best_config=best.as_dict(),
         throughput_sweep=[r.as_dict() for r in results],
@@ -229,3 +239,27 @@ def memory_info(report: MemoryReport | None) -> dict[str, Any]:
     if report is None:
         return {}
     return {f"memory_{k}": v for k, v in dataclasses.asdict(report).items() if v is not None}
+
+
+def fill_forward_cache(case: Case, options: RunOptions, accuracy_samples: int) -> None:
+    """The shared cache a forward case reads (seeded weights, fp32 reference, FLOPs), made in
+    pytest's process: a worker then runs only its own framework (TensorFlow beside torch
+    crashed a process here), and its peak memory is the case's, not the reference model's."""
+    reference.reference_outputs(case.model, reference.accuracy_sample_count(case.batch_size, accuracy_samples),
+                                options.cache_root)
+    reference.flops_per_sample(case.model, options.cache_root)
+
+
+def prepare_forward(case: Case, prepare_session: Callable[[], Session | None], options: RunOptions,
+                    policy: TimingPolicy, accuracy_samples: int) -> PreparedCase:
+    return prepare(case, prepare_session, options.cache_root, policy, accuracy_samples, options.threads)
+
+
+def is_forward_model(model: ModelSpec) -> bool:
+    return FORM_GENERATION not in model.forms
+
+
+#: Tensor in, tensor out: every model that has no generation form. (Module-level functions
+#: only: the kind travels to the worker by pickle.)
+FORWARD = CaseKind("forward", accepts=is_forward_model, fill_cache=fill_forward_cache,
+                   prepare_hook="pytest_infermatrix_prepare", prepare=prepare_forward)

@@ -23,9 +23,10 @@ from typing import Any
 import pluggy
 import pytest
 
-from infermatrix import host, runner
+from infermatrix import host
 from infermatrix.host import PluginSpec
 from infermatrix.reference import ReferenceUnavailable
+from infermatrix.scenario import CaseKind, Prepared, Scenario
 from infermatrix.timing import RecordedRounds
 from infermatrix.types import FORM_GENERATION, BackendInfo, Case, ModelSpec, PrepareContext, RunOptions, Target
 
@@ -39,6 +40,8 @@ class PrepareRequest:
     batch_size: int
     workdir: str
     options: RunOptions
+    #: how the case is prepared (the scenario's kind: forward or generation)
+    kind: CaseKind
     policy: Any
     accuracy_samples: int
     #: the generation spec as the run's options made it (generation models only)
@@ -57,7 +60,7 @@ class Worker:
     def __init__(self, manager: pluggy.PluginManager) -> None:
         self.manager = manager
         self.models: dict[str, ModelSpec] = {m.name: m for m in host.announced(manager.hook)[0]}
-        self.current: Any = None  # runner.PreparedCase or generation.PreparedGeneration
+        self.current: Prepared | None = None
 
     def close_current(self) -> None:
         if self.current is not None:
@@ -73,36 +76,23 @@ class Worker:
             model = model.with_form(FORM_GENERATION, request.generation)
         case = Case(model, request.backend, request.target, request.batch_size)
         context = PrepareContext(workdir=Path(request.workdir), options=request.options)
-        if model.task == "generation":
-            from infermatrix import generation
-
-            self.current = generation.prepare(
-                case,
-                lambda: self.manager.hook.pytest_infermatrix_prepare(
-                    backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size,
-                    context=context),
-                request.options.cache_root,
-            )
-            return {"accuracy": self.current.accuracy, "info": self.current.info()}
-        self.current = runner.prepare(
+        hook = getattr(self.manager.hook, request.kind.prepare_hook)
+        self.current = request.kind.prepare(
             case,
-            lambda: self.manager.hook.pytest_infermatrix_prepare(
-                backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size,
-                context=context),
-            request.options.cache_root, request.policy, request.accuracy_samples, request.options.threads,
+            lambda: hook(backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size,
+                         context=context),
+            request.options, request.policy, request.accuracy_samples,
         )
         return {"accuracy": self.current.accuracy, "info": self.current.info()}
 
-    def scenario(self, name: str, disabled: bool, slowdown: float, argument: Any) -> dict[str, Any]:
+    def scenario(self, scenario: Scenario, disabled: bool, slowdown: float, argument: Any) -> dict[str, Any]:
         if self.current is None:
-            raise RuntimeError(f"scenario {name!r} asked for before any case was prepared")
+            raise RuntimeError(f"scenario {scenario.name!r} asked for before any case was prepared")
         prepared = self.current
         prepared.extra_info = {}
         prepared.slowdown = slowdown
         sink = RecordedRounds(disabled=disabled)
-        if name not in ("latency", "throughput", "generate"):
-            raise ValueError(f"unknown scenario {name!r}")
-        result: Any = getattr(prepared, name)(sink, argument)
+        result = prepared.run(scenario, sink, argument)
         prepared.record_memory(self.manager.hook)
         prepared.extra_info["worker_pid"] = os.getpid()
         return {"result": result, "samples": sink.samples, "extra_info": prepared.extra_info}

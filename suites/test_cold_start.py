@@ -13,26 +13,32 @@ from typing import Any
 
 import pytest
 
-from infermatrix.isolated import IsolatedRuns, isolated_key
+from infermatrix.isolated import FreshRun, IsolatedRuns, isolated_key
 from infermatrix.results import write
+from infermatrix.runner import FORWARD
+from infermatrix.scenario import Scenario
 from infermatrix.timing import benchmark_recorder
 from infermatrix.types import Case
 
-pytestmark = pytest.mark.infermatrix_scenario("cold-start")
+# Opt-in (a new process per case); runs after the in-process scenarios of its case.
+SCENARIO = Scenario("cold-start", FORWARD, default=False, order=2)
+pytestmark = SCENARIO.mark()
 
 PHASES = ("load_s", "convert_s", "quantize_s", "compile_s", "first_inference_s")
 
 
 def test_cold_start(infermatrix_case: Case, request: pytest.FixtureRequest, benchmark: Any) -> None:
     runs = request.config.stash.setdefault(isolated_key, IsolatedRuns())
-    latency_module = Path(__file__).with_name("test_latency.py")
-    run = runs.get(request.config, latency_module, infermatrix_case.id, infermatrix_case.backend.framework_module)
+    # the latency scenario's test of this case, alone in a fresh process
+    latency = FreshRun.of_test(Path(__file__).with_name("test_latency.py"), "test_latency", "latency",
+                               infermatrix_case.id)
+    run = runs.get(request.config, latency, infermatrix_case.backend.framework_module)
     child = run.result
     assert child.prepare_s is not None and child.first_inference_s is not None, child
     total = (run.framework_import_s or 0.0) + child.prepare_s + child.first_inference_s
     backend_config = dict(child.backend_config or {})
     benchmark.group = f"cold-start-{infermatrix_case.model.name}-b{infermatrix_case.batch_size}"
-    write(benchmark, infermatrix_case, "cold-start", {
+    write(benchmark, infermatrix_case, SCENARIO.name, {
         "backend_version": child.backend_version,
         "framework_import_s": run.framework_import_s,
         **{phase: getattr(child, phase) for phase in PHASES},

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from infermatrix.plugin import CaseHandle
+from infermatrix.generation import GENERATION, PreparedGeneration
+from infermatrix.scenario import Prepared, Scenario
 from infermatrix.timing import TimingPolicy
 
-pytestmark = pytest.mark.infermatrix_scenario("generate")
+
+def measure(prepared: PreparedGeneration, benchmark: Any, policy: TimingPolicy) -> dict[str, Any]:
+    return prepared.generate(benchmark, policy)
 
 
-def test_generate(infermatrix_prepared: CaseHandle, infermatrix_policy: TimingPolicy, benchmark: Any) -> None:
-    results = infermatrix_prepared.generate(benchmark, infermatrix_policy)  # type: ignore[union-attr]
+SCENARIO = Scenario("generate", GENERATION, default=True, order=0, measure=measure)
+pytestmark = SCENARIO.mark()
+
+
+def test_generate(infermatrix_prepared: Prepared, infermatrix_policy: TimingPolicy, benchmark: Any) -> None:
+    results = infermatrix_prepared.run(SCENARIO, benchmark, infermatrix_policy)
     for config, figures in results.items():
         assert figures["ttft_ms"] > 0 and figures["e2e_tokens_per_s"] > 0, (config, figures)

@@ -12,23 +12,29 @@ from typing import Any
 
 import pytest
 
-from infermatrix.isolated import repeat_info
-from infermatrix.plugin import CaseHandle
+from infermatrix.isolated import FreshRun, repeat_info
+from infermatrix.runner import FORWARD, measure_latency
+from infermatrix.scenario import Prepared, Scenario
 from infermatrix.timing import TimingPolicy
 
-pytestmark = pytest.mark.infermatrix_scenario("latency")
+SCENARIO = Scenario("latency", FORWARD, default=True, order=0, measure=measure_latency)
+pytestmark = SCENARIO.mark()
+
+
+def fresh_run(case_id: str) -> FreshRun:
+    """This test for one case, as a fresh process runs it (cold start, memory, --repeats)."""
+    return FreshRun.of_test(Path(__file__), "test_latency", SCENARIO.name, case_id)
 
 
 def test_latency(
-    infermatrix_prepared: CaseHandle, infermatrix_policy: TimingPolicy, request: pytest.FixtureRequest,
-    benchmark: Any,
+    infermatrix_prepared: Prepared, infermatrix_policy: TimingPolicy, request: pytest.FixtureRequest, benchmark: Any,
 ) -> None:
-    timing = infermatrix_prepared.latency(benchmark, infermatrix_policy)
+    timing = infermatrix_prepared.run(SCENARIO, benchmark, infermatrix_policy)
     if not timing.samples_s:  # only under --benchmark-disable
         return
     assert timing.median_s > 0, f"{infermatrix_prepared.case.id}: a zero median means the timer saw no work"
     repeats = request.config.getoption("--repeats")
     if repeats > 0:
         infermatrix_prepared.extra_info.update(
-            repeat_info(request.config, Path(__file__), infermatrix_prepared.case.id, repeats, timing.median_s)
+            repeat_info(request.config, fresh_run(infermatrix_prepared.case.id), repeats, timing.median_s)
         )

@@ -14,23 +14,29 @@ from typing import Any
 
 import pytest
 
-from infermatrix.isolated import IsolatedRuns, isolated_key
+from infermatrix.isolated import FreshRun, IsolatedRuns, isolated_key
 from infermatrix.results import write
+from infermatrix.runner import FORWARD
+from infermatrix.scenario import Scenario
 from infermatrix.timing import benchmark_recorder
 from infermatrix.types import Case
 
-pytestmark = pytest.mark.infermatrix_scenario("memory")
+# Opt-in (a new process per case); runs after the in-process scenarios of its case.
+SCENARIO = Scenario("memory", FORWARD, default=False, order=3)
+pytestmark = SCENARIO.mark()
 
 
 def test_memory(infermatrix_case: Case, request: pytest.FixtureRequest, benchmark: Any) -> None:
     runs = request.config.stash.setdefault(isolated_key, IsolatedRuns())
-    latency_module = Path(__file__).with_name("test_latency.py")
-    run = runs.get(request.config, latency_module, infermatrix_case.id, infermatrix_case.backend.framework_module)
+    # the latency scenario's test of this case, alone in a fresh process
+    latency = FreshRun.of_test(Path(__file__).with_name("test_latency.py"), "test_latency", "latency",
+                               infermatrix_case.id)
+    run = runs.get(request.config, latency, infermatrix_case.backend.framework_module)
     child = run.result
     # every memory figure the child's hooks measured, typed or not yet a field of the record
     memory = {k: v for k, v in child.to_extra_info().items() if k.startswith("memory_")}
     benchmark.group = f"memory-{infermatrix_case.model.name}-b{infermatrix_case.batch_size}"
-    write(benchmark, infermatrix_case, "memory", {
+    write(benchmark, infermatrix_case, SCENARIO.name, {
         "backend_version": child.backend_version,
         **memory,
         "model_size_bytes": child.model_size_bytes,

@@ -12,11 +12,18 @@ from typing import Any
 
 import pytest
 
-from infermatrix.plugin import CaseHandle
+from infermatrix.runner import FORWARD, PreparedCase, measure_throughput
+from infermatrix.scenario import Prepared, Scenario
 
-pytestmark = pytest.mark.infermatrix_scenario("throughput")
+
+def measure(prepared: PreparedCase, benchmark: Any, duration_s: float) -> list[dict[str, Any]]:
+    return [r.as_dict() for r in measure_throughput(prepared, benchmark, duration_s)]
 
 
-def test_throughput(infermatrix_prepared: CaseHandle, request: pytest.FixtureRequest, benchmark: Any) -> None:
-    results = infermatrix_prepared.throughput(benchmark, request.config.getoption("--throughput-time"))
+SCENARIO = Scenario("throughput", FORWARD, default=True, order=1, measure=measure)
+pytestmark = SCENARIO.mark()
+
+
+def test_throughput(infermatrix_prepared: Prepared, request: pytest.FixtureRequest, benchmark: Any) -> None:
+    results = infermatrix_prepared.run(SCENARIO, benchmark, request.config.getoption("--throughput-time"))
     assert all(r["samples_per_s"] > 0 for r in results), results

@@ -1,11 +1,13 @@
 """Shared constants of the project's tests."""
 
+import re
+
 #: Fast timing for tests whose subject is not the figures themselves.
 FAST = ["--min-rounds=3", "--min-time=0.01", "--max-time=0.05"]
 
 
 #: The JSON-schema keywords ``schema_violations`` checks; the schema test keeps the schema to them.
-SCHEMA_KEYWORDS = {"description", "type", "enum", "const", "minimum", "items", "additionalProperties"}
+SCHEMA_KEYWORDS = {"description", "type", "enum", "const", "minimum", "items", "additionalProperties", "pattern"}
 
 
 def schema_violations(info: dict) -> list[str]:
@@ -35,6 +37,8 @@ def schema_violations(info: dict) -> list[str]:
         found = []
         if "enum" in rule and value not in rule["enum"]:
             found.append(f"{where}={value!r} not in {rule['enum']}")
+        if "pattern" in rule and isinstance(value, str) and not re.search(rule["pattern"], value):
+            found.append(f"{where}={value!r} does not match {rule['pattern']}")
         if "const" in rule and value != rule["const"]:
             found.append(f"{where}={value!r} != {rule['const']!r}")
         if "minimum" in rule and value is not None and value < rule["minimum"]:

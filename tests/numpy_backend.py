@@ -164,13 +164,18 @@ class NumpyGenerator:
 
 
 @pytest.hookimpl
-def pytest_infermatrix_prepare(
-    backend: BackendInfo, model: ModelSpec, target: Target, context: PrepareContext
-) -> NumpySession | NumpyGenerator | None:
+def pytest_infermatrix_prepare_generation(backend: BackendInfo, context: PrepareContext) -> NumpyGenerator | None:
     if backend.name != "numpy":
         return None
-    if model.task == "generation":
-        return NumpyGenerator(config={"rule": "counting", "threads": context.threads}, times=PrepareTimes())
+    return NumpyGenerator(config={"rule": "counting", "threads": context.threads}, times=PrepareTimes())
+
+
+@pytest.hookimpl
+def pytest_infermatrix_prepare(
+    backend: BackendInfo, model: ModelSpec, target: Target, context: PrepareContext
+) -> NumpySession | None:
+    if backend.name != "numpy":
+        return None
     log = os.environ.get("NUMPY_BACKEND_PREPARE_LOG")
     if log:  # lets tests count how often a case is prepared
         with open(log, "a") as fh:

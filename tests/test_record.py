@@ -4,13 +4,14 @@ it, and result files from before it existed."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import SCHEMA_KEYWORDS, schema_violations
 
-from infermatrix import plugin
-from infermatrix.results import SCENARIOS, SCHEMA_PATH, SCHEMA_VERSION, CaseResult, RecordError
+from infermatrix.results import SCENARIO_NAME, SCHEMA_PATH, SCHEMA_VERSION, CaseResult, RecordError
 from infermatrix.results.record import FIELD_KINDS, IDENTITY
 
 JSON_TYPE = {str: "string", int: "integer", float: "number", dict: "object", tuple: "array", bool: "boolean"}
@@ -22,7 +23,7 @@ def test_the_schema_file_describes_the_dataclass_field_for_field() -> None:
     assert set(properties) == {"record_version", *FIELD_KINDS}, "schema and CaseResult name different fields"
     assert schema["required"] == ["record_version", *IDENTITY]
     assert properties["record_version"]["const"] == SCHEMA_VERSION
-    assert properties["scenario"]["enum"] == list(SCENARIOS)
+    assert properties["scenario"]["pattern"] == SCENARIO_NAME
     for name, (kind, optional) in FIELD_KINDS.items():
         expected = [JSON_TYPE[kind], "null"] if optional else JSON_TYPE[kind]
         assert properties[name]["type"] == expected, name
@@ -61,7 +62,7 @@ def test_a_record_round_trips_through_extra_info_and_conforms_to_the_schema() ->
 
 def test_the_validator_sees_what_breaks_the_schema() -> None:
     info = latency_record().to_extra_info()
-    broken = {**info, "batch_size": "4", "scenario": "soak", "repeat_medians_ms": [1.0, "x"]}
+    broken = {**info, "batch_size": "4", "scenario": "Soak Test", "repeat_medians_ms": [1.0, "x"]}
     del broken["model"]
     found = schema_violations(broken)
     assert any("'model'" in f for f in found) and any(f.startswith("batch_size=") for f in found)
@@ -94,8 +95,8 @@ def test_old_files_are_read_with_identity_from_the_case_id_and_scenario_from_the
     ({"name": "x", "extra_info": {"case_id": "not a case id"}}, "is not model-backend-device-precision-bN"),
     ({"name": "x", "extra_info": {"case_id": "m-b-cpu-fp32-b1", "record_version": SCHEMA_VERSION + 1}},
      "newer than this infermatrix reads"),
-    ({"name": "x", "extra_info": {"case_id": "m-b-cpu-fp32-b1", "scenario": "soak"}},
-     "unknown scenario 'soak'; valid: latency, throughput, cold-start, memory, generate"),
+    ({"name": "x", "extra_info": {"case_id": "m-b-cpu-fp32-b1", "scenario": "Soak Test"}},
+     "'Soak Test' is not a scenario name"),
     ({"name": "x", "extra_info": {"case_id": "m-b-cpu-fp32-b1", "latency_p50_ms": "fast"}},
      "field 'latency_p50_ms' = 'fast' is not a float"),
 ])
@@ -104,5 +105,21 @@ def test_what_cannot_be_read_is_an_error_that_names_it(bench: dict[str, Any], me
         CaseResult.from_benchmark(bench)
 
 
-def test_the_suites_scenarios_are_the_records() -> None:
-    assert plugin.SCENARIOS == SCENARIOS
+def test_every_scenario_module_names_a_scenario_the_record_takes() -> None:
+    """Adding a scenario is a module under suites/: its name must be one a record can hold."""
+    import importlib.util
+
+    from infermatrix.scenario import Scenario
+
+    names = []
+    for module_path in sorted((Path(__file__).parent.parent / "suites").glob("test_*.py")):
+        spec = importlib.util.spec_from_file_location(f"_suite_{module_path.stem}", module_path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert isinstance(module.SCENARIO, Scenario), module_path
+        assert module.pytestmark.args == (module.SCENARIO,), f"{module_path}: pytestmark = SCENARIO.mark()"
+        names.append(module.SCENARIO.name)
+    assert sorted(names) == sorted(set(names)) and len(names) >= 5
+    for name in names:
+        assert re.match(SCENARIO_NAME, name), name

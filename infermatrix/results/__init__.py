@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from infermatrix.results.record import SCENARIOS, SCHEMA_PATH, SCHEMA_VERSION, CaseResult, RecordError, write
+from infermatrix.results.record import SCENARIO_NAME, SCHEMA_PATH, SCHEMA_VERSION, CaseResult, RecordError, write
 
-__all__ = ["SCENARIOS", "SCHEMA_PATH", "SCHEMA_VERSION", "CaseResult", "RecordError", "write"]
+__all__ = ["SCENARIO_NAME", "SCHEMA_PATH", "SCHEMA_VERSION", "CaseResult", "RecordError", "write"]

@@ -148,8 +148,6 @@ def pytest_infermatrix_prepare(
 ) -> OrtSession | None:
     if backend.name != NAME:
         return None
-    if model.task == "generation":
-        return prepare_generation(model, target, context)  # type: ignore[return-value]
     import onnxruntime as ort
 
     times = PrepareTimes()
@@ -244,6 +242,15 @@ class GenAISession:
 
     def close(self) -> None:
         self.model = None
+
+
+@pytest.hookimpl
+def pytest_infermatrix_prepare_generation(
+    backend: BackendInfo, model: ModelSpec, target: Target, context: PrepareContext
+) -> GenAISession | None:
+    if backend.name != NAME:
+        return None
+    return prepare_generation(model, target, context)
 
 
 def prepare_generation(model: ModelSpec, target: Target, context: PrepareContext) -> GenAISession:

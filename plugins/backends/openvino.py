@@ -195,8 +195,6 @@ def pytest_infermatrix_prepare(
 ) -> OpenVinoSession | None:
     if backend.name != NAME:
         return None
-    if model.task == "generation":
-        return prepare_generation(model, target, batch_size, context)
     import openvino as ov
 
     times = PrepareTimes()
@@ -311,6 +309,15 @@ def _group_size(config: Mapping[str, Any]) -> int:
     """int4 groups must divide every layer's width (688-wide MLPs refuse the default 128)."""
     widths = [int(config["hidden_size"]), int(config["intermediate_size"])]
     return next(g for g in (128, 64, 32, 16) if all(w % g == 0 for w in widths))
+
+
+@pytest.hookimpl
+def pytest_infermatrix_prepare_generation(
+    backend: BackendInfo, model: ModelSpec, target: Target, batch_size: int, context: PrepareContext
+) -> GenAISession | None:
+    if backend.name != NAME:
+        return None
+    return prepare_generation(model, target, batch_size, context)
 
 
 def prepare_generation(model: ModelSpec, target: Target, batch_size: int, context: PrepareContext) -> GenAISession:

@@ -281,8 +281,6 @@ def pytest_infermatrix_prepare(
 ) -> TorchSession | None:
     if backend.name not in VARIANTS:
         return None
-    if model.task == "generation":
-        return prepare_generation(model, target, context)
     import torch
 
     times = PrepareTimes()
@@ -414,6 +412,15 @@ class TorchGeneration:
 
     def close(self) -> None:
         self.model = None
+
+
+@pytest.hookimpl
+def pytest_infermatrix_prepare_generation(
+    backend: BackendInfo, model: ModelSpec, target: Target, context: PrepareContext
+) -> TorchGeneration | None:
+    if backend.name not in VARIANTS:
+        return None
+    return prepare_generation(model, target, context)
 
 
 def prepare_generation(model: ModelSpec, target: Target, context: PrepareContext) -> TorchGeneration:
