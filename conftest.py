@@ -8,4 +8,4 @@ group (see README).
 
 from plugins import BUILTIN_PLUGINS
 
-pytest_plugins = ["infermatrix.plugin", *BUILTIN_PLUGINS]
+pytest_plugins = ["infermatrix.pytest_plugin.plugin", *BUILTIN_PLUGINS]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pluggy
 
-from infermatrix.types import MemoryReport, Session
+from infermatrix.api.types import MemoryReport, Session
 
 hookimpl = pluggy.HookimplMarker("pytest")
 
@@ -17,7 +17,7 @@ def pytest_infermatrix_memory(session: Session, baseline_rss_bytes: int) -> Memo
     """Host memory only: RSS now minus before the case, and the process's peak RSS."""
     import resource
 
-    from infermatrix.runner import process_rss_bytes
+    from infermatrix.case.runner import process_rss_bytes
 
     rss = process_rss_bytes()
     peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -1,12 +1,12 @@
 """The one plugin host: how every process of infermatrix finds its plugins.
 
 pytest's run registers the hook specs and plugins through its own plugin manager
-(:mod:`infermatrix.plugin`); the worker processes and the command-line tools have no
+(:mod:`infermatrix.pytest_plugin.plugin`); the worker processes and the command-line tools have no
 pytest run, so they build the same set here — the hook specs, the built-in plugins of
 :data:`plugins.BUILTIN_PLUGINS`, the ``infermatrix`` entry-point group, and the core's
 own ``trylast`` defaults — with :func:`plugin_manager`. What the plugins announce is
 flattened in one place (:func:`announced`), and hooks never receive ``pytest.Config``:
-they get the frozen, picklable :class:`~infermatrix.types.RunOptions`.
+they get the frozen, picklable :class:`~infermatrix.api.types.RunOptions`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 import pluggy
 
-from infermatrix import hookspec
-from infermatrix.types import BackendInfo, ModelSpec
+from infermatrix.api import hookspec
+from infermatrix.api.types import BackendInfo, ModelSpec
 
 #: Outside packages announce plugins under this entry-point group.
 ENTRY_POINT_GROUP = "infermatrix"

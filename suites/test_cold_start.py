@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from infermatrix.isolated import FreshRun, IsolatedRuns, isolated_key
+from infermatrix.api.scenario import Scenario
+from infermatrix.api.types import Case
+from infermatrix.case.runner import FORWARD
+from infermatrix.isolation.fresh import FreshRun, IsolatedRuns, isolated_key
+from infermatrix.measure.timing import benchmark_recorder
 from infermatrix.results import write
-from infermatrix.runner import FORWARD
-from infermatrix.scenario import Scenario
-from infermatrix.timing import benchmark_recorder
-from infermatrix.types import Case
 
 # Opt-in (a new process per case); runs after the in-process scenarios of its case.
 SCENARIO = Scenario("cold-start", FORWARD, default=False, order=2)

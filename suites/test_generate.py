@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from infermatrix.generation import GENERATION, PreparedGeneration
-from infermatrix.scenario import Prepared, Scenario
-from infermatrix.timing import TimingPolicy
+from infermatrix.api.scenario import Prepared, Scenario
+from infermatrix.case.generation import GENERATION, PreparedGeneration
+from infermatrix.measure.timing import TimingPolicy
 
 
 def measure(prepared: PreparedGeneration, benchmark: Any, policy: TimingPolicy) -> dict[str, Any]:

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from infermatrix.isolated import FreshRun, repeat_info
-from infermatrix.runner import FORWARD, measure_latency
-from infermatrix.scenario import Prepared, Scenario
-from infermatrix.timing import TimingPolicy
+from infermatrix.api.scenario import Prepared, Scenario
+from infermatrix.case.runner import FORWARD, measure_latency
+from infermatrix.isolation.fresh import FreshRun, repeat_info
+from infermatrix.measure.timing import TimingPolicy
 
 SCENARIO = Scenario("latency", FORWARD, default=True, order=0, measure=measure_latency)
 pytestmark = SCENARIO.mark()

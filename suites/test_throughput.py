@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from infermatrix.runner import FORWARD, PreparedCase, measure_throughput
-from infermatrix.scenario import Prepared, Scenario
+from infermatrix.api.scenario import Prepared, Scenario
+from infermatrix.case.runner import FORWARD, PreparedCase, measure_throughput
 
 
 def measure(prepared: PreparedCase, benchmark: Any, duration_s: float) -> list[dict[str, Any]]:

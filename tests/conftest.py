@@ -26,7 +26,7 @@ TESTS = Path(__file__).resolve().parent
 def suite(pytester: pytest.Pytester) -> pytest.Pytester:
     """A pytester project with the core plugin, the numpy test backend and the latency suite."""
     pytester.syspathinsert(TESTS)
-    pytester.makeconftest('pytest_plugins = ["infermatrix.plugin", "numpy_backend"]\n')
+    pytester.makeconftest('pytest_plugins = ["infermatrix.pytest_plugin.plugin", "numpy_backend"]\n')
     shutil.copy(REPO / "suites" / "test_latency.py", pytester.path / "test_latency.py")
     pytester.makeini("[pytest]\naddopts = -p no:cacheprovider\n")
     return pytester

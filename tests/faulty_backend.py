@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from numpy_backend import weights
 
-from infermatrix.types import FORM_NUMPY, Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
+from infermatrix.api.types import FORM_NUMPY, Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
 
 FAULTS = ("segfault", "abort", "hang", "oom", "nan", "cudaoom")
 

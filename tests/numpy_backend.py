@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infermatrix.announce import announce_backend
-from infermatrix.generation import Generated, GenerationSpec, prompt_ids, sweep
-from infermatrix.types import (
+from infermatrix.api.announce import announce_backend
+from infermatrix.api.types import (
     FORM_GENERATION,
     FORM_NUMPY,
     Arrays,
@@ -35,6 +34,7 @@ from infermatrix.types import (
     PrepareTimes,
     Target,
 )
+from infermatrix.case.generation import Generated, GenerationSpec, prompt_ids, sweep
 
 FEATURES, CLASSES = 64, 10
 
@@ -144,7 +144,7 @@ class NumpySession:
 
 @dataclasses.dataclass
 class NumpyGenerator:
-    """tinygen's session: the generation interface (``infermatrix.generation.GenerationSession``)."""
+    """tinygen's session: the generation interface (``infermatrix.case.generation.GenerationSession``)."""
 
     config: dict[str, Any]
     times: PrepareTimes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infermatrix.accuracy import TOLERANCES, compare_outputs
+from infermatrix.gate.accuracy import TOLERANCES, compare_outputs
 
 
 def logits(seed: int = 0, n: int = 8, classes: int = 100) -> np.ndarray:

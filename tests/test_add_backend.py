@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import pytest
 
-from infermatrix.announce import announce_backend
-from infermatrix.types import BackendInfo
+from infermatrix.api.announce import announce_backend
+from infermatrix.api.types import BackendInfo
 
 
 @pytest.hookimpl

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import FAST
 
-from infermatrix import baselines
+from infermatrix.results import baselines
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -31,7 +31,7 @@ QUICK = [*FAST, "--throughput-time=0.05", "--batch-sizes=1"]
 @pytest.fixture
 def faulty(suite: pytest.Pytester) -> pytest.Pytester:
     """The numpy test backend, the faulty backends, latency and throughput scenarios."""
-    suite.makeconftest('pytest_plugins = ["infermatrix.plugin", "numpy_backend", "faulty_backend"]\n')
+    suite.makeconftest('pytest_plugins = ["infermatrix.pytest_plugin.plugin", "numpy_backend", "faulty_backend"]\n')
     shutil.copy(REPO / "suites" / "test_throughput.py", suite.path / "test_throughput.py")
     return suite
 
@@ -146,8 +146,8 @@ def test_a_bad_weights_file_is_an_error_naming_it(tmp_path: Path, damage: str) -
 
     from tiny_torch_model import TINY_CNN
 
-    from infermatrix.reference import build_torch_model
-    from infermatrix.types import WeightsError
+    from infermatrix.api.types import WeightsError
+    from infermatrix.gate.reference import build_torch_model
 
     path = tmp_path / "weights.pt"
     torch.save(TINY_CNN.build_torch().state_dict(), path)
@@ -193,7 +193,7 @@ def test_plaidml_never_set_up_runs_without_touching_the_users_configuration(tmp_
     import sys as _sys
 
     _sys.path.insert(0, str(REPO))
-    from infermatrix.reference import reference_outputs
+    from infermatrix.gate.reference import reference_outputs
     from plugins.models.resnet import MODELS
 
     cache, home = tmp_path / "cache", tmp_path / "home"
@@ -307,7 +307,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_half_file(tmp_path: Path) ->
 WRITER = """
 import json, sys
 from pathlib import Path
-from infermatrix import baselines
+from infermatrix.results import baselines
 run = json.loads(Path(sys.argv[1]).read_text())
 print("ready", flush=True)
 for _ in range(int(sys.argv[3])):

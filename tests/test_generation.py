@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infermatrix.generation import Generated, compare_tokens, corpus, figures, prompt_ids
+from infermatrix.case.generation import Generated, compare_tokens, corpus, figures, prompt_ids
 
 REPO = Path(__file__).resolve().parent.parent
 

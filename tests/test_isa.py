@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infermatrix import baselines
 from infermatrix.machine import Isa, isa, machine_summary
+from infermatrix.results import baselines
 
 AVX2_ONLY = frozenset({"avx", "avx2", "fma", "f16c"})  # Zen 3, Haswell..Comet Lake
 AVX512_NO_VNNI = AVX2_ONLY | {"avx512f", "avx512bw", "avx512vl"}  # Skylake-SP
@@ -63,7 +63,7 @@ def test_this_process_reads_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("name", CPUS)
 def test_each_backend_int8_recipe_follows_the_cpu(name: str) -> None:
     pytest.importorskip("onnxruntime")
-    from infermatrix.onnx_quant import cpu_int8_recipe
+    from infermatrix.forms.onnx_quant import cpu_int8_recipe
     from plugins.backends.openvino import int8_overflow_fix
     from plugins.backends.torch import int8_reduce_range
 
@@ -122,7 +122,7 @@ def test_this_machine_records_its_isa_and_identity() -> None:
 
 
 def test_report_machine_section_names_the_isa() -> None:
-    from infermatrix.report import machine_lines
+    from infermatrix.report.write import machine_lines
 
     lines = "\n".join(machine_lines({"machine_info": _machine(isa={flag: True for flag in AVX2_ONLY})}))
     assert "family 25 model 17" in lines
@@ -168,10 +168,10 @@ def test_int8_on_real_avx2_kernels(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny_torch_model import TINY_CNN
 
-    from infermatrix.onnx_export import onnx_model
-    from infermatrix.onnx_quant import cpu_int8_recipe, quantize_static_qdq
-    from infermatrix.onnx_variants import graph_variant
-    from infermatrix.reference import accuracy_inputs
+    from infermatrix.forms.onnx_export import onnx_model
+    from infermatrix.forms.onnx_quant import cpu_int8_recipe, quantize_static_qdq
+    from infermatrix.forms.onnx_variants import graph_variant
+    from infermatrix.gate.reference import accuracy_inputs
 
     cache = tmp_path / "cache"
     source, _ = onnx_model(TINY_CNN, cache)
@@ -214,10 +214,10 @@ OPENVINO_UNDER_AVX2_CAP = textwrap.dedent("""
     from pathlib import Path
     sys.path[:0] = sys.argv[2:4]
     from tiny_torch_model import TINY_CNN
-    from infermatrix.reference import accuracy_inputs, reference_outputs
-    from infermatrix.runner import run_in_batches
-    from infermatrix.accuracy import compare_outputs
-    from infermatrix.types import BackendInfo, PrepareContext, RunOptions, Target
+    from infermatrix.gate.reference import accuracy_inputs, reference_outputs
+    from infermatrix.case.runner import run_in_batches
+    from infermatrix.gate.accuracy import compare_outputs
+    from infermatrix.api.types import BackendInfo, PrepareContext, RunOptions, Target
     from plugins.backends import openvino as backend
     folder = Path(sys.argv[1])
     session = backend.pytest_infermatrix_prepare(

@@ -39,7 +39,7 @@ sys.path.insert(0, sys.argv[1])
 import keras
 from plugins.models.resnet import MODELS
 from infermatrix.forms.keras import load_torch_state
-from infermatrix.reference import torch_state
+from infermatrix.gate.reference import torch_state
 state = dict(torch_state(MODELS[0], Path(sys.argv[2])))
 del state["layer2.0.bn1.running_var"]
 try:
@@ -51,7 +51,7 @@ except KeyError as exc:
 
 def test_a_partial_weight_set_is_refused(cache: Path) -> None:
     needs_tensorflow()
-    from infermatrix.reference import reference_outputs
+    from infermatrix.gate.reference import reference_outputs
 
     reference_outputs(model_spec("resnet18"), 8, cache)  # the weights, made with torch in this process
     # Keras (TensorFlow) in a process of its own: TensorFlow beside torch crashed processes here
@@ -111,7 +111,7 @@ def plaidml_python() -> str:
 
 def test_plaidml_gives_torchs_logits_for_every_keras_model_without_any_setup(cache: Path, tmp_path: Path) -> None:
     python = plaidml_python()
-    from infermatrix.reference import reference_outputs
+    from infermatrix.gate.reference import reference_outputs
 
     for name in KERAS_MODELS:  # the PlaidML environment has no torch: it reads weights and references here
         reference_outputs(model_spec(name), 8, cache)

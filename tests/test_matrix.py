@@ -7,7 +7,7 @@ import re
 import pytest
 from helpers import FAST
 
-from infermatrix.plugin import case_id_pattern
+from infermatrix.pytest_plugin.plugin import case_id_pattern
 
 ALL_NUMPY_IDS = {
     "tinymlp-numpy-cpu-fp32-b1", "tinymlp-numpy-cpu-fp32-b4",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infermatrix.paired import interleaved
+from infermatrix.measure.paired import interleaved
 
 
 @pytest.mark.parametrize("blocks", [False, True])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infermatrix import hookspec
+from infermatrix.api import hookspec
 
 TESTS = Path(__file__).resolve().parent
 
@@ -30,7 +30,7 @@ def write_outside_package(root) -> None:
     (root / "toy_infermatrix_backend.py").write_text(textwrap.dedent('''
         import numpy as np
         import pytest
-        from infermatrix.types import BackendInfo, PrepareTimes, Target
+        from infermatrix.api.types import BackendInfo, PrepareTimes, Target
 
         @pytest.hookimpl
         def pytest_infermatrix_backends():

@@ -109,7 +109,7 @@ def test_every_scenario_module_names_a_scenario_the_record_takes() -> None:
     """Adding a scenario is a module under suites/: its name must be one a record can hold."""
     import importlib.util
 
-    from infermatrix.scenario import Scenario
+    from infermatrix.api.scenario import Scenario
 
     names = []
     for module_path in sorted((Path(__file__).parent.parent / "suites").glob("test_*.py")):

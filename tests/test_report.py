@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import FAST, schema_violations
 
-from infermatrix.report import main as report
-from infermatrix.report import merge_runs, rows
+from infermatrix.cli.report import main as report
+from infermatrix.report.data import merge_runs, rows
 
 #: The scenario modules this test copies and runs; each must reach the report.
 SCENARIOS = ("latency", "throughput", "cold-start", "memory", "generate")

@@ -16,8 +16,8 @@ pytest.importorskip("onnxconverter_common")
 
 from tiny_torch_model import TINY_CNN  # noqa: E402
 
-from infermatrix.onnx_variants import check_on_cpu, graph_variant  # noqa: E402
-from infermatrix.types import BackendInfo  # noqa: E402
+from infermatrix.api.types import BackendInfo  # noqa: E402
+from infermatrix.forms.onnx_variants import check_on_cpu, graph_variant  # noqa: E402
 from plugins.backends import tensorrt as trt_backend  # noqa: E402
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from infermatrix.timing import TimingPolicy, median_confidence_interval, timed_rounds, warm_up
+from infermatrix.measure.timing import TimingPolicy, median_confidence_interval, timed_rounds, warm_up
 
 
 class FakeClock:

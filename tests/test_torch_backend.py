@@ -65,7 +65,7 @@ def test_torch_targets_say_why_a_precision_cannot_run_here() -> None:
 
 
 def test_seeded_weights_do_not_depend_on_torch_rng(tmp_path: Path) -> None:
-    from infermatrix.reference import build_torch_model
+    from infermatrix.gate.reference import build_torch_model
     from plugins.models.mobilenet import MODELS
 
     (model,) = MODELS
@@ -84,7 +84,7 @@ def test_user_weights_replace_the_seeded_ones_and_bad_ones_name_the_file(tmp_pat
 
     from tiny_torch_model import TINY_CNN
 
-    from infermatrix.reference import build_torch_model
+    from infermatrix.gate.reference import build_torch_model
 
     seeded = build_torch_model(TINY_CNN, tmp_path / "cache")
     mine = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in seeded.state_dict().items()}

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from helpers import FAST
 
-from infermatrix import baselines, verdicts
+from infermatrix.case.runner import PreparedCase
 from infermatrix.cli import main as cli
-from infermatrix.paired import interleaved
-from infermatrix.runner import PreparedCase
+from infermatrix.measure.paired import interleaved
+from infermatrix.results import baselines, verdicts
 
 MACHINE = {"infermatrix": {"cpu_model": "Test CPU", "cpu_physical_cores": 2, "gpus": [], "os": "Linux",
                            "arch": "x86_64"}}

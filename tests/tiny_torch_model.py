@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infermatrix.types import FORM_TORCH, InputSpec, ModelSpec
+from infermatrix.api.types import FORM_TORCH, InputSpec, ModelSpec
 
 
 def build() -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from infermatrix.types import Command
+from infermatrix.api.types import Command
 
 #: The core's commands: name -> (module under infermatrix.cli, one line of help).
 COMMANDS = {

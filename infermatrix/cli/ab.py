@@ -4,7 +4,7 @@
         [--a-python PY --a-rootdir DIR --a-threads N --a-inject-slowdown P] \\
         [--b-python PY --b-rootdir DIR --b-threads N --b-inject-slowdown P] [--json]
 
-Each side is a worker process holding the prepared case (infermatrix.abworker): another
+Each side is a worker process holding the prepared case (infermatrix.isolation.abworker): another
 environment (``--b-python .tox/onnxruntime/bin/python``), another checkout
 (``--b-rootdir`` of a ``git worktree`` at the commit to compare), or another
 configuration. The driver runs randomized multiple interleaved trials: in every trial
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from infermatrix.paired import interleaved_blocks
-from infermatrix.verdicts import Estimate, Policy, Verdict, decide, table
+from infermatrix.measure.paired import interleaved_blocks
+from infermatrix.results.verdicts import Estimate, Policy, Verdict, decide, table
 
 
 @dataclasses.dataclass
@@ -45,7 +45,7 @@ class Side:
     inject_slowdown: float
 
     def start(self, case_id: str) -> subprocess.Popen[str]:
-        cmd = [self.python, "-m", "infermatrix.abworker", "--rootdir", str(self.rootdir), "--case", case_id,
+        cmd = [self.python, "-m", "infermatrix.isolation.abworker", "--rootdir", str(self.rootdir), "--case", case_id,
                "--inject-slowdown", str(self.inject_slowdown)]
         if self.threads:
             cmd += ["--threads", str(self.threads)]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from infermatrix import baselines
+from infermatrix.results import baselines
 
 
 def main(argv: list[str] | None = None) -> int:

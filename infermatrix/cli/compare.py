@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from infermatrix import baselines, verdicts
+from infermatrix.results import baselines, verdicts
 
 
 def main(argv: list[str] | None = None) -> int:

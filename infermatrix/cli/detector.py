@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from infermatrix import verdicts
 from infermatrix.cli import ab
+from infermatrix.results import verdicts
 
 
 @dataclasses.dataclass(frozen=True)

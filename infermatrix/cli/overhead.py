@@ -22,7 +22,7 @@ class NoOpSession:
     size_bytes = None
 
     def __init__(self) -> None:
-        from infermatrix.types import PrepareTimes
+        from infermatrix.api.types import PrepareTimes
 
         self.times = PrepareTimes()
 
@@ -43,7 +43,7 @@ def bare_loop(call: Any, n: int) -> float:
 def harness_loop(call: Any, n: int) -> float:
     from pytest_benchmark.stats import Stats
 
-    from infermatrix.timing import TimingPolicy, timed_rounds
+    from infermatrix.measure.timing import TimingPolicy, timed_rounds
 
     stats = Stats()  # type: ignore[no-untyped-call]
     # precision target unreachable and budget ample, so exactly n rounds run
@@ -54,7 +54,7 @@ def harness_loop(call: Any, n: int) -> float:
 
 
 def measure(n: int = 20_000, trials: int = 9) -> dict[str, float]:
-    from infermatrix.runner import PreparedCase
+    from infermatrix.case.runner import PreparedCase
 
     session = NoOpSession()
     inputs = {"x": np.zeros(1, dtype=np.float32)}

@@ -5,7 +5,7 @@
 
 Every side is prepared through the same hooks as in a pytest run (the one plugin host,
 :func:`infermatrix.host.plugin_manager`), checked against the fp32 reference, then all sides are timed in
-randomized interleaved trials (see infermatrix.paired). Ratios between sides from one
+randomized interleaved trials (see infermatrix.measure.paired). Ratios between sides from one
 such run are far steadier on a noisy machine than medians from separate runs.
 """
 
@@ -17,11 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from infermatrix import host, paired
+from infermatrix import host
+from infermatrix.api.types import RunOptions
 from infermatrix.cache import resolve_cache_dir
+from infermatrix.case.offline import prepare_side
 from infermatrix.machine import physical_cores
-from infermatrix.offline import prepare_side
-from infermatrix.types import RunOptions
+from infermatrix.measure import paired
 
 
 def main(argv: list[str] | None = None) -> int:

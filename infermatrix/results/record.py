@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from infermatrix.types import Case
+    from infermatrix.api.types import Case
 
 #: Bumped when a field changes meaning or type; adding an optional field does not need it
 #: (an older reader keeps the unknown key in ``extra``).
@@ -256,7 +256,7 @@ def _identity(data: Mapping[str, Any], name: str) -> dict[str, Any]:
     missing = [k for k in ("model", "backend", "device", "precision", "batch_size") if data.get(k) in (None, "")]
     if missing:
         # Imported here: the plugin imports the modules that write records (a cycle at import time).
-        from infermatrix.plugin import case_id_pattern
+        from infermatrix.pytest_plugin.plugin import case_id_pattern
 
         parsed = case_id_pattern().match(found["case_id"])
         if parsed is None:

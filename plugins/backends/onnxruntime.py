@@ -31,11 +31,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infermatrix.announce import announce_backend
-from infermatrix.machine import isa
-from infermatrix.onnx_export import onnx_model
-from infermatrix.onnx_quant import cpu_int8_recipe, quantize_dynamic_int8, quantize_static_qdq
-from infermatrix.types import (
+from infermatrix.api.announce import announce_backend
+from infermatrix.api.types import (
     FORM_GENERATION,
     FORM_TORCH,
     Arrays,
@@ -45,6 +42,9 @@ from infermatrix.types import (
     PrepareTimes,
     Target,
 )
+from infermatrix.forms.onnx_export import onnx_model
+from infermatrix.forms.onnx_quant import cpu_int8_recipe, quantize_dynamic_int8, quantize_static_qdq
+from infermatrix.machine import isa
 
 NAME = "onnxruntime"
 DEVICES = ("cpu", "cuda", "tensorrt")
@@ -116,7 +116,7 @@ class OrtSession:
         the cores are split, not oversubscribed."""
         import onnxruntime as ort
 
-        from infermatrix.throughput import ThroughputConfig
+        from infermatrix.measure.throughput import ThroughputConfig
 
         configs = []
         requests = 2
@@ -158,7 +158,7 @@ def pytest_infermatrix_prepare(
     recipe: dict[str, Any] = {}
     if target.precision == "fp16":
         # Precision lives in the graph: the fp16 variant, checked on the CPU first.
-        from infermatrix.onnx_variants import check_on_cpu, graph_variant
+        from infermatrix.forms.onnx_variants import check_on_cpu, graph_variant
 
         variant = graph_variant(model, "fp16", context.cache_root)
         report = check_on_cpu(variant, model, context.cache_root)
@@ -225,7 +225,7 @@ class GenAISession:
     def generate(self, ids: np.ndarray, new_tokens: int) -> Any:
         import onnxruntime_genai as og
 
-        from infermatrix.generation import Generated, TokenClock
+        from infermatrix.case.generation import Generated, TokenClock
 
         batch, length = ids.shape
         clock = TokenClock()  # starts here: the generator and its options are the per-request API
@@ -259,8 +259,8 @@ def prepare_generation(model: ModelSpec, target: Target, context: PrepareContext
 
     import onnxruntime_genai as og
 
-    from infermatrix.generation import exported, model_dir
-    from infermatrix.reference import ReferenceUnavailable
+    from infermatrix.case.generation import exported, model_dir
+    from infermatrix.gate.reference import ReferenceUnavailable
 
     folder = model_dir(model.name, model.generation, context.cache_root)
     name = f"onnxruntime-genai-{target.precision}"

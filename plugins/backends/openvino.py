@@ -27,10 +27,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infermatrix.announce import announce_backend
-from infermatrix.machine import Isa, isa
-from infermatrix.onnx_export import onnx_model
-from infermatrix.types import (
+from infermatrix.api.announce import announce_backend
+from infermatrix.api.types import (
     FORM_GENERATION,
     FORM_TORCH,
     Arrays,
@@ -41,6 +39,8 @@ from infermatrix.types import (
     PrepareTimes,
     Target,
 )
+from infermatrix.forms.onnx_export import onnx_model
+from infermatrix.machine import Isa, isa
 
 NAME = "openvino"
 DEVICES = ("cpu", "gpu", "npu")
@@ -128,7 +128,7 @@ class OpenVinoSession:
         requests as the plugin finds optimal, an ``AsyncInferQueue`` kept full."""
         import openvino as ov
 
-        from infermatrix.throughput import ThroughputConfig
+        from infermatrix.measure.throughput import ThroughputConfig
 
         properties = {**self.properties, "PERFORMANCE_HINT": "THROUGHPUT"}
         compiled = self.core.compile_model(self.ov_model, self.config["device"], properties)
@@ -277,7 +277,7 @@ class GenAISession:
         import openvino as ov
         import openvino_genai as ov_genai
 
-        from infermatrix.generation import Generated, TokenClock
+        from infermatrix.case.generation import Generated, TokenClock
 
         clock = TokenClock()
         stamp = clock.stamp
@@ -328,8 +328,8 @@ def prepare_generation(model: ModelSpec, target: Target, batch_size: int, contex
 
     import openvino_genai as ov_genai
 
-    from infermatrix.generation import exported, model_dir
-    from infermatrix.reference import ReferenceUnavailable
+    from infermatrix.case.generation import exported, model_dir
+    from infermatrix.gate.reference import ReferenceUnavailable
 
     spec = model.generation
     folder = model_dir(model.name, spec, context.cache_root)

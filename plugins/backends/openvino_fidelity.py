@@ -20,10 +20,10 @@ import tempfile
 from pathlib import Path
 
 from infermatrix import host
+from infermatrix.api.types import RunOptions
+from infermatrix.case.offline import prepare_side
 from infermatrix.machine import physical_cores
-from infermatrix.offline import prepare_side
-from infermatrix.timing import TimingPolicy, timed_rounds
-from infermatrix.types import RunOptions
+from infermatrix.measure.timing import TimingPolicy, timed_rounds
 
 MEDIAN_LINE = re.compile(r"Median:\s+([0-9.]+)\s*ms")
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from infermatrix.cache import resolve_cache_dir
-    from infermatrix.onnx_export import onnx_model
+    from infermatrix.forms.onnx_export import onnx_model
 
     rootdir = args.rootdir.resolve()
     threads = physical_cores()

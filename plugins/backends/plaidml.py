@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infermatrix.announce import announce_backend, installed_version
-from infermatrix.types import (
+from infermatrix.api.announce import announce_backend, installed_version
+from infermatrix.api.types import (
     FORM_KERAS,
     Arrays,
     BackendInfo,
@@ -182,7 +182,7 @@ def pytest_infermatrix_prepare(
         return None
     assert model.build_keras is not None  # the matrix skips models without one (forms=(FORM_KERAS,))
     from infermatrix.forms.keras import load_torch_state
-    from infermatrix.reference import torch_state
+    from infermatrix.gate.reference import torch_state
 
     normal, _ = plaidml_devices()
     settings = configure(target.device, experimental=target.device not in normal, workdir=context.workdir)

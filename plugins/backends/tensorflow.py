@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infermatrix.announce import announce_backend, installed_version
-from infermatrix.types import FORM_KERAS, Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
+from infermatrix.api.announce import announce_backend, installed_version
+from infermatrix.api.types import FORM_KERAS, Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
 
 NAMES = ("tensorflow", "tensorflow-xla")
 DEVICES = ("cpu", "cuda")
@@ -147,7 +147,7 @@ def pytest_infermatrix_prepare(
     assert model.build_keras is not None  # the matrix skips models without one (forms=(FORM_KERAS,))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from infermatrix.forms.keras import load_torch_state
-    from infermatrix.reference import torch_state
+    from infermatrix.gate.reference import torch_state
 
     started = time.perf_counter()
     import keras

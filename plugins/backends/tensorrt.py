@@ -11,7 +11,7 @@ The path:
   version has it (required for strong typing on 10.12–10.x, accepted and ignored on
   11.x where strong typing is always on) and EXPLICIT_BATCH only before 10.0.
 - Precision lives in the graph: fp32/tf32 use the exported graph, fp16 and int8 their
-  graph variants (infermatrix.onnx_variants). The weak-typing builder flags
+  graph variants (infermatrix.forms.onnx_variants). The weak-typing builder flags
   (``BuilderFlag.FP16``/``INT8``/``BF16``, calibrators) are never used; they are gone
   in 11.x. TF32 is the one math-mode flag: cleared for fp32, set for tf32.
 - ``set_memory_pool_limit(WORKSPACE)``, one optimization profile (min = opt = max = the
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infermatrix.announce import announce_backend
+from infermatrix.api.announce import announce_backend
+from infermatrix.api.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
 from infermatrix.cache import atomic_write_bytes
-from infermatrix.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
 
 NAME = "tensorrt"
 DEVICES = ("cuda",)
@@ -221,9 +221,9 @@ def pytest_infermatrix_prepare(
     import tensorrt as trt
     import torch
 
-    from infermatrix.onnx_export import onnx_model
-    from infermatrix.onnx_variants import check_on_cpu, graph_variant
-    from infermatrix.reference import model_cache
+    from infermatrix.forms.onnx_export import onnx_model
+    from infermatrix.forms.onnx_variants import check_on_cpu, graph_variant
+    from infermatrix.gate.reference import model_cache
 
     times = PrepareTimes()
     started = time.perf_counter()

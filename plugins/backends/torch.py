@@ -28,10 +28,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infermatrix.announce import announce_backend
-from infermatrix.machine import Isa, cpu_supports_bf16, isa
-from infermatrix.reference import build_torch_model
-from infermatrix.types import (
+from infermatrix.api.announce import announce_backend
+from infermatrix.api.types import (
     FORM_GENERATION,
     FORM_TORCH,
     Arrays,
@@ -42,6 +40,8 @@ from infermatrix.types import (
     PrepareTimes,
     Target,
 )
+from infermatrix.gate.reference import build_torch_model
+from infermatrix.machine import Isa, cpu_supports_bf16, isa
 
 EAGER = "torch"
 COMPILE = "torch-compile"
@@ -189,8 +189,8 @@ def pytest_infermatrix_memory(session: Any, baseline_rss_bytes: int) -> MemoryRe
 
     import torch
 
+    from infermatrix.case.runner import process_rss_bytes
     from infermatrix.machine import nvml_process_memory_bytes
-    from infermatrix.runner import process_rss_bytes
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return MemoryReport(
@@ -383,7 +383,7 @@ class TorchGeneration:
         import torch
         from transformers.generation.streamers import BaseStreamer
 
-        from infermatrix.generation import Generated, TokenClock
+        from infermatrix.case.generation import Generated, TokenClock
 
         clock = TokenClock()
         stamp = clock.stamp
@@ -427,7 +427,7 @@ def prepare_generation(model: ModelSpec, target: Target, context: PrepareContext
     import torch
     from transformers import AutoModelForCausalLM
 
-    from infermatrix.generation import model_dir
+    from infermatrix.case.generation import model_dir
 
     torch.set_num_threads(context.threads)
     times = PrepareTimes()

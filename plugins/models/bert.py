@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from infermatrix.types import FORM_TORCH, InputSpec, ModelSpec
+from infermatrix.api.types import FORM_TORCH, InputSpec, ModelSpec
 
 VOCAB_SIZE = 30522
 SEQUENCE_LENGTH = 128

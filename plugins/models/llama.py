@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from infermatrix.generation import GenerationSpec
-from infermatrix.types import FORM_GENERATION, InputSpec, ModelSpec
+from infermatrix.api.types import FORM_GENERATION, InputSpec, ModelSpec
+from infermatrix.case.generation import GenerationSpec
 
 #: The default tiny Llama: 4.2 M parameters, CI-sized on 2 cores. ``initializer_range=0.1``:
 #: with the usual 0.02 this model repeats one token, and every token check passes trivially.

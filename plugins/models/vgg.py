@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from infermatrix.api.types import FORM_KERAS, FORM_TORCH, InputSpec, ModelSpec
 from infermatrix.forms.keras import KerasBuilder
-from infermatrix.types import FORM_KERAS, FORM_TORCH, InputSpec, ModelSpec
 
 
 def _vgg19() -> Any:

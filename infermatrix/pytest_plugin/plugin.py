@@ -1,6 +1,6 @@
 """The core pytest plugin: options, the case matrix, the case fixture, results.
 
-Loaded by the root ``conftest.py`` (``pytest_plugins``) or with ``-p infermatrix.plugin``.
+Loaded by the root ``conftest.py`` (``pytest_plugins``) or with ``-p infermatrix.pytest_plugin.plugin``.
 Outside plugins arrive through the ``infermatrix`` entry-point group.
 """
 
@@ -15,14 +15,10 @@ from typing import Any
 
 import pytest
 
-from infermatrix import hookspec, host, matrix, reference, scenario
-from infermatrix.cache import resolve_cache_dir
-from infermatrix.isolation import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
-from infermatrix.machine import machine_summary
-from infermatrix.results import record
-from infermatrix.scenario import CaseKind, Prepared
-from infermatrix.timing import TimingPolicy, mark_untimed
-from infermatrix.types import (
+from infermatrix import host
+from infermatrix.api import hookspec, scenario
+from infermatrix.api.scenario import CaseKind, Prepared
+from infermatrix.api.types import (
     FORM_GENERATION,
     KNOWN_PRECISIONS,
     BackendInfo,
@@ -31,7 +27,14 @@ from infermatrix.types import (
     PrepareContext,
     RunOptions,
 )
-from infermatrix.worker import PrepareRequest
+from infermatrix.cache import resolve_cache_dir
+from infermatrix.case import matrix
+from infermatrix.gate import reference
+from infermatrix.isolation.pool import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
+from infermatrix.isolation.worker import PrepareRequest
+from infermatrix.machine import machine_summary
+from infermatrix.measure.timing import TimingPolicy, mark_untimed
+from infermatrix.results import record
 
 ENTRY_POINT_GROUP = host.ENTRY_POINT_GROUP
 
@@ -536,13 +539,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = session.config.stash.get(matrix_key, None)
     if state is not None and state.pool is not None:
         state.pool.stop()
-    from infermatrix import compare_session
+    from infermatrix.pytest_plugin import compare as compare_session
 
     compare_session.finish(session)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    from infermatrix import compare_session
+    from infermatrix.pytest_plugin import compare as compare_session
 
     compare_session.report(terminalreporter, config)
 
@@ -573,7 +576,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if not config.getoption("--warm-cache"):
         return
-    from infermatrix.onnx_export import onnx_model
+    from infermatrix.forms.onnx_export import onnx_model
 
     state = config.stash[matrix_key]
     done: set[tuple[str, int]] = set()

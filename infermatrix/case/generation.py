@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from infermatrix.reference import ReferenceUnavailable
-from infermatrix.runner import Drivable, busy_wait
-from infermatrix.scenario import CaseKind
-from infermatrix.types import FORM_GENERATION, ModelSpec, PrepareTimes, RunOptions
+from infermatrix.api.scenario import CaseKind
+from infermatrix.api.types import FORM_GENERATION, ModelSpec, PrepareTimes, RunOptions
+from infermatrix.case.runner import Drivable, busy_wait
+from infermatrix.gate.reference import ReferenceUnavailable
 
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>")
 
@@ -310,7 +310,7 @@ class PreparedGeneration(Drivable):
         """
         import time
 
-        from infermatrix.timing import benchmark_recorder
+        from infermatrix.measure.timing import benchmark_recorder
 
         record = None if getattr(benchmark, "disabled", False) else benchmark_recorder(
             benchmark, "infermatrix generate")
@@ -344,7 +344,7 @@ def prepare(case: Any, prepare_session: Callable[[], GenerationSession | None], 
     untimed) and check those tokens against the torch fp32 reference."""
     import time
 
-    from infermatrix.runner import timed_prepare
+    from infermatrix.case.runner import timed_prepare
 
     spec: GenerationSpec = case.model.generation
     session, prepare_s, rss_before = timed_prepare(case, prepare_session)

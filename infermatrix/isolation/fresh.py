@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from infermatrix.isolation import describe_exit
+from infermatrix.isolation.pool import describe_exit
 from infermatrix.results import CaseResult
 
 

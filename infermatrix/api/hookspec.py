@@ -1,5 +1,5 @@
 """Hook specifications of infermatrix, all in one place (registered through pytest's
-plugin manager by :mod:`infermatrix.plugin`, and by :func:`infermatrix.host.plugin_manager`
+plugin manager by :mod:`infermatrix.pytest_plugin.plugin`, and by :func:`infermatrix.host.plugin_manager`
 in the worker processes and the command-line tools).
 
 Implementations live in plugins: the built-in ones listed in ``plugins/__init__.py``
@@ -7,7 +7,7 @@ and outside packages registered through the ``infermatrix`` entry-point group. E
 hook name starts with ``pytest_infermatrix_`` because pytest only collects hook
 implementations whose names carry the ``pytest_`` prefix. An implementation may accept
 only the arguments it needs. Hooks never receive ``pytest.Config``: what a plugin may
-know of the run is the frozen :class:`~infermatrix.types.RunOptions`, the same in every
+know of the run is the frozen :class:`~infermatrix.api.types.RunOptions`, the same in every
 process.
 """
 
@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from infermatrix.generation import GenerationSession
-    from infermatrix.types import (
+    from infermatrix.api.types import (
         BackendInfo,
         Command,
         MemoryReport,
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
         Session,
         Target,
     )
+    from infermatrix.case.generation import GenerationSession
 
 hookspec = pytest.hookspec
 
@@ -79,7 +79,7 @@ def pytest_infermatrix_targets(backend: BackendInfo, options: RunOptions) -> lis
 def pytest_infermatrix_prepare(
     backend: BackendInfo, model: ModelSpec, target: Target, batch_size: int, context: PrepareContext
 ) -> Session | None:
-    """Return a ready :class:`~infermatrix.types.Session` for one case.
+    """Return a ready :class:`~infermatrix.api.types.Session` for one case.
 
     Convert, quantize (with ``model.calibration_inputs``), compile; record the time of
     each phase in ``session.times``. Run warm-up calls here or let the core do it:
@@ -97,7 +97,7 @@ def pytest_infermatrix_prepare(
 def pytest_infermatrix_prepare_generation(
     backend: BackendInfo, model: ModelSpec, target: Target, batch_size: int, context: PrepareContext
 ) -> GenerationSession | None:
-    """Return a ready :class:`~infermatrix.generation.GenerationSession` for one
+    """Return a ready :class:`~infermatrix.case.generation.GenerationSession` for one
     generation case (a model with a ``generation`` form; the ``generate`` scenario).
 
     As ``pytest_infermatrix_prepare``, for text generation: export or load the model

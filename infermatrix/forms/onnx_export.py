@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from infermatrix.api.types import ModelSpec
 from infermatrix.cache import atomic_write_bytes
-from infermatrix.reference import ReferenceUnavailable, build_torch_model, model_cache, torch_available
-from infermatrix.types import ModelSpec
+from infermatrix.gate.reference import ReferenceUnavailable, build_torch_model, model_cache, torch_available
 
 DEFAULT_OPSET = 18
 INDEX_FILE = "onnx-exports.json"

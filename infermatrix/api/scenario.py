@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 
 if TYPE_CHECKING:
-    from infermatrix.types import Case, ModelSpec, RunOptions
+    from infermatrix.api.types import Case, ModelSpec, RunOptions
 
 #: The marker a scenario module's tests carry (its argument: the module's ``Scenario``).
 MARKER = "infermatrix_scenario"

@@ -137,7 +137,7 @@ class ModelSpec:
 
     @property
     def generation(self) -> Any:
-        """The ``GenerationSpec`` of a generation model (infermatrix.generation), else None."""
+        """The ``GenerationSpec`` of a generation model (infermatrix.case.generation), else None."""
         return self.forms.get(FORM_GENERATION)
 
     @property

@@ -8,7 +8,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 
-from infermatrix.types import BackendInfo, Case, ModelSpec, Target
+from infermatrix.api.types import BackendInfo, Case, ModelSpec, Target
 
 
 class SelectionError(ValueError):

@@ -1,6 +1,6 @@
 """The process a case runs in under ``--isolation=process`` (the default).
 
-Started by ``infermatrix.isolation`` with multiprocessing's *spawn* method (a fresh
+Started by ``infermatrix.isolation.pool`` with multiprocessing's *spawn* method (a fresh
 interpreter: no inherited thread pools or CUDA context), it builds the one plugin host
 (:func:`infermatrix.host.plugin_manager`) with the same plugin modules as the pytest
 run, then serves requests one at a time over a pipe: prepare a
@@ -24,11 +24,11 @@ import pluggy
 import pytest
 
 from infermatrix import host
+from infermatrix.api.scenario import CaseKind, Prepared, Scenario
+from infermatrix.api.types import FORM_GENERATION, BackendInfo, Case, ModelSpec, PrepareContext, RunOptions, Target
+from infermatrix.gate.reference import ReferenceUnavailable
 from infermatrix.host import PluginSpec
-from infermatrix.reference import ReferenceUnavailable
-from infermatrix.scenario import CaseKind, Prepared, Scenario
-from infermatrix.timing import RecordedRounds
-from infermatrix.types import FORM_GENERATION, BackendInfo, Case, ModelSpec, PrepareContext, RunOptions, Target
+from infermatrix.measure.timing import RecordedRounds
 
 
 @dataclasses.dataclass(frozen=True)

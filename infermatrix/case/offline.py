@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pluggy
 
-from infermatrix import host, matrix, runner
-from infermatrix.timing import TimingPolicy
-from infermatrix.types import Case, PrepareContext, RunOptions
+from infermatrix import host
+from infermatrix.api.types import Case, PrepareContext, RunOptions
+from infermatrix.case import matrix, runner
+from infermatrix.measure.timing import TimingPolicy
 
 
 class OfflineError(RuntimeError):

@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from infermatrix.accuracy import AccuracyReport, compare_outputs
-from infermatrix.announce import installed_version
+from infermatrix.api.announce import installed_version
+from infermatrix.api.types import ModelSpec
 from infermatrix.cache import ModelCache
-from infermatrix.onnx_export import onnx_model
-from infermatrix.reference import accuracy_inputs, model_cache, reference_outputs
-from infermatrix.types import ModelSpec
+from infermatrix.forms.onnx_export import onnx_model
+from infermatrix.gate.accuracy import AccuracyReport, compare_outputs
+from infermatrix.gate.reference import accuracy_inputs, model_cache, reference_outputs
 
 #: Precisions a graph variant exists for (fp32 and tf32 use the exported graph itself).
 VARIANT_PRECISIONS = ("fp16", "int8")
@@ -69,7 +69,7 @@ def graph_variant(model: ModelSpec, precision: str, cache_root: Path) -> GraphVa
     if precision == "fp16":
         tool = _fp16(source, target)
     else:
-        from infermatrix.onnx_quant import quantize_static_qdq
+        from infermatrix.forms.onnx_quant import quantize_static_qdq
 
         tool = quantize_static_qdq(source, target, model, symmetric=True)
     index[target.name] = tool

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from infermatrix import host
+from infermatrix.api.types import RunOptions
 from infermatrix.cache import resolve_cache_dir
+from infermatrix.case.offline import OfflineError, find_case, prepare_offline
 from infermatrix.machine import physical_cores
-from infermatrix.offline import OfflineError, find_case, prepare_offline
-from infermatrix.types import RunOptions
 
 
 def send(payload: dict[str, object]) -> None:

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from infermatrix import reference
-from infermatrix.accuracy import AccuracyReport, compare_outputs
-from infermatrix.scenario import CaseKind, Scenario
-from infermatrix.timing import TimingPolicy, TimingResult, benchmark_recorder, measure, percentiles, warm_up
-from infermatrix.types import FORM_GENERATION, Arrays, Case, MemoryReport, ModelSpec, RunOptions, Session
+from infermatrix.api.scenario import CaseKind, Scenario
+from infermatrix.api.types import FORM_GENERATION, Arrays, Case, MemoryReport, ModelSpec, RunOptions, Session
+from infermatrix.gate import reference
+from infermatrix.gate.accuracy import AccuracyReport, compare_outputs
+from infermatrix.measure.timing import TimingPolicy, TimingResult, benchmark_recorder, measure, percentiles, warm_up
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -180,7 +180,7 @@ def latency_info(prepared: PreparedCase, timing: TimingResult) -> dict[str, Any]
 
 def efficiency_info(prepared: PreparedCase, achieved_flops_per_s: float) -> dict[str, Any]:
     """Achieved GFLOP/s and its share of this machine's measured peak (same device and precision)."""
-    from infermatrix.peak import measured_peak
+    from infermatrix.measure.peak import measured_peak
 
     info: dict[str, Any] = {"achieved_gflops_per_s": achieved_flops_per_s / 1e9}
     target = prepared.case.target
@@ -216,13 +216,13 @@ def measure_throughput(prepared: PreparedCase, benchmark: Any, duration_s: float
     pytest-benchmark's rounds for this test are the seconds per batch of the best
     configuration in each timing window, so its table and compare stay meaningful.
     """
-    from infermatrix.throughput import sweep
+    from infermatrix.measure.throughput import sweep
 
     results = sweep(prepared.session, prepared.call, prepared.inputs, prepared.case.batch_size, duration_s,
                     prepared.threads)
     best = max(results, key=lambda r: r.samples_per_s)
     if not getattr(benchmark, "disabled", False):
-        record = benchmark_recorder(benchmark, "infermatrix.runner.measure_throughput")
+        record = benchmark_recorder(benchmark, "infermatrix.case.runner.measure_throughput")
         for window in best.window_s_per_batch:
             record(window)
     prepared.extra_info.update(

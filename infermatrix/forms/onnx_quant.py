@@ -7,9 +7,9 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from infermatrix.announce import installed_version
+from infermatrix.api.announce import installed_version
+from infermatrix.api.types import Arrays, ModelSpec
 from infermatrix.machine import Isa
-from infermatrix.types import Arrays, ModelSpec
 
 
 class CalibrationReader:

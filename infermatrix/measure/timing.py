@@ -147,7 +147,8 @@ def measure(
     if getattr(benchmark, "disabled", False):
         call()
         return TimingResult([], "benchmark disabled", (math.nan, math.nan), warmup_calls)
-    samples, reason = timed_rounds(call, policy, record=benchmark_recorder(benchmark, "infermatrix.timing.measure"))
+    record = benchmark_recorder(benchmark, "infermatrix.measure.timing.measure")
+    samples, reason = timed_rounds(call, policy, record=record)
     return TimingResult(samples, reason, median_confidence_interval(samples), warmup_calls)
 
 

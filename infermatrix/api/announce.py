@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 
-from infermatrix.types import BackendInfo
+from infermatrix.api.types import BackendInfo
 
 
 def installed_version(distribution: str) -> str | None:

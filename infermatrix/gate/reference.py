@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from infermatrix.api.types import Arrays, ModelSpec, WeightsError, make_inputs
 from infermatrix.cache import ModelCache, load_arrays, save_arrays
-from infermatrix.types import Arrays, ModelSpec, WeightsError, make_inputs
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -47,7 +47,7 @@ def build_torch_model(model: ModelSpec, cache_root: Path) -> Any:
     """
     import torch
 
-    from infermatrix import weights
+    from infermatrix.gate import weights
 
     if model.build_torch is None:
         raise ValueError(f"model {model.name!r} has no torch form")

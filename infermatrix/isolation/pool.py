@@ -3,7 +3,7 @@
 Native inference libraries crash (segfault, abort), hang, and run out of memory. With
 ``--isolation=process`` (the default) pytest itself never runs a case: a worker process,
 started fresh with multiprocessing's *spawn* method, prepares, checks and times it
-(``infermatrix.worker``), and pytest records the rounds it sends back. The worker is
+(``infermatrix.isolation.worker``), and pytest records the rounds it sends back. The worker is
 reused from case to case of one backend and device (cases run grouped by backend) — the
 timed loops are the same code an in-process run uses, and pytest waits idle in a
 blocking read meanwhile — and replaced for the next backend, or when something goes
@@ -32,13 +32,13 @@ from typing import Any
 
 import pytest
 
-from infermatrix.accuracy import AccuracyReport
-from infermatrix.generation import TokenReport
+from infermatrix.api.scenario import Scenario
+from infermatrix.api.types import Case
+from infermatrix.case.generation import TokenReport
+from infermatrix.gate.accuracy import AccuracyReport
 from infermatrix.host import PluginSpec
-from infermatrix.scenario import Scenario
-from infermatrix.timing import benchmark_recorder
-from infermatrix.types import Case
-from infermatrix.worker import PrepareRequest, serve
+from infermatrix.isolation.worker import PrepareRequest, serve
+from infermatrix.measure.timing import benchmark_recorder
 
 #: A step (prepare, or one scenario) that takes longer than this is taken as hung. The
 #: longest steps measured here: 82 s (torch-compile max-autotune on an H100), ~40 s

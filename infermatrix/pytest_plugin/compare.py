@@ -2,7 +2,7 @@
 
 Runs after pytest-benchmark has finished the session: builds this run's JSON through
 pytest-benchmark's own hooks (so it is exactly what ``--benchmark-json`` would write),
-judges it against ``baselines/<fingerprint>/`` (infermatrix.verdicts), prints the table,
+judges it against ``baselines/<fingerprint>/`` (infermatrix.results.verdicts), prints the table,
 fails the session on a regression (``--regression-fails``), and with
 ``--accept-baseline`` files the run as the newest baseline.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from infermatrix import baselines, verdicts
+from infermatrix.results import baselines, verdicts
 
 outcome_key = pytest.StashKey["CompareOutcome"]()
 

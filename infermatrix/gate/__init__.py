@@ -1,0 +1,1 @@
+"""The correctness gate: fp32 references, seeded weights, accuracy against the reference."""

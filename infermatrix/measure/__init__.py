@@ -1,0 +1,1 @@
+"""Measurement: timed rounds, throughput, paired interleaved timing, the machine's measured peak."""

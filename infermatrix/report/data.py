@@ -1,0 +1,176 @@
+"""The merged run a report is made of: result files of one run merged, rows read as records, tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from infermatrix.results import CaseResult, RecordError, baselines
+
+
+class ReportError(ValueError):
+    """Inputs that cannot make one report; the message names the file and what to do."""
+
+
+# ---- the merged run ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One timed case of one scenario: its record and the median of its rounds."""
+
+    name: str
+    result: CaseResult
+    #: the median of the rounds pytest-benchmark stored (what each scenario times: see its module)
+    median_ms: float
+
+    @property
+    def scenario(self) -> str:
+        return self.result.scenario
+
+    @property
+    def case_id(self) -> str:
+        return self.result.case_id
+
+    @property
+    def model(self) -> str:
+        return self.result.model
+
+    @property
+    def backend(self) -> str:
+        return self.result.backend
+
+    @property
+    def device(self) -> str:
+        return self.result.device
+
+    @property
+    def precision(self) -> str:
+        return self.result.precision
+
+    @property
+    def batch_size(self) -> int:
+        return self.result.batch_size
+
+    @property
+    def throughput(self) -> float | None:
+        return self.result.throughput_samples_per_s
+
+    @property
+    def side(self) -> str:
+        return f"{self.backend}:{self.precision}" + ("" if self.device == "cpu" else f"@{self.device}")
+
+
+def merge_runs(paths: Sequence[Path]) -> dict[str, Any]:
+    """One run from the result files of one nightly (one per environment)."""
+    if not paths:
+        raise ReportError("no result files given: pass the --benchmark-json files of the run (e.g. results/*.json)")
+    runs = [(path, baselines.load_run(path)) for path in paths]
+    machines = {baselines.fingerprint(run["machine_info"]): path for path, run in runs}
+    if len(machines) > 1:
+        raise ReportError("the result files come from different machines: "
+                          + "; ".join(f"{p} ({m})" for m, p in machines.items())
+                          + " — a report covers one machine's run")
+    machine_info = json.loads(json.dumps(runs[0][1]["machine_info"]))
+    merged_backends: dict[str, Any] = {}
+    benchmarks: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    seen: dict[str, Path] = {}
+    for path, run in runs:
+        for name, info in ((run["machine_info"].get("infermatrix") or {}).get("backends") or {}).items():
+            if info.get("available") or name not in merged_backends:  # the environment that ran it knows its version
+                merged_backends[name] = info
+        for bench in run["benchmarks"]:
+            if bench["name"] in seen:
+                raise ReportError(f"{bench['name']} is in both {seen[bench['name']]} and {path}: give each "
+                                  "environment's results once")
+            seen[bench["name"]] = path
+            benchmarks.append(bench)
+        failed.update((run.get("infermatrix") or {}).get("failed") or {})
+    machine_info.setdefault("infermatrix", {})["backends"] = merged_backends
+    return {"machine_info": machine_info, "benchmarks": benchmarks, "infermatrix": {"failed": failed},
+            "datetime": max(str(run.get("datetime", "")) for _, run in runs), "sources": [str(p) for p in paths]}
+
+
+def rows(run: dict[str, Any]) -> list[Row]:
+    """Every benchmark of the run as a row, whatever its scenario or the version that wrote it."""
+    found = []
+    for bench in run["benchmarks"]:
+        try:
+            result = CaseResult.from_benchmark(bench)
+        except RecordError as exc:  # a result the report cannot place is an error, never a silent gap
+            sources = ", ".join(run.get("sources") or [])
+            raise ReportError(f"{exc}{f' (in {sources})' if sources else ''}") from None
+        found.append(Row(name=bench["name"], result=result, median_ms=float(bench["stats"]["median"]) * 1e3))
+    return found
+
+
+def int8_table(latency: list[Row]) -> list[dict[str, Any]]:
+    """int8 against fp32 of the same backend, device, model and batch: speed-up, accuracy, size."""
+    fp32 = {(r.model, r.backend, r.device, r.batch_size): r for r in latency if r.precision == "fp32"}
+    found = []
+    for r in latency:
+        if not r.precision.startswith("int8"):
+            continue
+        base = fp32.get((r.model, r.backend, r.device, r.batch_size))
+        if base is None:
+            continue
+        accuracy = r.result.accuracy or {}
+        found.append({
+            "case": r.case_id, "fp32_ms": base.median_ms, "int8_ms": r.median_ms,
+            "speedup": base.median_ms / r.median_ms,
+            "cosine": accuracy.get("cosine_similarity"), "top1": accuracy.get("top1_agreement"),
+            "fp32_size_mb": (base.result.model_size_bytes or 0) / 1e6 or None,
+            "int8_size_mb": (r.result.model_size_bytes or 0) / 1e6 or None,
+        })
+    return found
+
+
+def generation_table(generate: list[Row]) -> list[dict[str, Any]]:
+    """Every generate case and sweep configuration: TTFT and tokens/s side by side."""
+    found = []
+    for r in sorted(generate, key=lambda r: (r.model, r.side)):
+        share = (r.result.accuracy or {}).get("identical_share")
+        for config, f in (r.result.generate or {}).items():
+            found.append({"case": r.case_id, "config": config, "ttft_ms": f.get("ttft_ms"),
+                          "itl_p50_ms": f.get("itl_p50_ms"), "itl_p99_ms": f.get("itl_p99_ms"),
+                          "decode_tokens_per_s": f.get("decode_tokens_per_s"),
+                          "e2e_tokens_per_s": f.get("e2e_tokens_per_s"), "identical_tokens": share})
+    return found
+
+
+#: (heading, record field, scale) of the cold-start table: seconds, each phase apart.
+COLD_START_COLUMNS = (("import s", "framework_import_s", 1.0), ("load s", "load_s", 1.0),
+                      ("convert s", "convert_s", 1.0), ("quantize s", "quantize_s", 1.0),
+                      ("compile s", "compile_s", 1.0), ("first inference s", "first_inference_s", 1.0),
+                      ("total s", "cold_start_total_s", 1.0))
+#: (heading, record field, scale) of the memory table: MB (10^6 bytes).
+MEMORY_COLUMNS = (("host peak RSS added MB", "memory_host_peak_rss_added_bytes", 1e-6),
+                  ("host peak RSS MB", "memory_host_peak_rss_bytes", 1e-6),
+                  ("device peak MB", "memory_device_peak_bytes", 1e-6),
+                  ("model size MB", "model_size_bytes", 1e-6))
+
+
+def figure_table(chosen: list[Row], columns: Sequence[tuple[str, str, float]]) -> list[list[Any]]:
+    """One line per case: the case id, then each column's field scaled (None where not measured)."""
+    lines = []
+    for r in sorted(chosen, key=lambda r: (r.model, r.batch_size, r.side)):
+        values = [getattr(r.result, field) for _, field, _ in columns]
+        lines.append([r.case_id, *(None if v is None else float(v) * scale
+                                   for v, (_, _, scale) in zip(values, columns, strict=True))])
+    return lines
+
+
+def markdown_table(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> list[str]:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(cell(v) for v in line) + " |" for line in body)]
+
+

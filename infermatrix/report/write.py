@@ -1,0 +1,260 @@
+"""Writing the report (``python -m infermatrix report RESULTS... [--baseline DIR] --out DIR``): what a team reads.
+
+Merges the result JSON of every per-backend environment of one run (each a
+pytest-benchmark file written with ``--benchmark-json``), judges it against the stored
+baselines of its machine when asked, and writes:
+
+- ``summary.md``: short enough for a CI job summary — the verdicts (regressions first),
+  generation, cold-start and memory figures, failed cases and why, the machine;
+- ``index.html``: one self-contained page (plots embedded as PNG data, no network needed):
+  latency per model by backend and precision, a backend x backend speed-up heatmap per
+  model, throughput against batch size, int8 against fp32 (speed-up, accuracy, size),
+  trends over the stored history, cold start and memory per case, the full table (every
+  scenario's result: each is read as an ``infermatrix.results.CaseResult``), and the
+  machine and versions behind the numbers.
+
+Exit status: 0, or 1 when a case regressed (so a nightly job fails), 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from infermatrix.report.data import (
+    COLD_START_COLUMNS,
+    MEMORY_COLUMNS,
+    ReportError,
+    Row,
+    figure_table,
+    generation_table,
+    int8_table,
+    markdown_table,
+    merge_runs,
+    rows,
+)
+from infermatrix.report.plots import (
+    plot_generation,
+    plot_int8,
+    plot_latency,
+    plot_speedup_heatmaps,
+    plot_throughput,
+    plot_trends,
+)
+from infermatrix.results import baselines, verdicts
+
+# ---- writing -----------------------------------------------------------------------------
+
+
+def machine_lines(run: dict[str, Any]) -> list[str]:
+    info = run["machine_info"]
+    im = info.get("infermatrix") or {}
+    gpus = ", ".join(g.get("name", "?") for g in im.get("gpus") or []) or "none"
+    lines = [
+        f"CPU: {im.get('cpu_model', '?')} ({im.get('cpu_physical_cores', '?')} cores); GPU: {gpus}; "
+        f"{im.get('os', info.get('system', '?'))} {im.get('arch', info.get('machine', ''))}; "
+        f"Python {info.get('python_version', '?')}",
+        f"machine fingerprint: {baselines.fingerprint(info)}",
+    ]
+    if im.get("isa") or im.get("cpu_family") is not None:
+        lines.insert(1, isa_line(im))
+    versions = [f"{name} {b.get('version') or '?'}" for name, b in sorted((im.get("backends") or {}).items())
+                if b.get("available")]
+    if versions:
+        lines.append("backends: " + ", ".join(versions))
+    return lines
+
+
+def isa_line(im: dict[str, Any]) -> str:
+    """The CPU's generation and the instruction sets its numbers depend on, said plainly
+    ("no VNNI" matters as much as "AVX-512": it decides the int8 kernels)."""
+    isa = im.get("isa") or {}
+    caches = im.get("cpu_cache_bytes") or {}
+
+    def has(label: str, *flags: str) -> str:
+        return label if any(isa.get(f) for f in flags) else f"no {label}"
+
+    parts = [has("AVX2", "avx2"), has("AVX-512", "avx512f"), has("VNNI", "avx512_vnni", "avx_vnni"),
+             has("AMX", "amx_int8", "amx_bf16"), has("bf16", "avx512_bf16", "amx_bf16"),
+             has("fp16", "avx512_fp16", "amx_fp16")]
+    cap = isa.get("onednn_max_cpu_isa")
+    cache_text = ", ".join(f"{name.upper()} {size // 1024} KiB" for name, size in sorted(caches.items()))
+    return (f"CPU generation: {im.get('cpu_vendor') or '?'} family {im.get('cpu_family')} model "
+            f"{im.get('cpu_model_number')} stepping {im.get('cpu_stepping')}; ISA: {', '.join(parts)}"
+            f"{f' (oneDNN capped at {cap})' if cap else ''}{f'; caches: {cache_text}' if cache_text else ''}")
+
+
+def verdict_lines(results: list[verdicts.Verdict]) -> list[str]:
+    order = {"regressed": 0, "failed": 1, "improved": 2, "new": 3, "missing": 4, "unchanged": 5}
+    ordered = sorted(results, key=lambda v: (order.get(v.verdict, 9), v.key))
+    return verdicts.table(ordered).splitlines()
+
+
+def write_summary(path: Path, run: dict[str, Any], table: list[Row], results: list[verdicts.Verdict] | None,
+                  baseline_note: str) -> None:
+    failed = run["infermatrix"]["failed"]
+    regressed = [v for v in results or [] if v.verdict == "regressed"]
+    lines = ["# infermatrix report", ""]
+    head = f"{len({r.case_id for r in table})} case(s) timed, {len(failed)} failed"
+    if results is not None:
+        head += f", {len(regressed)} regressed"
+    lines += [f"**{head}** — run of {run.get('datetime') or 'unknown time'}", ""]
+    lines += ["## Verdicts", ""]
+    if results is None:
+        lines += [baseline_note, ""]
+    else:
+        lines += [baseline_note, "", *verdict_lines(results), ""]
+    generation = generation_table([r for r in table if r.scenario == "generate"])
+    if generation:
+        lines += ["## Generation", "",
+                  "| case | prompt / new | TTFT ms | decode tok/s | e2e tok/s | identical tokens |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {g['case']} | {g['config']} | {g['ttft_ms']:.2f} | {g['decode_tokens_per_s'] or 0:.0f} | "
+                  f"{g['e2e_tokens_per_s']:.0f} | {g['identical_tokens']:.3f} |" for g in generation]
+        lines.append("")
+    for title, scenario, columns in (("Cold start", "cold-start", COLD_START_COLUMNS),
+                                     ("Memory", "memory", MEMORY_COLUMNS)):
+        chosen = [r for r in table if r.scenario == scenario]
+        if chosen:
+            lines += [f"## {title}", "",
+                      *markdown_table(["case", *(c[0] for c in columns)], figure_table(chosen, columns)), ""]
+    if failed:
+        lines += ["## Failed cases", ""]
+        for name, reason in sorted(failed.items()):
+            first = next((line for line in reason.splitlines() if line.strip()), reason)[:300]
+            lines.append(f"- `{name}`: {first}")
+        lines.append("")
+    lines += ["## Machine", "", *(f"- {line}" for line in machine_lines(run)), ""]
+    lines += ["The full page with plots is `index.html` (an artifact of this job).", ""]
+    path.write_text("\n".join(lines))
+
+
+def _table_html(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return html.escape("" if v is None else str(v))
+
+    out = ["<table><thead><tr>", *(f"<th>{html.escape(h)}</th>" for h in headers), "</tr></thead><tbody>"]
+    for row in body:
+        out.append("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px}
+th{background:#f0f0f0}img{max-width:100%;border:1px solid #eee;margin:.5em 0}h2{border-bottom:1px solid #ddd}
+.regressed{color:#b00;font-weight:bold}pre{background:#f7f7f7;padding:1em;overflow-x:auto}"""
+
+
+#: Marks on <body> how many plots a browser decoded (checked by the test that renders the page).
+IMAGE_CHECK = ("window.addEventListener('load',function(){var i=[].slice.call(document.images);"
+               "document.body.dataset.imagesDecoded=i.filter(function(x){return x.complete&&x.naturalWidth>0})"
+               ".length+'/'+i.length;});")
+
+
+def write_html(path: Path, run: dict[str, Any], table: list[Row], results: list[verdicts.Verdict] | None,
+               baseline_note: str, history: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    latency = [r for r in table if r.scenario == "latency"]
+    throughput = [r for r in table if r.scenario == "throughput"]
+    generate = [r for r in table if r.scenario == "generate"]
+    int8 = int8_table(latency)
+    sections: list[str] = []
+    sections.append("<h2>Verdicts</h2><p>" + html.escape(baseline_note) + "</p>")
+    if results is not None:
+        sections.append("<pre>" + html.escape("\n".join(verdict_lines(results))) + "</pre>")
+    failed = run["infermatrix"]["failed"]
+    if failed:
+        first_lines = [(n, r.strip().splitlines()[0][:400] if r.strip() else r) for n, r in sorted(failed.items())]
+        sections.append("<h2>Failed cases</h2>" + _table_html(["test", "reason"], first_lines))
+    figures = (("Latency", plot_latency(latency)), ("Speed-up between backends", plot_speedup_heatmaps(latency)),
+               ("Throughput against batch size", plot_throughput(throughput)), ("int8 against fp32", plot_int8(int8)),
+               ("Generation: time to first token and tokens/s", plot_generation(generate)),
+               ("Trends", plot_trends(history, run)))
+    for title, plots in figures:
+        if not plots:
+            continue
+        sections.append(f"<h2>{html.escape(title)}</h2>")
+        sections += [f'<figure><img alt="{html.escape(t)}" src="{src}"><figcaption>{html.escape(t)}</figcaption>'
+                     "</figure>" for t, src in plots]
+        if title.startswith("Generation"):
+            sections.append(_table_html(
+                ["case", "prompt / new tokens", "TTFT ms", "ITL p50 ms", "ITL p99 ms", "decode tok/s", "e2e tok/s",
+                 "identical tokens"],
+                [(g["case"], g["config"], g["ttft_ms"], g["itl_p50_ms"], g["itl_p99_ms"], g["decode_tokens_per_s"],
+                  g["e2e_tokens_per_s"], g["identical_tokens"]) for g in generation_table(generate)]))
+        if title == "int8 against fp32":
+            sections.append(_table_html(
+                ["case", "fp32 ms", "int8 ms", "speed-up", "cosine", "top-1", "fp32 MB", "int8 MB"],
+                [(t["case"], t["fp32_ms"], t["int8_ms"], t["speedup"], t["cosine"], t["top1"], t["fp32_size_mb"],
+                  t["int8_size_mb"]) for t in int8]))
+    for title, scenario, columns in (("Cold start", "cold-start", COLD_START_COLUMNS),
+                                     ("Memory", "memory", MEMORY_COLUMNS)):
+        chosen = [r for r in table if r.scenario == scenario]
+        if chosen:
+            sections.append(f"<h2>{title}</h2>" + _table_html(["case", *(c[0] for c in columns)],
+                                                               figure_table(chosen, columns)))
+    sections.append("<h2>All results</h2>" + _table_html(
+        ["scenario", "case", "median ms", "samples/s", "accuracy (rel. L2 / cosine)", "config"],
+        [(r.scenario, r.case_id, r.median_ms, r.throughput,
+          f"{(r.result.accuracy or {}).get('rel_l2_error', float('nan')):.2g} / "
+          f"{(r.result.accuracy or {}).get('cosine_similarity', float('nan')):.6f}",
+          ", ".join(f"{k}={v}" for k, v in sorted((r.result.backend_config or {}).items()))[:300])
+         for r in sorted(table, key=lambda r: (r.model, r.batch_size, r.scenario, r.median_ms))]))
+    im = run["machine_info"].get("infermatrix") or {}
+    sections.append("<h2>Machine and versions</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>"
+                                                                   for x in machine_lines(run)) + "</ul>")
+    sections.append("<p>CPU flags: " + html.escape(" ".join(sorted(im.get("cpu_flags") or []))) + "</p>")
+    sections.append(_table_html(["backend", "version", "available", "reason"], [
+        (name, b.get("version"), b.get("available"), b.get("reason")) for name, b in
+        sorted((im.get("backends") or {}).items())]))
+    sections.append("<p>Sources: " + html.escape(", ".join(run.get("sources") or [])) + "</p>")
+    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>infermatrix report</title>"
+            f"<style>{STYLE}</style><script>{IMAGE_CHECK}</script></head><body><h1>infermatrix report</h1>"
+            f"<p>{len({r.case_id for r in table})} case(s) timed, {len(failed)} failed — run of "
+            f"{html.escape(str(run.get('datetime') or '?'))}</p>{''.join(sections)}</body></html>")
+    path.write_text(page)
+
+
+def result_files(paths: Sequence[Path]) -> list[Path]:
+    """Files as given; a directory stands for the ``*.json`` files in it (tox passes no globs)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(path.glob("*.json"))
+            if not inside:
+                raise ReportError(f"{path}: no result files (*.json) in this directory")
+            found += inside
+        else:
+            found.append(path)
+    return found
+
+
+def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None) -> int:
+    run = merge_runs(result_files(paths))
+    table = rows(run)
+    results: list[verdicts.Verdict] | None = None
+    history: list[dict[str, Any]] = []
+    machine = baselines.fingerprint(run["machine_info"])
+    if baseline_dir is None:
+        note = "No baselines given (--baseline DIR): nothing judged."
+    else:
+        history = baselines.load_history(baseline_dir, machine)
+        if history:
+            results = verdicts.judge(history, run)
+            changes = baselines.version_changes(history[-1], run)
+            note = (f"Against {len(history)} stored run(s) of machine {machine} in {baseline_dir}."
+                    + (f" Versions differ from the newest baseline: {'; '.join(changes)}." if changes else ""))
+        else:
+            note = (f"No baseline for machine {machine} in {baseline_dir}: nothing judged "
+                    "(accept one with python -m infermatrix accept RESULT.json).")
+    out.mkdir(parents=True, exist_ok=True)
+    write_summary(out / "summary.md", run, table, results, note)
+    write_html(out / "index.html", run, table, results, note, history)
+    return 1 if any(v.verdict == "regressed" for v in results or []) else 0
