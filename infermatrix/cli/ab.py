@@ -36,6 +36,13 @@ from infermatrix.measure.paired import interleaved_blocks
 from infermatrix.results.verdicts import Estimate, Policy, Verdict, decide, table
 
 
+def worker_module(rootdir: Path) -> str:
+    """The side's own A/B worker: a checkout from before the core's layers has it at
+    ``infermatrix/abworker.py``. Both speak the same JSON lines, so any two versions pair."""
+    return ("infermatrix.abworker" if (rootdir / "infermatrix" / "abworker.py").is_file()
+            else "infermatrix.isolation.abworker")
+
+
 @dataclasses.dataclass
 class Side:
     name: str
@@ -45,7 +52,7 @@ class Side:
     inject_slowdown: float
 
     def start(self, case_id: str) -> subprocess.Popen[str]:
-        cmd = [self.python, "-m", "infermatrix.isolation.abworker", "--rootdir", str(self.rootdir), "--case", case_id,
+        cmd = [self.python, "-m", worker_module(self.rootdir), "--rootdir", str(self.rootdir), "--case", case_id,
                "--inject-slowdown", str(self.inject_slowdown)]
         if self.threads:
             cmd += ["--threads", str(self.threads)]

@@ -1,5 +1,10 @@
 """One side of a paired A/B comparison: a process that holds one prepared case and runs
-timed trials on request (JSON lines on stdin/stdout). Started by ``python -m infermatrix ab`` (``infermatrix.cli.ab``).
+timed blocks on request. Started by ``python -m infermatrix ab`` (``infermatrix.cli.ab``).
+
+It speaks JSON lines on stdin/stdout, not the worker pool's pickled requests, on
+purpose: its other side may be another version of infermatrix (``--b-commit``), and
+plain JSON is what two versions can share. A block is ``paired.block_timer``'s, as for
+sides in one process.
 
 A side can be another environment (its own python), another checkout (its own
 rootdir on PYTHONPATH) or another configuration (``--inject-slowdown``, ``--threads``),
@@ -12,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from infermatrix import host
@@ -23,6 +26,7 @@ from infermatrix.api.types import RunOptions
 from infermatrix.cache import resolve_cache_dir
 from infermatrix.case.offline import OfflineError, find_case, prepare_offline
 from infermatrix.machine import physical_cores
+from infermatrix.measure.paired import block_timer
 
 
 def send(payload: dict[str, object]) -> None:
@@ -50,19 +54,14 @@ def main(argv: list[str] | None = None) -> int:
             send({"error": str(exc)})
             return 2
         prepared.slowdown = args.inject_slowdown / 100
+        block = block_timer(prepared.call)  # one untimed call (the other side just ran), then the timed calls
         send({"ready": True, "config": dict(prepared.session.config), "version": prepared.case.backend.version,
               "cosine": prepared.accuracy.cosine_similarity})
         for line in sys.stdin:
             command = json.loads(line)
             if command.get("quit"):
                 break
-            prepared.call()  # untimed: the other side just ran, wake this side's threads
-            samples = []
-            for _ in range(int(command["calls"])):
-                started = time.perf_counter()
-                prepared.call()
-                samples.append(time.perf_counter() - started)
-            send({"median_s": statistics.median(samples)})
+            send({"median_s": block(int(command["calls"]))})
         prepared.session.close()
     return 0
 
