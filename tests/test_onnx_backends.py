@@ -14,9 +14,9 @@ pytest.importorskip("onnx")
 
 from tiny_torch_model import TINY_CNN  # noqa: E402
 
-from infermatrix import onnx_export  # noqa: E402
 from infermatrix.api.types import BackendInfo, PrepareContext, RunOptions, Target  # noqa: E402
 from infermatrix.case.runner import run_in_batches  # noqa: E402
+from infermatrix.forms import onnx_export  # noqa: E402
 from infermatrix.gate.accuracy import compare_outputs  # noqa: E402
 from infermatrix.gate.reference import accuracy_inputs, reference_outputs  # noqa: E402
 
