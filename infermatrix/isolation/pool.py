@@ -15,13 +15,19 @@ wrong:
   the worker's whole process group is killed, the case fails as hung;
 - out of memory (``MemoryError``, a framework's device OOM): the case fails with the
   framework's message (which names the size asked for) and the worker is replaced, so
-  the next case starts with clean memory.
+  the next case starts with clean memory;
+- Ctrl-C or any exit of pytest: the worker is killed, never waited for — while pytest
+  waits on it (the step in flight is abandoned), from ``pytest_keyboard_interrupt``, and
+  at interpreter exit (``atexit``: a worker left alive would otherwise make
+  multiprocessing wait for it forever); and the worker dies with pytest even when pytest
+  is killed (``PR_SET_PDEATHSIG``, set in the worker).
 
 ``--isolation=none`` runs cases inside pytest (for debuggers and profilers).
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -95,6 +101,9 @@ class WorkerPool:
         self.conn: multiprocessing.connection.Connection | None = None
         self.started = 0  # workers started in this run
         self.home: str | None = None
+        # Runs before multiprocessing's own exit handler (registered earlier, atexit is LIFO),
+        # which would join a live non-daemon worker forever.
+        atexit.register(self.kill_now)
 
     def _ensure(self) -> multiprocessing.connection.Connection:
         if self.process is None or not self.process.is_alive() or self.conn is None:
@@ -126,6 +135,15 @@ class WorkerPool:
         if process.is_alive():
             self.kill(process)
 
+    def kill_now(self) -> None:
+        """Kill the worker and everything it started, at once (Ctrl-C, interpreter exit)."""
+        process, conn = self.process, self.conn
+        self.process, self.conn = None, None
+        if conn is not None:
+            conn.close()
+        if process is not None and process.is_alive():
+            self.kill(process)
+
     @staticmethod
     def kill(process: Any) -> None:
         try:
@@ -153,6 +171,9 @@ class WorkerPool:
             answered = conn.poll(self.timeout_s)
         except (OSError, EOFError):
             answered = True  # a closed pipe: the worker died, recv below says so
+        except KeyboardInterrupt:
+            self.kill_now()  # abandon the step: pytest exits now, not when the worker is done
+            raise
         if not answered:
             self.kill(process)
             self.process, self.conn = None, None

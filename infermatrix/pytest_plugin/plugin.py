@@ -242,6 +242,8 @@ def pytest_configure(config: pytest.Config) -> None:
               for m in models]
     models = [dataclasses.replace(m, weights_path=weights[m.name]) if m.name in weights else m for m in models]
     config.pluginmanager.register(ProgressLines(config), "infermatrix-progress")
+    if pool is not None:
+        config.pluginmanager.register(StopWorkerOnInterrupt(pool), "infermatrix-stop-worker-on-interrupt")
     cache_root = resolve_cache_dir(config.getoption("--infermatrix-cache"), config.rootpath)
     config.stash[matrix_key] = InfermatrixState(
         config=config,
@@ -373,7 +375,7 @@ prepared_key = pytest.StashKey[PreparedCases]()
 
 @pytest.fixture
 def infermatrix_prepared(
-    infermatrix_case: Case, request: pytest.FixtureRequest, tmp_path: Path, benchmark: Any
+    infermatrix_case: Case, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, benchmark: Any
 ) -> Iterator[Prepared]:
     """The case's session, prepared, warmed up and checked against the fp32 reference.
 
@@ -394,7 +396,10 @@ def infermatrix_prepared(
                                 f"(a suites/ module with pytestmark = SCENARIO.mark())")
     prepared = cases.take(case.id)
     if prepared is None:
-        prepared = prepare_case(state, case, measured.kind, tmp_path)
+        # tmp_path_factory, not tmp_path: pytest's tmp_path teardown raises KeyError when a
+        # Ctrl-C lands during setup (its report key is never set), turning an interrupt
+        # into an internal error; a case's work directory needs no per-test teardown.
+        prepared = prepare_case(state, case, measured.kind, tmp_path_factory.mktemp(case.id))
         cases.current = prepared
     prepared.extra_info = {}  # each scenario test records its own figures
     prepared.slowdown = state.slowdowns.get(case.backend.name, 0.0)
@@ -542,6 +547,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from infermatrix.pytest_plugin import compare as compare_session
 
     compare_session.finish(session)
+
+
+class StopWorkerOnInterrupt:
+    """Ctrl-C (pytest's ``pytest_keyboard_interrupt``): kill the worker at once, whatever
+    it is doing; pytest then tears down and writes what finished."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        self.pool.kill_now()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
