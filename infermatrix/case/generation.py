@@ -16,7 +16,10 @@ tokens per second. Prompts go in as token ids, so tokenization is outside every 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +28,7 @@ import numpy as np
 
 from infermatrix.api.scenario import CaseKind
 from infermatrix.api.types import FORM_GENERATION, ModelSpec, PrepareTimes, RunOptions
+from infermatrix.cache import CacheError, CacheWarning, sha256
 from infermatrix.case.runner import Drivable, busy_wait
 from infermatrix.gate.reference import ReferenceUnavailable
 
@@ -364,24 +368,67 @@ def prepare(case: Any, prepare_session: Callable[[], GenerationSession | None], 
 
 
 def exported(folder: Path, name: str, make: list[str], tool: str) -> Path:
-    """A backend's export of the model folder, made once with ``make`` (a command) and cached."""
+    """A backend's export of the model folder, made once with ``make`` (a command) and cached.
+
+    Its ``.complete`` marker is a manifest (every file's size and SHA-256): a damaged
+    export (a truncated ``model.onnx.data``, say) is found when read, moved aside and made
+    again, never loaded twice.
+    """
     import shutil
     import subprocess
 
     target = folder.parent / name
-    if (target / ".complete").exists():
-        return target
+    if (target / COMPLETE).exists():
+        problem = export_problem(target)
+        if problem is None:
+            return target
+        aside = target.with_name(f"{target.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        target.rename(aside)
+        warnings.warn(f"infermatrix: {target}: damaged export ({problem}) — moved to {aside}; making it again",
+                      CacheWarning, stacklevel=2)
     staging = folder.parent / f".{name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     command = [part.replace("{out}", str(staging)).replace("{model}", str(folder)) for part in make]
-    proc = subprocess.run(command, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True)
+    except OSError as exc:
+        raise CacheError(f"{target}: not in the cache, and {tool} cannot run here ({exc.strerror}); run the torch "
+                         "environment once (tox -e torch) to make it") from None
     if proc.returncode != 0:
         raise RuntimeError(f"{tool} failed (exit {proc.returncode}): {' '.join(command)}\n"
                            f"{(proc.stdout + proc.stderr)[-3000:]}")
-    (staging / ".complete").write_text(" ".join(command))
+    files = {str(f.relative_to(staging)): {"size": f.stat().st_size, "sha256": sha256(f)}
+             for f in sorted(staging.rglob("*")) if f.is_file()}
+    (staging / COMPLETE).write_text(json.dumps({"command": command, "files": files}, indent=1))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
+
+
+#: The marker of a finished export: its manifest.
+COMPLETE = ".complete"
+
+
+@functools.lru_cache(maxsize=32)
+def _export_problem(target: Path, marker_mtime_ns: int) -> str | None:
+    try:
+        manifest = json.loads((target / COMPLETE).read_text())
+    except ValueError:
+        return None  # an export from before manifests: its loader is the check
+    for name, record in manifest.get("files", {}).items():
+        path = target / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != record["size"]:
+            return f"{name} has {path.stat().st_size} bytes, {record['size']} when made"
+        if sha256(path) != record["sha256"]:
+            return f"{name} differs from when it was made (SHA-256)"
+    return None
+
+
+def export_problem(target: Path) -> str | None:
+    """What is wrong with a finished export, or None (checked once per process)."""
+    return _export_problem(target, (target / COMPLETE).stat().st_mtime_ns)
 
 
 def fill_generation_cache(case: Any, options: RunOptions, accuracy_samples: int) -> None:

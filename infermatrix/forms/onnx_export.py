@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from infermatrix.api.types import ModelSpec
-from infermatrix.cache import atomic_write_bytes
+from infermatrix.cache import CacheDamaged, atomic_write_bytes, check, quarantine, seal, seal_path
 from infermatrix.gate.reference import ReferenceUnavailable, build_torch_model, model_cache, torch_available
 
 DEFAULT_OPSET = 18
@@ -56,6 +56,7 @@ def _export(model: ModelSpec, cache_root: Path, path: Path, opset: int) -> dict[
     # the cache entry is a single atomic rename and its hash covers the weights too.
     atomic_write_bytes(path, proto.SerializeToString())
     onnx.checker.check_model(str(path))
+    seal(path)
     return {"export_s": time.perf_counter() - started, "exporter": _exporter_version(), "opset": opset}
 
 
@@ -70,7 +71,7 @@ def onnx_model(model: ModelSpec, cache_root: Path, opset: int = DEFAULT_OPSET) -
     if torch_available():
         key = f"opset{opset}-{_exporter_version()}"
         path = cache.dir / f"model-{key}.onnx"
-        if key in index and path.exists():
+        if key in index and path.exists() and intact(path):
             return path, {**index[key], "export_s": None, "cached": True}
         info = _export(model, cache_root, cache.path(path.name), opset)
         index[key] = {"file": path.name, "exporter": info["exporter"], "opset": opset,
@@ -87,5 +88,32 @@ def onnx_model(model: ModelSpec, cache_root: Path, opset: int = DEFAULT_OPSET) -
             "run the torch environment once (tox -e torch) to fill the cache"
         )
     entry = candidates[-1]
-    return cache.dir / entry["file"], {**entry, "export_s": None, "cached": True}
+    path = cache.dir / entry["file"]
+    if not intact(path):
+        raise OnnxUnavailable(
+            f"{model.name}: the cached ONNX export {path} was damaged (moved aside) and torch is not installed to "
+            "export it again; run tox -e export (or the torch environment) once to rebuild it"
+        )
+    return path, {**entry, "export_s": None, "cached": True}
+
+
+def intact(path: Path) -> bool:
+    """Whether a cached export is what was written; a damaged one is moved aside (False).
+    An export from before entries were sealed is parsed once and then sealed."""
+    try:
+        check(path)
+        if not seal_path(path).exists():
+            try:
+                import onnx
+            except ImportError:
+                return True  # nothing to parse it with here: the runtime's loader is the check
+            try:
+                onnx.load(str(path), load_external_data=False)
+            except Exception as exc:  # onnx raises DecodeError and others for a damaged protobuf
+                raise CacheDamaged(path, f"not a readable ONNX model ({type(exc).__name__})") from None
+            seal(path)
+    except CacheDamaged as damage:
+        quarantine(damage)
+        return False
+    return True
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from infermatrix.api.announce import installed_version
 from infermatrix.api.types import ModelSpec
-from infermatrix.cache import ModelCache
-from infermatrix.forms.onnx_export import onnx_model
+from infermatrix.cache import ModelCache, seal
+from infermatrix.forms.onnx_export import intact, onnx_model
 from infermatrix.gate.accuracy import AccuracyReport, compare_outputs
 from infermatrix.gate.reference import accuracy_inputs, model_cache, reference_outputs
 
@@ -64,7 +64,7 @@ def graph_variant(model: ModelSpec, precision: str, cache_root: Path) -> GraphVa
     tools = installed_version("onnxconverter-common") if precision == "fp16" else installed_version("onnxruntime")
     target = cache.path(f"{source.stem}.{precision}-{tools}.onnx")
     index = cache.read_json("variants.json") or {}
-    if target.exists() and target.name in index:
+    if target.exists() and target.name in index and intact(target):
         return GraphVariant(target, precision, index[target.name], cached=True)
     if precision == "fp16":
         tool = _fp16(source, target)
@@ -72,6 +72,7 @@ def graph_variant(model: ModelSpec, precision: str, cache_root: Path) -> GraphVa
         from infermatrix.forms.onnx_quant import quantize_static_qdq
 
         tool = quantize_static_qdq(source, target, model, symmetric=True)
+    seal(target)
     index[target.name] = tool
     cache.write_json("variants.json", index)
     return GraphVariant(target, precision, tool, cached=False)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from infermatrix.api.types import Arrays, ModelSpec, WeightsError, make_inputs
-from infermatrix.cache import ModelCache, load_arrays, save_arrays
+from infermatrix.cache import CacheDamaged, ModelCache, load_arrays, quarantine, save_arrays
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -83,8 +83,8 @@ def build_torch_model(model: ModelSpec, cache_root: Path) -> Any:
         try:
             weights.load_state(module, stored)
             return module.eval()
-        except (OSError, ValueError, RuntimeError, KeyError):
-            stored.unlink(missing_ok=True)  # damaged: rebuild from the seed below
+        except CacheDamaged as damage:
+            quarantine(damage)  # then rebuilt from the seed below: the same numbers
     weights.seed_module(module, model.weight_seed)
     stat_batches = [
         tuple(torch.from_numpy(a) for a in make_inputs(model.inputs, 4, model.weight_seed + 1 + i).values())
@@ -120,8 +120,8 @@ def reference_outputs(model: ModelSpec, n_samples: int, cache_root: Path) -> lis
     if path.exists():
         try:
             return load_arrays(path)
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)
+        except CacheDamaged as damage:
+            quarantine(damage)  # then recomputed below
     if model.reference_fn is not None:
         outputs = [np.asarray(o, dtype=np.float32) for o in model.reference_fn(accuracy_inputs(model, n_samples))]
         save_arrays(cache.path(path.name), outputs)
@@ -179,7 +179,10 @@ def torch_state(model: ModelSpec, cache_root: Path) -> dict[str, NDArray[Any]]:
     if model.weights_path is None:
         stored = model_cache(model, cache_root).dir / WEIGHTS_FILE
         if stored.exists():
-            return load_named_arrays(stored)
+            try:
+                return load_named_arrays(stored)
+            except CacheDamaged as damage:
+                quarantine(damage)  # rebuilt below where torch is here, else the error says how
     if not torch_available():
         raise ReferenceUnavailable(
             f"{model.name}: no cached weights in {model_cache(model, cache_root).dir} and torch is not installed to "

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from infermatrix.cache import atomic_write_bytes
+from infermatrix.cache import CacheDamaged, load_named_arrays, save_named_arrays
 
 
 def seed_module(module: Any, seed: int) -> None:
@@ -66,18 +66,16 @@ def estimate_batchnorm_statistics(module: Any, batches: list[Any]) -> None:
 
 
 def save_state(module: Any, path: Path) -> None:
-    """Store ``module``'s state as ``.npz`` atomically (a crash leaves no half file)."""
-    import io
-
-    state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
-    buffer = io.BytesIO()
-    np.savez(buffer, **state)
-    atomic_write_bytes(path, buffer.getvalue())
+    """Store ``module``'s state as a sealed ``.npz``, atomically (a crash leaves no half file)."""
+    save_named_arrays(path, {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()})
 
 
 def load_state(module: Any, path: Path) -> None:
+    """Load a stored state; :class:`CacheDamaged` if the file is damaged or does not fit."""
     import torch
 
-    with np.load(path) as data:
-        state = {k: torch.from_numpy(np.array(data[k])) for k in data.files}
-    module.load_state_dict(state, strict=True)
+    arrays = load_named_arrays(path)
+    try:
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=True)
+    except RuntimeError as exc:
+        raise CacheDamaged(path, f"does not fit the model: {str(exc)[:200]}") from None

@@ -199,6 +199,8 @@ class WorkerPool:
                 self.stop()  # the next case starts with clean memory
                 raise CaseAborted(f"{case_id}: out of memory during {step}: {body['type']}: {body['message']} "
                                   f"(worker pid {process.pid}, replaced: the next case starts with clean memory)")
+            if body.get("plain"):
+                raise CaseAborted(f"{case_id}: {body['message']}")
             raise CaseAborted(f"{case_id}: {body['type']} during {step}: {body['message']}\n"
                               f"--- in the worker process ---\n{body['traceback']}")
         return body

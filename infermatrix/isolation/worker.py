@@ -26,6 +26,7 @@ import pytest
 from infermatrix import host
 from infermatrix.api.scenario import CaseKind, Prepared, Scenario
 from infermatrix.api.types import FORM_GENERATION, BackendInfo, Case, ModelSpec, PrepareContext, RunOptions, Target
+from infermatrix.cache import CacheError
 from infermatrix.gate.reference import ReferenceUnavailable
 from infermatrix.host import PluginSpec
 from infermatrix.measure.timing import RecordedRounds
@@ -146,7 +147,9 @@ def serve(conn: Connection, specs: list[PluginSpec]) -> None:
                 reply = ("skip", str(exc.msg if isinstance(exc, pytest.skip.Exception) else exc))
             except BaseException as exc:  # noqa: BLE001 - everything goes back to pytest, named
                 reply = ("error", {"type": type(exc).__name__, "message": str(exc),
-                                   "traceback": traceback.format_exc(), "out_of_memory": is_out_of_memory(exc)})
+                                   "traceback": traceback.format_exc(), "out_of_memory": is_out_of_memory(exc),
+                                   # its message names the file and what to do: no traceback needed
+                                   "plain": isinstance(exc, CacheError)})
                 if reply[1]["out_of_memory"]:
                     worker.current = None  # the parent replaces this process; do not touch the session
             sys.stdout.flush()

@@ -27,7 +27,7 @@ from infermatrix.api.types import (
     PrepareContext,
     RunOptions,
 )
-from infermatrix.cache import resolve_cache_dir
+from infermatrix.cache import CacheError, resolve_cache_dir
 from infermatrix.case import matrix
 from infermatrix.gate import reference
 from infermatrix.isolation.pool import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
@@ -423,6 +423,8 @@ def prepare_case(state: InfermatrixState, case: Case, kind: CaseKind, workdir: P
         kind.fill_cache(case, state.options, state.accuracy_samples)
     except reference.ReferenceUnavailable as exc:
         pytest.skip(str(exc))
+    except CacheError as exc:
+        pytest.fail(str(exc), pytrace=False)
     if state.pool is not None:
         request = PrepareRequest(
             model=case.model.name, weights_path=case.model.weights_path, backend=case.backend, target=case.target,
@@ -440,6 +442,8 @@ def prepare_case(state: InfermatrixState, case: Case, kind: CaseKind, workdir: P
             state.options, state.policy, state.accuracy_samples)
     except reference.ReferenceUnavailable as exc:
         pytest.skip(str(exc))
+    except CacheError as exc:
+        pytest.fail(str(exc), pytrace=False)
     return prepared
 
 
