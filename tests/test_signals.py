@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import FAST
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -113,3 +114,49 @@ def test_sigterm_to_the_group_leaves_no_worker_behind(project: Path) -> None:
     os.killpg(run.pid, signal.SIGTERM)
     exit_within(run, 20)
     assert_gone(workers, within_s=5)
+
+
+def test_ctrl_c_during_a_save_keeps_every_baseline_whole(tmp_path: Path) -> None:
+    """Ctrl-C while a baseline is being written (~40 MB, so the signal lands mid-write):
+    the writer stops at once, its temporary file is removed, every named baseline is whole."""
+    from test_faults import small_run, start_writer
+
+    from infermatrix.results import baselines
+
+    store = tmp_path / "baselines"
+    first = baselines.accept(small_run("first"), store)
+    folder, before = first.parent, first.read_bytes()
+    writer = start_writer(tmp_path, store, small_run("big", size=20000), 1000, "big")
+    deadline = time.monotonic() + 60
+    while not list(folder.glob(".accept-*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    assert list(folder.glob(".accept-*.tmp")), "the save never started"
+    writer.send_signal(signal.SIGINT)
+    writer.wait(timeout=10)
+    assert writer.returncode != 0  # interrupted, not finished
+    assert first.read_bytes() == before
+    assert not list(folder.glob(".accept-*.tmp"))  # the half-written file went with the interrupt
+    for run in baselines.load_history(store, folder.name):
+        assert run["benchmarks"][0]["extra_info"]["tag"] in ("first", "big")
+
+
+def test_ctrl_c_between_cases_stops_the_idle_worker(project: Path) -> None:
+    """Ctrl-C while pytest itself works between two cases (here: a hook of the project that
+    sleeps after the first test), the worker idle: pytest exits, the worker goes with it."""
+    (project / "conftest.py").write_text(
+        'pytest_plugins = ["infermatrix.pytest_plugin.plugin", "numpy_backend", "faulty_backend"]\n'
+        "import pathlib, time\n"
+        "def pytest_runtest_logfinish(nodeid, location):\n"
+        "    pathlib.Path('between').touch()\n"
+        "    time.sleep(120)\n")
+    run = start(project, "--backends=numpy", "--models=tinymlp", "--precisions=fp32", "--devices=cpu", *FAST)
+    deadline = time.monotonic() + 60
+    while not (project / "between").exists() and time.monotonic() < deadline:
+        assert run.poll() is None, run.communicate()[0][-2000:]
+        time.sleep(0.1)
+    workers = psutil.Process(run.pid).children(recursive=True)
+    assert workers, "no worker process to check"
+    run.send_signal(signal.SIGINT)
+    status, out = exit_within(run, 20)
+    assert status == pytest.ExitCode.INTERRUPTED, out[-2000:]
+    assert_gone(workers)
