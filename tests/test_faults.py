@@ -261,11 +261,12 @@ def tmpfs(path: Path, size: str) -> Iterator[None]:
 
 
 def small_run(tag: str, size: int = 1) -> dict:
+    # case ids of the record's form: only runs that read as records enter a history
     return {
         "machine_info": {"infermatrix": {"cpu_model": "Test CPU", "cpu_physical_cores": 2, "gpus": [], "os": "Linux",
                                          "arch": "x86_64"}},
         "benchmarks": [{"name": f"case{i}", "stats": {"median": 1.0, "data": [1.0] * 100},
-                        "extra_info": {"case_id": f"case{i}", "tag": tag}} for i in range(size)],
+                        "extra_info": {"case_id": f"case{i}-numpy-cpu-fp32-b1", "tag": tag}} for i in range(size)],
     }
 
 
@@ -353,3 +354,272 @@ def test_two_runs_saving_at_once_both_keep_their_baselines(tmp_path: Path) -> No
     (folder,) = store.iterdir()
     tags = [run["benchmarks"][0]["extra_info"]["tag"] for run in baselines.load_history(store, folder.name)]
     assert sorted(tags) == ["a"] * 15 + ["b"] * 15
+
+
+# ---- history: only finite timings above 0 (issue #20) ------------------------------------------
+
+MACHINE = {"infermatrix": {"cpu_model": "Test CPU", "cpu_physical_cores": 2, "gpus": [], "os": "Linux",
+                           "arch": "x86_64"}}
+
+
+def timed_run(medians: dict[str, float]) -> dict:
+    """A run as pytest-benchmark writes one: median, mean, min and the rounds of each case."""
+    return {"machine_info": MACHINE, "infermatrix": {"failed": {}}, "benchmarks": [
+        {"name": f"test_latency[{model}-numpy-cpu-fp32-b1]",
+         "stats": {"median": m, "mean": m, "min": m * 0.9, "data": [m * 0.9, m, m * 1.1]},
+         "extra_info": {"case_id": f"{model}-numpy-cpu-fp32-b1"}} for model, m in medians.items()]}
+
+
+#: (what is broken, how, what the refusal must say)
+IMPOSSIBLE = {
+    "median-nan": (lambda b: b["stats"].update(median=float("nan")), "stats.median = nan"),
+    "median-zero": (lambda b: b["stats"].update(median=0.0), "stats.median = 0.0"),
+    "median-negative": (lambda b: b["stats"].update(median=-0.001), "stats.median = -0.001"),
+    "mean-inf": (lambda b: b["stats"].update(mean=float("inf")), "stats.mean = inf"),
+    "min-null": (lambda b: b["stats"].update(min=None), "stats.min = None"),
+    "round-zero": (lambda b: b["stats"]["data"].__setitem__(1, 0.0), "stats.data[1] = 0.0 (a round)"),
+    "no-median": (lambda b: b["stats"].pop("median"), "stats.median is missing"),
+    "record": (lambda b: b["extra_info"].update(batch_size="four"), "field 'batch_size' = 'four' is not a int"),
+}
+
+
+def broken_run(damage: str) -> dict:
+    run = timed_run({"tinymlp": 0.002, "tinylinear": 0.001})
+    IMPOSSIBLE[damage][0](run["benchmarks"][1])
+    return run
+
+
+@pytest.mark.parametrize("damage", sorted(IMPOSSIBLE))
+def test_accept_refuses_a_run_with_impossible_timings_naming_file_benchmark_field_and_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    from infermatrix.cli import main as cli
+
+    result, store = tmp_path / "run.json", tmp_path / "baselines"
+    result.write_text(json.dumps(broken_run(damage)))  # json writes NaN and Infinity as pytest-benchmark does
+    assert cli(["accept", str(result), "--baselines", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert f"{result}: benchmark test_latency[tinylinear-numpy-cpu-fp32-b1]: " in err
+    assert IMPOSSIBLE[damage][1] in err and "refusing to store it" in err
+    assert not list(store.rglob("*.json"))  # nothing entered the history
+    # the same run from a pytest session (--accept-baseline) is refused by the same check
+    with pytest.raises(baselines.BaselineError, match="this run: benchmark test_latency"):
+        baselines.accept(broken_run(damage), store)
+
+
+@pytest.mark.parametrize("damage", ["median-nan", "median-zero", "median-negative", "round-zero"])
+def test_compare_and_report_name_a_stored_run_with_impossible_timings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    from infermatrix.cli import main as cli
+
+    store = tmp_path / "baselines"
+    good = baselines.accept(timed_run({"tinymlp": 0.002, "tinylinear": 0.001}), store)
+    # a file stored before accept checked timings (or edited since): written past accept
+    stored = good.parent / "20200101T000000.json"
+    stored.write_text(json.dumps(broken_run(damage)))
+    current = tmp_path / "current.json"
+    current.write_text(json.dumps(timed_run({"tinymlp": 0.0021, "tinylinear": 0.001})))
+
+    assert cli(["compare", str(stored), str(good), str(current)]) == 2
+    err = capsys.readouterr().err
+    assert f"{stored}: benchmark test_latency[tinylinear-numpy-cpu-fp32-b1]: {IMPOSSIBLE[damage][1]}" in err
+    assert "Traceback" not in err
+
+    assert cli(["report", str(current), "--baseline", str(store), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {stored}: benchmark test_latency[tinylinear-numpy-cpu-fp32-b1]: " in err
+    assert f"move it out of {stored.parent}" in err
+
+
+@pytest.mark.parametrize("damage", ["nan", "zero", "negative"])
+def test_a_stored_run_with_impossible_timings_stops_the_compare_and_the_new_run_is_still_accepted(
+    suite: pytest.Pytester, tmp_path: Path, damage: str
+) -> None:
+    store = tmp_path / "baselines"
+    common = ["-k", "tinymlp-numpy-cpu-fp32", f"--infermatrix-baselines={store}", *FAST]
+    assert suite.runpytest(*common, "--accept-baseline").ret == 0
+    (stored,) = store.glob("*/*.json")
+    run = json.loads(stored.read_text())
+    run["benchmarks"][0]["stats"]["median"] = {"nan": float("nan"), "zero": 0, "negative": -1.5}[damage]
+    stored.write_text(json.dumps(run))
+    before = stored.read_bytes()
+    result = suite.runpytest(*common, "--benchmark-compare", "--accept-baseline")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines([f"*cannot compare: {stored}: benchmark test_latency[[]tinymlp-numpy-cpu-fp32-b1]: "
+                                 "stats.median = *move it out of*", "*accepted this run as a baseline: *"])
+    assert "Traceback" not in result.stdout.str()
+    assert stored.read_bytes() == before
+    assert len(list(stored.parent.glob("*.json"))) == 2  # the new run is stored, as documented
+
+
+def test_accept_baseline_refuses_a_new_run_with_impossible_timings(suite: pytest.Pytester, tmp_path: Path) -> None:
+    # a plugin that spoils the run's JSON: the run itself is what must not enter the history
+    suite.makeconftest("""
+        pytest_plugins = ["infermatrix.pytest_plugin.plugin", "numpy_backend"]
+
+        def pytest_benchmark_update_json(config, benchmarks, output_json):
+            for bench in output_json["benchmarks"]:
+                bench["stats"]["median"] = float("nan")
+    """)
+    store = tmp_path / "baselines"
+    result = suite.runpytest("-k", "tinymlp-numpy-cpu-fp32", f"--infermatrix-baselines={store}",
+                             "--accept-baseline", *FAST)
+    result.stdout.fnmatch_lines(["*not accepted: this run: benchmark test_latency[[]tinymlp-numpy-cpu-fp32-b1]: "
+                                 "stats.median = nan*refusing to store it*"])
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    assert not list(store.rglob("*.json"))
+
+
+# ---- results are never stale (issue #20) --------------------------------------------------------
+
+
+def test_when_every_case_fails_the_json_is_still_written_with_the_failures(
+    faulty: pytest.Pytester, tmp_path: Path
+) -> None:
+    from infermatrix.cli import main as cli
+
+    out = tmp_path / "out.json"
+    out.write_text(json.dumps(timed_run({"tinymlp": 0.002})))  # the previous run's file
+    result = faulty.runpytest("--backends=nan", "--precisions=fp32", "--devices=cpu", "--models=tinymlp",
+                              f"--benchmark-json={out}", *QUICK)
+    assert result.parseoutcomes().get("failed") == 2 and "passed" not in result.parseoutcomes()
+    result.stdout.fnmatch_lines([f"*no case was timed; wrote {out} all the same (no benchmarks, 2 failed case(s)*"])
+    written = json.loads(out.read_text())
+    assert written["benchmarks"] == []
+    assert sorted(written["infermatrix"]["failed"]) == ["test_latency[tinymlp-nan-cpu-fp32-b1]",
+                                                         "test_throughput[tinymlp-nan-cpu-fp32-b1]"]
+    assert "NaN or Inf" in written["infermatrix"]["failed"]["test_latency[tinymlp-nan-cpu-fp32-b1]"]
+    assert written["machine_info"]["infermatrix"]["backends"]["nan"]  # a complete result file
+    # a report step that runs anyway shows the failures, not an earlier run's numbers
+    assert cli(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "test_latency[tinymlp-nan-cpu-fp32-b1]" in summary and "0.002" not in summary
+
+
+# ---- every option value checked at configure time (issue #20) -----------------------------------
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--threads", "0", "--threads 0: give a positive number of threads"),
+    ("--threads", "-1", "--threads -1: give a positive number of threads"),
+    ("--repeats", "-2", "--repeats -2: give 0 (off) or a number of fresh processes"),
+    ("--max-time", "-1", "--max-time -1: give a number of seconds above 0"),
+    ("--max-time", "nan", "--max-time nan: give a number of seconds above 0"),
+    ("--min-time", "-1", "--min-time -1: give a number of seconds, 0 or more"),
+    ("--min-rounds", "0", "--min-rounds 0: give 3 rounds or more*"),
+    ("--target-precision", "2", "--target-precision 2: give a fraction between 0 and 1*"),
+    ("--target-precision", "0", "--target-precision 0: give a fraction between 0 and 1*"),
+    ("--throughput-time", "0", "--throughput-time 0: give a number of seconds above 0"),
+    ("--case-timeout", "0", "--case-timeout 0: give a number of seconds above 0"),
+    ("--accuracy-samples", "0", "--accuracy-samples 0: give 1 sample or more"),
+], ids=lambda v: v if not v.startswith("--") or " " not in v else "")
+def test_a_nonsense_option_value_is_a_usage_error_naming_the_option(
+    suite: pytest.Pytester, option: str, value: str, message: str
+) -> None:
+    result = suite.runpytest(option, value, "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert "_s=" not in result.stderr.str()  # no dataclass field names the user never typed
+
+
+def test_a_time_budget_below_the_minimum_time_names_both_options(suite: pytest.Pytester) -> None:
+    result = suite.runpytest("--min-time=2", "--max-time=1", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--max-time 1 is below --min-time 2: give a time budget of at least --min-time*"])
+
+
+@pytest.mark.parametrize("place", ["file", "under-a-file", "read-only"])
+def test_a_cache_that_cannot_be_a_writable_directory_is_a_usage_error_naming_it(
+    suite: pytest.Pytester, tmp_path: Path, place: str
+) -> None:
+    target = tmp_path / "cache"
+    cleanup: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if place == "file":
+        target.write_text("not a directory\n")
+        message = f"*--infermatrix-cache {target}: a file, not a directory*"
+    elif place == "under-a-file":
+        (tmp_path / "plain").write_text("")
+        target = tmp_path / "plain" / "cache"
+        message = f"*--infermatrix-cache {target}: {tmp_path / 'plain'} is a file*"
+    else:
+        message = f"*--infermatrix-cache {target}: the cache directory cannot be written; give a writable directory*"
+        if os.geteuid() == 0:  # root writes anywhere a permission allows: a really read-only filesystem
+            cleanup = tmpfs(target, "1m")
+    with cleanup:
+        if place == "read-only":
+            if os.geteuid() == 0:
+                subprocess.run(["mount", "-o", "remount,ro", str(target)], check=True)
+            else:
+                target.mkdir()
+                target.chmod(0o555)
+        result = suite.runpytest(f"--infermatrix-cache={target}", "--collect-only")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([message])
+
+
+TORCHY = """
+import dataclasses
+
+import pytest
+from numpy_backend import MODELS
+
+from infermatrix.api.types import FORM_TORCH
+
+
+def build():
+    from torch import nn
+
+    return nn.Linear(4, 4)
+
+
+@pytest.hookimpl
+def pytest_infermatrix_models():
+    # the numpy test model with a torch form too: --model-weights reads a torch file for it
+    return [dataclasses.replace(MODELS[0], name="tinytorch", forms={**MODELS[0].forms, FORM_TORCH: build})]
+"""
+
+
+@pytest.fixture
+def torchy(suite: pytest.Pytester) -> pytest.Pytester:
+    suite.makepyfile(torchy=TORCHY)
+    suite.makeconftest('pytest_plugins = ["infermatrix.pytest_plugin.plugin", "numpy_backend", "torchy"]\n')
+    return suite
+
+
+@pytest.mark.parametrize("damage", ["readme", "truncated", "folder", "passwd"])
+def test_a_weights_file_torch_cannot_read_is_a_usage_error_naming_it(
+    torchy: pytest.Pytester, tmp_path: Path, damage: str
+) -> None:
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "weights.pt"
+    if damage == "readme":
+        path.write_text("this is a README, not weights\n")
+    elif damage == "truncated":
+        torch.save(torch.nn.Linear(4, 4).state_dict(), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "folder":
+        path.mkdir()
+    else:
+        path = Path("/etc/passwd")
+    result = torchy.runpytest(f"--model-weights=tinytorch={path}", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    expected = "is not a file" if damage == "folder" else "is not a torch file"
+    result.stderr.fnmatch_lines([f"*--model-weights tinytorch: {path} {expected}*"])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_a_weights_file_that_is_not_a_state_dict_fails_its_case_without_a_traceback(
+    torchy: pytest.Pytester, tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "weights.pt"
+    torch.save([1, 2, 3], path)  # a torch file, but only torch can tell it holds no state_dict
+    out = tmp_path / "out.json"
+    result = torchy.runpytest(f"--model-weights=tinytorch={path}", "--models=tinytorch", "--precisions=fp32",
+                              "--devices=cpu", "--batch-sizes=1", f"--benchmark-json={out}", *FAST)
+    assert result.parseoutcomes().get("failed") == 1 and "errors" not in result.parseoutcomes()
+    result.stdout.fnmatch_lines([f"*{path}: holds a list, not a state_dict; save one with torch.save(*"])
+    assert "Traceback" not in result.stdout.str() and "reference.py" not in result.stdout.str()
+    assert list(json.loads(out.read_text())["infermatrix"]["failed"]) == ["test_latency[tinytorch-numpy-cpu-fp32-b1]"]

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", type=Path, default=Path("baselines"))
     args = parser.parse_args(argv)
     try:
-        path = baselines.accept(baselines.load_run(args.result), args.baselines)
+        path = baselines.accept(baselines.load_run(args.result), args.baselines, source=args.result)
     except baselines.BaselineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

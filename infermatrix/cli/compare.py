@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("compare needs at least one baseline run and the current run")
     try:
         runs = [baselines.load_run(p) for p in args.runs]
+        for path, run in zip(args.runs, runs, strict=True):
+            baselines.check_run(run, path, "it cannot be judged or judged against — leave it out of the compare "
+                                "(nothing was changed)")
     except baselines.BaselineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

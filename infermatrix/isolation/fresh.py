@@ -93,10 +93,12 @@ def run_isolated(config: pytest.Config, fresh: FreshRun, framework_module: str,
             pytest.fail(f"{case_id}: hung — the isolated run gave no result within {timeout_s:g} s and was killed "
                         "(--case-timeout sets the limit)", pytrace=False)
         wall = time.perf_counter() - started
-        if proc.returncode != 0 or not out.exists():
+        # The file is written even when the case was not timed (no benchmarks): that is a failure too.
+        benchmarks = json.loads(out.read_text())["benchmarks"] if out.exists() else []
+        if proc.returncode != 0 or len(benchmarks) != 1:
             tail = (proc.stdout + proc.stderr)[-2000:]
             pytest.fail(f"{case_id}: the isolated run {describe_exit(proc.returncode)}:\n{tail}", pytrace=False)
-        (bench,) = json.loads(out.read_text())["benchmarks"]
+        (bench,) = benchmarks
     return IsolatedRun(
         case_id=case_id,
         result=CaseResult.from_benchmark(bench),

@@ -4,7 +4,9 @@ Runs after pytest-benchmark has finished the session: builds this run's JSON thr
 pytest-benchmark's own hooks (so it is exactly what ``--benchmark-json`` would write),
 judges it against ``baselines/<fingerprint>/`` (infermatrix.results.verdicts), prints the table,
 fails the session on a regression (``--regression-fails``), and with
-``--accept-baseline`` files the run as the newest baseline.
+``--accept-baseline`` files the run as the newest baseline. It also writes
+``--benchmark-json`` where pytest-benchmark would not (no case timed), so a stale file
+never passes for this run.
 """
 
 from __future__ import annotations
@@ -25,16 +27,39 @@ class CompareOutcome:
     lines: list[str]
 
 
+def run_json(config: pytest.Config, benchmarks: list[Any]) -> dict[str, Any]:
+    """This run's result as ``--benchmark-json`` writes it, built through pytest-benchmark's own hooks
+    (our ``pytest_benchmark_update_json`` adds the failed cases)."""
+    bs = config._benchmarksession  # type: ignore[attr-defined]
+    machine_info = bs.get_machine_info()
+    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
+    output = config.hook.pytest_benchmark_generate_json(config=config, benchmarks=benchmarks, include_data=True,
+                                                        machine_info=machine_info, commit_info=commit_info)
+    config.hook.pytest_benchmark_update_json(config=config, benchmarks=benchmarks, output_json=output)
+    return dict(output)
+
+
 def _current_run(config: pytest.Config) -> dict[str, Any] | None:
     bs = getattr(config, "_benchmarksession", None)
     if bs is None or not bs.benchmarks:
         return None
-    machine_info = bs.get_machine_info()
-    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
-    output = config.hook.pytest_benchmark_generate_json(config=config, benchmarks=bs.benchmarks, include_data=True,
-                                                        machine_info=machine_info, commit_info=commit_info)
-    config.hook.pytest_benchmark_update_json(config=config, benchmarks=bs.benchmarks, output_json=output)
-    return dict(output)
+    return run_json(config, bs.benchmarks)
+
+
+def write_json_when_nothing_was_timed(session: pytest.Session) -> tuple[Path, int] | None:
+    """Write ``--benchmark-json`` when pytest-benchmark did not: it skips saving when no
+    benchmark ran (every case failed, or none was selected), which left the previous run's
+    file in place for a report step to publish as current. The file says what happened: no
+    benchmarks, and the failed cases in ``infermatrix.failed``. Returns the path written and
+    how many failed cases it lists."""
+    config = session.config
+    bs = getattr(config, "_benchmarksession", None)
+    path = config.getoption("benchmark_json", default=None)
+    if bs is None or path is None or bs.benchmarks or config.getoption("collectonly", default=False):
+        return None  # pytest-benchmark wrote it, or nothing ran (--collect-only leaves the last run's file)
+    output = run_json(config, [])
+    bs.save_json(output)
+    return Path(path), len((output.get("infermatrix") or {}).get("failed") or {})
 
 
 def baselines_dir(config: pytest.Config) -> Path:
@@ -44,50 +69,62 @@ def baselines_dir(config: pytest.Config) -> Path:
 
 def finish(session: pytest.Session) -> None:
     config = session.config
+    lines: list[str] = []
+    config.stash[outcome_key] = CompareOutcome(lines)
+    written = write_json_when_nothing_was_timed(session)
+    if written is not None:
+        lines.append(f"infermatrix: no case was timed; wrote {written[0]} all the same (no benchmarks, "
+                     f"{written[1]} failed case(s) under infermatrix.failed), so no earlier run's file passes for "
+                     "this one")
     compare = config.getoption("benchmark_compare", default=False)
     accept = config.getoption("--accept-baseline", default=False)
     if not compare and not accept:
         return
-    lines: list[str] = []
-    config.stash[outcome_key] = CompareOutcome(lines)
     run = _current_run(config)
     if run is None:
         lines.append("infermatrix: no case was timed; nothing to compare or accept")
         return
     directory = baselines_dir(config)
     machine = baselines.fingerprint(run["machine_info"])
-    if compare:
-        wanted = config.getoption("--baseline-machine") or machine
-        paths = baselines.history(directory, wanted)
-        history: list[dict[str, Any]] = []
-        if not paths:
-            lines.append(f"infermatrix: no baseline for machine {wanted} in {directory}; nothing to compare "
-                         "(run with --accept-baseline to start one)")
-        else:
+    try:
+        if compare:
+            _compare(session, run, directory, machine, lines)
+    finally:
+        # Stored as documented whatever is wrong with the stored history (even if judging it
+        # raised): the new run is checked on its own (baselines.accept refuses an invalid one).
+        if accept:
             try:
-                history = baselines.load_history(directory, wanted)
+                path = baselines.accept(run, directory)
+                lines.append(f"infermatrix: accepted this run as a baseline: {path}")
             except baselines.BaselineError as exc:
-                lines.append(f"infermatrix: cannot compare: {exc}")
-                session.exitstatus = pytest.ExitCode.USAGE_ERROR
-                history = []
-        if history:
-            results = verdicts.judge(history, run)
-            lines.append(f"infermatrix verdicts against {len(paths)} baseline run(s) of {wanted}:")
-            changes = baselines.version_changes(history[-1], run)
-            if changes:
-                lines.append("versions differ from the newest baseline: " + "; ".join(changes))
-            lines.extend(verdicts.table(results).splitlines())
-            regressed = [v for v in results if v.verdict == "regressed"]
-            if regressed and config.getoption("--regression-fails") == "yes":
-                lines.append(f"infermatrix: {len(regressed)} case(s) regressed: failing the session")
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    if accept:
-        try:
-            path = baselines.accept(run, directory)
-            lines.append(f"infermatrix: accepted this run as a baseline: {path}")
-        except baselines.BaselineError as exc:
-            lines.append(f"infermatrix: {exc}")
-            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+                lines.append(f"infermatrix: not accepted: {exc}")
+                session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+
+
+def _compare(session: pytest.Session, run: dict[str, Any], directory: Path, machine: str, lines: list[str]) -> None:
+    config = session.config
+    wanted = config.getoption("--baseline-machine") or machine
+    paths = baselines.history(directory, wanted)
+    if not paths:
+        lines.append(f"infermatrix: no baseline for machine {wanted} in {directory}; nothing to compare "
+                     "(run with --accept-baseline to start one)")
+        return
+    try:
+        history = baselines.load_history(directory, wanted)
+    except baselines.BaselineError as exc:
+        lines.append(f"infermatrix: cannot compare: {exc}")
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        return
+    results = verdicts.judge(history, run)
+    lines.append(f"infermatrix verdicts against {len(paths)} baseline run(s) of {wanted}:")
+    changes = baselines.version_changes(history[-1], run)
+    if changes:
+        lines.append("versions differ from the newest baseline: " + "; ".join(changes))
+    lines.extend(verdicts.table(results).splitlines())
+    regressed = [v for v in results if v.verdict == "regressed"]
+    if regressed and config.getoption("--regression-fails") == "yes":
+        lines.append(f"infermatrix: {len(regressed)} case(s) regressed: failing the session")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def report(terminalreporter: Any, config: pytest.Config) -> None:

@@ -7,8 +7,11 @@ Outside plugins arrive through the ``infermatrix`` entry-point group.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import pytest
 
 from infermatrix import host
 from infermatrix.api import hookspec, scenario
-from infermatrix.api.scenario import CaseKind, Prepared
+from infermatrix.api.scenario import CaseKind, Prepared, Scenario
 from infermatrix.api.types import (
     FORM_GENERATION,
     KNOWN_PRECISIONS,
@@ -26,8 +29,9 @@ from infermatrix.api.types import (
     ModelSpec,
     PrepareContext,
     RunOptions,
+    WeightsError,
 )
-from infermatrix.cache import CacheError, resolve_cache_dir
+from infermatrix.cache import ENV_CACHE_DIR, CacheError, resolve_cache_dir
 from infermatrix.case import matrix
 from infermatrix.gate import reference
 from infermatrix.isolation.pool import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
@@ -162,6 +166,67 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "selected cases, so environments without torch can run them; use with --collect-only")
 
 
+#: option -> (is this value sensible, what to give instead); checked at configure time so a
+#: nonsense value is a usage error naming the option, never a traceback from a fixture or a
+#: dataclass field name (``max_time_s=``) the user never typed. ``None`` is an option's "unset".
+NUMBER_RULES: dict[str, tuple[Any, str]] = {
+    "--threads": (lambda v: v >= 1, "give a positive number of threads"),
+    "--repeats": (lambda v: v >= 0, "give 0 (off) or a number of fresh processes"),
+    "--min-rounds": (lambda v: v >= 3, "give 3 rounds or more (the median's confidence interval needs 3)"),
+    "--min-time": (lambda v: v >= 0, "give a number of seconds, 0 or more"),
+    "--max-time": (lambda v: v > 0, "give a number of seconds above 0"),
+    "--target-precision": (lambda v: 0 < v < 1, "give a fraction between 0 and 1, e.g. 0.02 for ±2%"),
+    "--throughput-time": (lambda v: v > 0, "give a number of seconds above 0"),
+    "--case-timeout": (lambda v: v > 0, "give a number of seconds above 0"),
+    "--accuracy-samples": (lambda v: v >= 1, "give 1 sample or more"),
+}
+
+
+def check_numbers(config: pytest.Config) -> None:
+    """Refuse every numeric option's nonsense value (negative, zero where it cannot be, NaN, inf)."""
+    for option, (sensible, advice) in NUMBER_RULES.items():
+        value = config.getoption(option, default=None)
+        if value is None:
+            continue
+        if not math.isfinite(value) or not sensible(value):
+            raise pytest.UsageError(f"{option} {value:g}: {advice}")
+    min_time, max_time = config.getoption("--min-time"), config.getoption("--max-time")
+    if max_time < min_time:
+        raise pytest.UsageError(f"--max-time {max_time:g} is below --min-time {min_time:g}: give a time budget of at "
+                                "least --min-time")
+
+
+def check_cache_dir(path: Path, source: str) -> None:
+    """The cache must be a directory this run can write (it creates it when missing); the
+    error names the path and where it came from (``source``)."""
+    if path.exists() and not path.is_dir():
+        raise pytest.UsageError(f"{source} {path}: a file, not a directory; give a directory for the cache")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise pytest.UsageError(f"{source} {path}: {existing} is a file, so the cache directory cannot be made "
+                                "there; give a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "cannot be written" if existing == path else f"cannot be made ({existing} is not writable)"
+        raise pytest.UsageError(f"{source} {path}: the cache directory {what}; give a writable directory")
+
+
+def check_torch_file(model: str, file: Path) -> None:
+    """What can be told of a torch state_dict file without importing torch: it is readable and
+    is a zip archive (torch.save's format) or a pickle (its legacy one). Whether it holds a
+    state_dict that fits the model needs torch: the case checks that (a FAILED case naming it)."""
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(2)
+    except OSError as exc:
+        raise pytest.UsageError(f"--model-weights {model}: cannot read {file} ({exc.strerror}); give a readable "
+                                "torch state_dict file") from None
+    # zipfile reads the archive's end record: a truncated torch.save file has none
+    if not zipfile.is_zipfile(file) and not (len(head) == 2 and head[0] == 0x80 and head[1] >= 2):
+        raise pytest.UsageError(f"--model-weights {model}: {file} is not a torch file (neither torch.save's zip "
+                                "archive, complete, nor its legacy pickle); save one with "
+                                "torch.save(model.state_dict(), path)")
+
+
 def _parse_slowdowns(raw: list[str], backends: list[BackendInfo]) -> dict[str, float]:
     names = {b.name for b in backends}
     found: dict[str, float] = {}
@@ -191,12 +256,17 @@ def _parse_weights(raw: list[str], models: list[ModelSpec]) -> dict[str, str]:
         if model not in names:
             raise pytest.UsageError(f"--model-weights: unknown model {model!r}; valid: {', '.join(sorted(names))}")
         file = Path(path).expanduser()
-        generation = next(m for m in models if m.name == model).generation is not None
+        spec = next(m for m in models if m.name == model)
+        generation = spec.generation is not None
         if generation and not (file / "config.json").is_file():
             raise pytest.UsageError(f"--model-weights {model}: {file} is not a Hugging Face model folder "
                                     "(no config.json); give the folder save_pretrained wrote")
-        if not generation and not file.is_file():
+        if not generation and not file.exists():
             raise pytest.UsageError(f"--model-weights {model}: file {file} does not exist")
+        if not generation and not file.is_file():
+            raise pytest.UsageError(f"--model-weights {model}: {file} is not a file; give a torch state_dict file")
+        if not generation and spec.build_torch is not None:  # only the torch form reads the file as torch's
+            check_torch_file(model, file)
         found[model] = str(file.resolve())
     return found
 
@@ -210,6 +280,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         config.pluginmanager.register(importlib.import_module(host.CORE_DEFAULTS), host.CORE_DEFAULTS)
     models, backends = host.announced(config.hook)
+    check_numbers(config)
     try:
         selection = matrix.Selection(
             models=matrix.parse_list("--models", config.getoption("--models")),
@@ -230,24 +301,25 @@ def pytest_configure(config: pytest.Config) -> None:
     # checked against the scenario modules once they are collected (pytest_collection_modifyitems)
     scenarios = matrix.parse_list("--scenarios", config.getoption("--scenarios"))
     timeout = config.getoption("--case-timeout")
-    if timeout <= 0:
-        raise pytest.UsageError(f"--case-timeout={timeout:g}: give a number of seconds above 0")
-    pool = WorkerPool(plugin_specs(config), timeout) if config.getoption("--isolation") == "process" else None
     accuracy_samples = config.getoption("--accuracy-samples")
-    if accuracy_samples < 1:
-        raise pytest.UsageError(f"--accuracy-samples={accuracy_samples}: must be at least 1")
     weights = _parse_weights(config.getoption("--model-weights"), models)
     slowdowns = _parse_slowdowns(config.getoption("--inject-slowdown"), backends)
     models = [configure_generation(m, config, weights.pop(m.name, None)) if m.generation is not None else m
               for m in models]
     models = [dataclasses.replace(m, weights_path=weights[m.name]) if m.name in weights else m for m in models]
+    option_cache = config.getoption("--infermatrix-cache")
+    cache_root = resolve_cache_dir(option_cache, config.rootpath)
+    source = "--infermatrix-cache" if option_cache else f"${ENV_CACHE_DIR}" if os.environ.get(ENV_CACHE_DIR) else (
+        "the default cache")
+    check_cache_dir(cache_root, source)
+    options = run_options(config, cache_root, selection)
+    pool = WorkerPool(plugin_specs(config), timeout) if config.getoption("--isolation") == "process" else None
     config.pluginmanager.register(ProgressLines(config), "infermatrix-progress")
     if pool is not None:
         config.pluginmanager.register(StopWorkerOnInterrupt(pool), "infermatrix-stop-worker-on-interrupt")
-    cache_root = resolve_cache_dir(config.getoption("--infermatrix-cache"), config.rootpath)
     config.stash[matrix_key] = InfermatrixState(
         config=config,
-        options=run_options(config, cache_root, selection),
+        options=options,
         selection=selection,
         models=models,
         backends=backends,
@@ -307,8 +379,8 @@ def threads_option(config: pytest.Config) -> int:
     from infermatrix.machine import physical_cores
 
     value = config.getoption("--threads", default=None)
-    if value is not None and value < 1:
-        raise pytest.UsageError(f"--threads={value}: must be at least 1")
+    if value is not None and value < 1:  # configure refused it already (check_numbers); kept for other callers
+        raise pytest.UsageError(f"--threads {value}: give a positive number of threads")
     return int(value) if value else physical_cores()
 
 
@@ -425,6 +497,10 @@ def prepare_case(state: InfermatrixState, case: Case, kind: CaseKind, workdir: P
         pytest.skip(str(exc))
     except CacheError as exc:
         pytest.fail(str(exc), pytrace=False)
+    except WeightsError as exc:
+        # The user's --model-weights file, checked by torch only here: the case fails with the
+        # message (a FAILED test, nothing timed), not a setup error with a traceback.
+        return UnpreparedCase(case, str(exc))
     if state.pool is not None:
         request = PrepareRequest(
             model=case.model.name, weights_path=case.model.weights_path, backend=case.backend, target=case.target,
@@ -444,7 +520,33 @@ def prepare_case(state: InfermatrixState, case: Case, kind: CaseKind, workdir: P
         pytest.skip(str(exc))
     except CacheError as exc:
         pytest.fail(str(exc), pytrace=False)
+    except WeightsError as exc:
+        return UnpreparedCase(case, str(exc))
     return prepared
+
+
+class UnpreparedCase:
+    """A case that could not be prepared for a reason the user can act on (``failure``):
+    ``pytest_pyfunc_call`` fails each of its scenario tests with it before anything is timed."""
+
+    def __init__(self, case: Case, failure: str) -> None:
+        self.case = case
+        self.failure = failure
+        self.accuracy = None
+        self.extra_info: dict[str, Any] = {}
+        self.slowdown = 0.0
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+    def run(self, scenario: Scenario, benchmark: Any, argument: Any) -> Any:
+        pytest.fail(self.failure, pytrace=False)
+
+    def record_memory(self, hook: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

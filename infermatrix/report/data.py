@@ -69,6 +69,9 @@ def merge_runs(paths: Sequence[Path]) -> dict[str, Any]:
     if not paths:
         raise ReportError("no result files given: pass the --benchmark-json files of the run (e.g. results/*.json)")
     runs = [(path, baselines.load_run(path)) for path in paths]
+    for path, run in runs:
+        # A 0 or NaN median would be divided by and plotted on a log scale: refuse it by name.
+        baselines.check_run(run, path, "a report cannot show it — rerun the cases it names")
     machines = {baselines.fingerprint(run["machine_info"]): path for path, run in runs}
     if len(machines) > 1:
         raise ReportError("the result files come from different machines: "

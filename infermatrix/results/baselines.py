@@ -13,14 +13,19 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from infermatrix.machine import DISPATCH_FLAGS
+from infermatrix.results.record import CaseResult, RecordError
 
 
 class BaselineError(ValueError):
@@ -86,6 +91,66 @@ def load_run(path: Path) -> dict[str, Any]:
     return data
 
 
+#: The statistics every judged run needs finite and above 0: the verdicts take logs of the
+#: medians and the report divides by them, so one 0, negative or NaN stops every later compare.
+TIMED_STATS = ("median", "mean", "min")
+
+
+def run_problems(run: Mapping[str, Any]) -> list[str]:
+    """What keeps ``run`` out of a history: each entry names the benchmark, the field and its value.
+
+    A benchmark needs a ``stats.median`` (what the verdicts judge); ``mean``, ``min`` and the
+    raw rounds (``stats.data``) are checked where present (pytest-benchmark writes them all;
+    hand-made and older files may lack some). The record must read as a ``CaseResult``.
+    """
+    problems: list[str] = []
+    for i, bench in enumerate(run.get("benchmarks") or []):
+        name = str(bench.get("name") or f"#{i}") if isinstance(bench, Mapping) else f"#{i}"
+        if not isinstance(bench, Mapping) or not isinstance(bench.get("stats"), Mapping):
+            problems.append(f"benchmark {name}: no 'stats' object")
+            continue
+        stats = bench["stats"]
+        if "median" not in stats:
+            problems.append(f"benchmark {name}: stats.median is missing")
+        for field in TIMED_STATS:
+            if field in stats and not _positive(stats[field]):
+                problems.append(f"benchmark {name}: stats.{field} = {stats[field]!r}")
+        data = stats.get("data")
+        if data is not None:
+            if not isinstance(data, list):
+                problems.append(f"benchmark {name}: stats.data = {type(data).__name__}, not a list of rounds")
+            elif not _all_positive(data):
+                bad = next(((k, v) for k, v in enumerate(data) if not _positive(v)), None)
+                if bad is not None:
+                    problems.append(f"benchmark {name}: stats.data[{bad[0]}] = {bad[1]!r} (a round)")
+        try:
+            CaseResult.from_benchmark(bench)
+        except RecordError as exc:
+            problems.append(f"benchmark {name}: the record does not read: {exc}")
+    return problems
+
+
+def _positive(value: Any) -> bool:
+    """A timing that can be real: a finite number above 0 (JSON's true is no number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _all_positive(rounds: list[Any]) -> bool:
+    """The common case at numpy speed (a run keeps up to 100,000 rounds per benchmark); the
+    element-wise check then only runs to name the first bad round."""
+    values = np.asarray(rounds) if rounds else np.zeros(0)
+    return values.ndim == 1 and values.dtype.kind in "fiu" and bool(np.all(np.isfinite(values) & (values > 0)))
+
+
+def check_run(run: Mapping[str, Any], source: Path | str, advice: str) -> None:
+    """Raise ``BaselineError`` naming ``source``, the first problems of ``run`` and ``advice``."""
+    problems = run_problems(run)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise BaselineError(f"{source}: {'; '.join(problems[:3])}{more} — timings must be finite numbers above 0 "
+                            f"and each benchmark an infermatrix record; {advice}")
+
+
 def version_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What differs between two runs' software (Python, backends): shown beside the verdicts,
     since an upgrade is a change users want compared, not a reason for a new baseline."""
@@ -118,6 +183,8 @@ def load_history(baselines_dir: Path, machine: str) -> list[dict[str, Any]]:
     runs = []
     for path in history(baselines_dir, machine):
         run = load_run(path)
+        check_run(run, path, f"this stored run cannot be judged against — move it out of {path.parent} "
+                  "(nothing was changed) and compare again")
         recorded = fingerprint(run["machine_info"])
         if recorded != machine:
             raise BaselineError(
@@ -129,14 +196,19 @@ def load_history(baselines_dir: Path, machine: str) -> list[dict[str, Any]]:
 
 
 def accept(run: dict[str, Any], baselines_dir: Path, allow_other_machine: bool = False,
-           expected_machine: str | None = None) -> Path:
+           expected_machine: str | None = None, source: Path | str = "this run") -> Path:
     """Store ``run`` as the newest baseline of its machine, atomically; earlier runs stay.
 
     The run is written to a temporary file and fsynced, then hard-linked to its final
     name: a link never replaces an existing file, so two runs saving at once each get
     their own name, and a writer killed at any moment leaves either no new baseline or
     a complete one (a stray ``.accept-*.tmp`` at worst, which nothing reads).
+
+    Only finite timings above 0 enter a history (``run_problems``): a stored NaN would stop
+    every later compare of the machine. ``source`` names the run in that refusal.
     """
+    check_run(run, source, "refusing to store it as a baseline (the earlier baselines are untouched) — "
+              "rerun the cases it names")
     machine = fingerprint(run["machine_info"])
     if expected_machine is not None and machine != expected_machine and not allow_other_machine:
         raise BaselineError(f"this run is from machine {machine}, not {expected_machine}; refusing to file it there")
