@@ -12,7 +12,7 @@ import os
 import re
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -489,18 +489,11 @@ def infermatrix_prepared(
 
 def prepare_case(state: InfermatrixState, case: Case, kind: CaseKind, workdir: Path) -> Prepared:
     """Prepare ``case`` as its kind says, in the worker process (``--isolation=process``) or in this one."""
-    try:
-        # The shared cache (references, FLOPs, a generation model's folder and tokens) is
-        # filled here, not in the worker: see the kind's ``fill_cache``.
-        kind.fill_cache(case, state.options, state.accuracy_samples)
-    except reference.ReferenceUnavailable as exc:
-        pytest.skip(str(exc))
-    except CacheError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    except WeightsError as exc:
-        # The user's --model-weights file, checked by torch only here: the case fails with the
-        # message (a FAILED test, nothing timed), not a setup error with a traceback.
-        return UnpreparedCase(case, str(exc))
+    # The shared cache (references, FLOPs, a generation model's folder and tokens) is
+    # filled here, not in the worker: see the kind's ``fill_cache``.
+    unprepared = as_user_facing(case, lambda: kind.fill_cache(case, state.options, state.accuracy_samples))
+    if unprepared is not None:
+        return unprepared
     if state.pool is not None:
         request = PrepareRequest(
             model=case.model.name, weights_path=case.model.weights_path, backend=case.backend, target=case.target,
@@ -511,18 +504,28 @@ def prepare_case(state: InfermatrixState, case: Case, kind: CaseKind, workdir: P
 
     hook = getattr(state.config.hook, kind.prepare_hook)
     context = PrepareContext(workdir=workdir, options=state.options)
+    prepared: list[Prepared] = []
+    unprepared = as_user_facing(case, lambda: prepared.append(kind.prepare(
+        case, lambda: hook(backend=case.backend, model=case.model, target=case.target, batch_size=case.batch_size,
+                           context=context),
+        state.options, state.policy, state.accuracy_samples)))
+    return unprepared if unprepared is not None else prepared[0]
+
+
+def as_user_facing(case: Case, step: Callable[[], None]) -> UnpreparedCase | None:
+    """Run a preparation step; what the user can act on becomes a skip, a failure or an
+    unprepared case with the message alone — never a setup error with a traceback."""
     try:
-        prepared: Prepared = kind.prepare(
-            case, lambda: hook(backend=case.backend, model=case.model, target=case.target,
-                               batch_size=case.batch_size, context=context),
-            state.options, state.policy, state.accuracy_samples)
+        step()
     except reference.ReferenceUnavailable as exc:
         pytest.skip(str(exc))
     except CacheError as exc:
         pytest.fail(str(exc), pytrace=False)
     except WeightsError as exc:
+        # The user's --model-weights file, checked by torch only here: the case fails with the
+        # message (a FAILED test, nothing timed).
         return UnpreparedCase(case, str(exc))
-    return prepared
+    return None
 
 
 class UnpreparedCase:
