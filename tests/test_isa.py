@@ -105,6 +105,12 @@ def test_fingerprint_files_cpu_generations_apart() -> None:
     assert "f25m1-avx2" in baselines.fingerprint(_machine(cpu_model_number=1, isa={f: True for f in AVX2_ONLY}))
 
 
+def test_a_run_with_onednn_capped_is_filed_apart() -> None:
+    capped = _machine(isa={**{flag: True for flag in AVX512_VNNI}, "onednn_max_cpu_isa": "AVX2"})
+    assert baselines.fingerprint(capped) != baselines.fingerprint(_machine())
+    assert "onednn-avx2" in baselines.fingerprint(capped)
+
+
 def test_fingerprint_ignores_flags_that_change_no_kernel() -> None:
     assert baselines.fingerprint(_machine()) == baselines.fingerprint(
         _machine(isa={**{flag: True for flag in AVX512_VNNI}, "onednn_max_cpu_isa": None, "int8_vnni": True}))

@@ -57,6 +57,12 @@ def fingerprint(machine_info: dict[str, Any]) -> str:
         best = ("amx" if "amx_int8" in flags else "avx512vnni" if "avx512_vnni" in flags
                 else "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "")
         generation = f"-f{im.get('cpu_family')}m{im.get('cpu_model_number')}-{best}"
+        # A run with oneDNN capped (ONEDNN_MAX_CPU_ISA) times OpenVINO's and torch's kernels of
+        # another CPU generation: its history is its own.
+        cap = isa.get("onednn_max_cpu_isa")
+        if cap:
+            facts["onednn_max_cpu_isa"] = str(cap).upper()
+            generation += f"-onednn-{str(cap).lower()}"
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:8]
     slug = re.sub(r"[^a-z0-9]+", "-",
                   f"{cpu}{generation}-{cores}c-{'-'.join(gpus) or 'nogpu'}-{system}-{arch}".lower())
