@@ -5,7 +5,8 @@ Everything is keyed by content (see ``ModelSpec.cache_key``) and written atomica
 never read a half-written file, and a run killed mid-write leaves the old file.
 
 Entries are also *sealed*: their size and SHA-256 are recorded beside them
-(``<name>.sha256``) once complete, and checked when read (once per process per file).
+(``<name>.sha256``) once complete, and checked when read (once per process per file;
+a file of its sealed size and modification time is not hashed again).
 A damaged entry — truncated, overwritten, or failing its loader — is moved aside
 (``<name>.damaged-<time>``, never read again), named in a warning, and rebuilt by its
 caller where the inputs are at hand; where they are not, the caller fails naming the
@@ -70,16 +71,26 @@ def seal_path(path: Path) -> Path:
 
 
 def seal(*paths: Path) -> None:
-    """Record each complete file's size and SHA-256 beside it."""
+    """Record each complete file's size, modification time and SHA-256 beside it."""
     for path in paths:
-        record = {"size": path.stat().st_size, "sha256": sha256(path)}
+        stat = path.stat()
+        record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256(path)}
         atomic_write_bytes(seal_path(path), json.dumps(record).encode())
+
+
+def unseal(path: Path) -> None:
+    """Before an entry is rewritten: a reader must never pair new data with the old seal
+    (it would take a good file for a damaged one)."""
+    seal_path(path).unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=256)
 def _matches_seal(path: Path, size: int, mtime_ns: int) -> str | None:
-    """None when ``path`` matches its seal (or has none), else what is wrong. Cached per
-    process by size and mtime: a big export is hashed once, not per case."""
+    """None when ``path`` matches its seal (or has none), else what is wrong.
+
+    A file still of its sealed size and modification time is taken as written (no
+    hashing: this runs inside timed preparation, and any write moves the time); a file
+    whose time moved is hashed. Cached per process by size and time."""
     try:
         record = json.loads(seal_path(path).read_text())
     except FileNotFoundError:
@@ -88,6 +99,8 @@ def _matches_seal(path: Path, size: int, mtime_ns: int) -> str | None:
         return "its seal is unreadable"
     if record.get("size") != size:
         return f"{size} bytes, sealed at {record.get('size')}"
+    if record.get("mtime_ns") == mtime_ns:
+        return None
     if record.get("sha256") != sha256(path):
         return "content differs from its seal (SHA-256)"
     return None
@@ -107,8 +120,10 @@ def quarantine(damage: CacheDamaged, *companions: Path) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     aside = damage.path.with_name(f"{damage.path.name}.damaged-{stamp}")
     for path in (damage.path, seal_path(damage.path), *companions):
-        if path.exists():
+        try:
             path.replace(path.with_name(f"{path.name}.damaged-{stamp}"))
+        except FileNotFoundError:
+            pass  # another run sharing the cache moved it first
     warnings.warn(f"infermatrix: {damage} — moved to {aside}; rebuilding it", CacheWarning, stacklevel=2)
     return aside
 
@@ -148,6 +163,7 @@ def save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
 
     buffer = io.BytesIO()
     np.savez(buffer, *arrays)
+    unseal(path)
     atomic_write_bytes(path, buffer.getvalue())
     seal(path)
 
@@ -190,6 +206,7 @@ def save_named_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy types allow_pickle like an array name
+    unseal(path)
     atomic_write_bytes(path, buffer.getvalue())
     seal(path)
 

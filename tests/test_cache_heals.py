@@ -152,3 +152,17 @@ def test_a_run_heals_a_damaged_reference_and_passes(suite: pytest.Pytester, tmp_
     result = suite.runpytest(*args, "-W", "default")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"*{stored}: damaged cache entry*moved to*rebuilding it*"])
+
+
+def test_a_damaged_export_manifest_is_not_taken_for_an_old_one(tmp_path: Path) -> None:
+    from infermatrix.case.generation import exported
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    make = [sys.executable, "-c", "import pathlib, sys; out = pathlib.Path(sys.argv[1]); out.mkdir(); "
+            "(out / 'model.onnx.data').write_bytes(b'w' * 64)", "{out}"]
+    target = exported(folder, "export", make, "a test exporter")
+    (target / ".complete").write_text('{"files": ')  # truncated JSON
+    with pytest.warns(CacheWarning, match="manifest .* is damaged"):
+        exported(folder, "export", make, "a test exporter")
+    assert json.loads((target / ".complete").read_text())["files"]

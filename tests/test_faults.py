@@ -623,3 +623,10 @@ def test_a_weights_file_that_is_not_a_state_dict_fails_its_case_without_a_traceb
     result.stdout.fnmatch_lines([f"*{path}: holds a list, not a state_dict; save one with torch.save(*"])
     assert "Traceback" not in result.stdout.str() and "reference.py" not in result.stdout.str()
     assert list(json.loads(out.read_text())["infermatrix"]["failed"]) == ["test_latency[tinytorch-numpy-cpu-fp32-b1]"]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-5"])
+def test_an_injected_slowdown_must_be_a_finite_share(suite: pytest.Pytester, value: str) -> None:
+    result = suite.runpytest(f"--inject-slowdown=numpy={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--inject-slowdown*expected BACKEND=PERCENT*"])

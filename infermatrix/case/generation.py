@@ -411,11 +411,16 @@ COMPLETE = ".complete"
 
 @functools.lru_cache(maxsize=32)
 def _export_problem(target: Path, marker_mtime_ns: int) -> str | None:
+    text = (target / COMPLETE).read_text(errors="replace")
+    if not text.lstrip().startswith("{"):
+        return None  # an export from before manifests (the marker held the command): its loader is the check
     try:
-        manifest = json.loads((target / COMPLETE).read_text())
-    except ValueError:
-        return None  # an export from before manifests: its loader is the check
-    for name, record in manifest.get("files", {}).items():
+        manifest = json.loads(text)
+        files = manifest["files"]
+        assert isinstance(files, dict)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        return "its manifest (.complete) is damaged"
+    for name, record in files.items():
         path = target / name
         if not path.is_file():
             return f"{name} is missing"

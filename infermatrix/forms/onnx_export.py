@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from infermatrix.api.types import ModelSpec
-from infermatrix.cache import CacheDamaged, atomic_write_bytes, check, quarantine, seal, seal_path
+from infermatrix.cache import CacheDamaged, atomic_write_bytes, check, quarantine, seal, seal_path, unseal
 from infermatrix.gate.reference import ReferenceUnavailable, build_torch_model, model_cache, torch_available
 
 DEFAULT_OPSET = 18
@@ -54,6 +54,7 @@ def _export(model: ModelSpec, cache_root: Path, path: Path, opset: int) -> dict[
     proto = program.model_proto
     # One self-contained file (our models are far below protobuf's 2 GB limit), so
     # the cache entry is a single atomic rename and its hash covers the weights too.
+    unseal(path)
     atomic_write_bytes(path, proto.SerializeToString())
     onnx.checker.check_model(str(path))
     seal(path)

@@ -99,11 +99,16 @@ def quantize_static_qdq(source: Path, target: Path, model: ModelSpec, symmetric:
             f"{activations}, {weights}, MinMax calibration")
 
 
-def quantize_dynamic_int8(source: Path, target: Path) -> str:
+def quantize_dynamic_int8(source: Path, target: Path, reduce_range: bool = False) -> str:
+    """Dynamic int8 (int8 weights, u8 activations quantized per call). ``reduce_range``: 7-bit
+    weights for CPUs without VNNI — the same u8s8 MLAS kernels as static int8, so the same
+    remedy (onnxruntime's docs name it for both); not measured on an AVX2 CPU here."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         written = Path(tmp) / target.name
-        quantize_dynamic(str(_preprocess(source, Path(tmp))), str(written), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(_preprocess(source, Path(tmp))), str(written), weight_type=QuantType.QInt8,
+                         reduce_range=reduce_range)
         written.replace(target)
-    return f"onnxruntime {installed_version('onnxruntime')} quant_pre_process + quantize_dynamic, int8 weights"
+    weights = "7-bit (reduce_range) int8 weights" if reduce_range else "int8 weights"
+    return f"onnxruntime {installed_version('onnxruntime')} quant_pre_process + quantize_dynamic, {weights}"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from infermatrix.api.announce import installed_version
 from infermatrix.api.types import ModelSpec
-from infermatrix.cache import ModelCache, seal
+from infermatrix.cache import ModelCache, seal, unseal
 from infermatrix.forms.onnx_export import intact, onnx_model
 from infermatrix.gate.accuracy import AccuracyReport, compare_outputs
 from infermatrix.gate.reference import accuracy_inputs, model_cache, reference_outputs
@@ -66,6 +66,7 @@ def graph_variant(model: ModelSpec, precision: str, cache_root: Path) -> GraphVa
     index = cache.read_json("variants.json") or {}
     if target.exists() and target.name in index and intact(target):
         return GraphVariant(target, precision, index[target.name], cached=True)
+    unseal(target)
     if precision == "fp16":
         tool = _fp16(source, target)
     else:

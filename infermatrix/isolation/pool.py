@@ -111,7 +111,8 @@ class WorkerPool:
             context = multiprocessing.get_context("spawn")
             parent, child = context.Pipe()
             # Not a daemon: backends start processes of their own (torch inductor's compile workers).
-            self.process = context.Process(target=serve, args=(child, self.specs), name="infermatrix-worker")
+            self.process = context.Process(target=serve, args=(child, self.specs, os.getpid()),
+                                           name="infermatrix-worker")
             self.process.start()
             child.close()
             self.conn = parent
@@ -119,10 +120,11 @@ class WorkerPool:
         return self.conn
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Ask the worker to quit; kill its process group if it does not."""
+        """Ask the worker to quit; kill its process group if it does not. The references are
+        dropped only once it is gone, so a Ctrl-C during the wait still finds it to kill."""
         process, conn = self.process, self.conn
-        self.process, self.conn = None, None
         if process is None:
+            self.conn = None
             return
         if conn is not None:
             try:
@@ -130,10 +132,12 @@ class WorkerPool:
                     conn.send(("quit", None))
             except (OSError, ValueError):
                 pass
-            conn.close()
         process.join(grace_s)
         if process.is_alive():
             self.kill(process)
+        if conn is not None:
+            conn.close()
+        self.process, self.conn = None, None
 
     def kill_now(self) -> None:
         """Kill the worker and everything it started, at once (Ctrl-C, interpreter exit)."""

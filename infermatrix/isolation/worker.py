@@ -99,7 +99,7 @@ class Worker:
         return {"result": result, "samples": sink.samples, "extra_info": prepared.extra_info}
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Ask Linux to kill this process when pytest dies (SIGKILL, a CI timeout's SIGTERM to
     pytest's group, which the worker left with ``setsid``): no worker outlives its run.
     Elsewhere the parent's ``atexit`` kill is all there is."""
@@ -112,16 +112,16 @@ def die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before the request took effect
+    if os.getppid() != parent_pid:  # the parent died before the request took effect (pytest may be PID 1)
         os._exit(1)
 
 
-def serve(conn: Connection, specs: list[PluginSpec]) -> None:
+def serve(conn: Connection, specs: list[PluginSpec], parent_pid: int) -> None:
     """The worker's main loop; exits when the pipe closes or on ``quit``."""
     # Its own process group, so the parent can stop it and anything it started
     # (compiler helpers) at once, and a terminal's Ctrl-C reaches only pytest.
     os.setsid()
-    die_with_parent()
+    die_with_parent(parent_pid)
     faulthandler.enable()  # a native crash prints the Python stack of the worker to stderr, into pytest's output
     worker = Worker(host.plugin_manager(specs))
     with tempfile.TemporaryDirectory(prefix="infermatrix-worker-"):

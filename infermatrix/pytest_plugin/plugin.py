@@ -236,7 +236,7 @@ def _parse_slowdowns(raw: list[str], backends: list[BackendInfo]) -> dict[str, f
             value = float(percent)
         except ValueError:
             value = -1.0
-        if not sep or value < 0:
+        if not sep or not math.isfinite(value) or value < 0:
             raise pytest.UsageError(f"--inject-slowdown {item!r}: expected BACKEND=PERCENT, e.g. onnxruntime=10")
         if backend not in names:
             raise pytest.UsageError(

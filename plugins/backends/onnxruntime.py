@@ -176,7 +176,10 @@ def pytest_infermatrix_prepare(
                       "int8_recipe_reason": chosen.reason}
         else:
             path = context.workdir / "int8-dynamic.onnx"
-            quantizer = quantize_dynamic_int8(source, path)
+            chosen = cpu_int8_recipe(isa())
+            quantizer = quantize_dynamic_int8(source, path, reduce_range=chosen.reduce_range)
+            recipe = {"int8_kernel": chosen.kernel, "int8_reduce_range": chosen.reduce_range,
+                      "int8_recipe_reason": chosen.reason}
         times.quantize_s = time.perf_counter() - started
 
     options = session_options(context.threads)

@@ -209,12 +209,15 @@ def pytest_infermatrix_prepare(
     recipe: dict[str, Any] = {}
     if target.precision == "int8":
         cpu = isa()
-        overflow_fix, reason = int8_overflow_fix(cpu)
+        # The saturation is the CPU's int8 instructions': a GPU or NPU keeps the full range.
+        overflow_fix, reason = (int8_overflow_fix(cpu) if ov_device(target.device) == "CPU"
+                                else ("disable", f"{ov_device(target.device)}: no VPMADDUBSW involved; full range"))
         started = time.perf_counter()
         ov_model = quantize_int8(ov_model, model, batch_size, overflow_fix)
         times.quantize_s = time.perf_counter() - started
         quantizer = f"nncf.quantize (post-training, default preset, overflow_fix={overflow_fix})"
-        recipe = {"int8_kernel": cpu.int8_kernel(onednn=True), "int8_overflow_fix": overflow_fix,
+        recipe = {"int8_kernel": cpu.int8_kernel(onednn=True) if ov_device(target.device) == "CPU" else "device",
+                  "int8_overflow_fix": overflow_fix,
                   "int8_7bit": overflow_fix == "enable",
                   "int8_recipe_reason": reason}
 
