@@ -32,7 +32,7 @@ def test_resnet18_fp32_b1_end_to_end_writes_the_documented_json(tmp_path: Path) 
     assert info["backend_config"]["dtype"] == "float32" and info["backend_config"]["threads"] >= 1
     # channels_last fp32 against the NCHW reference: equal to float rounding, but not bit-identical
     assert info["accuracy"]["passed"] and 0 < info["accuracy"]["rel_l2_error"] < 1e-4
-    assert info["accuracy"]["top1_agreement"] == 1.0
+    assert info["accuracy"]["class_agreement"] == 1.0 and info["accuracy"]["samples"] == 32
     assert info["flops_per_sample"] == pytest.approx(3.63e9, rel=0.01)  # 1.81 GMAC, counted by torch
     for key in ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_samples_per_s",
                 "first_inference_s", "load_s", "model_size_bytes", "achieved_gflops_per_s"):

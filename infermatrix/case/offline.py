@@ -14,6 +14,7 @@ import pluggy
 from infermatrix import host
 from infermatrix.api.types import Case, PrepareContext, RunOptions
 from infermatrix.case import matrix, runner
+from infermatrix.gate import accuracy
 from infermatrix.measure.timing import TimingPolicy
 
 
@@ -46,7 +47,7 @@ def prepare_offline(manager: pluggy.PluginManager, case: Case, options: RunOptio
         case,
         lambda: manager.hook.pytest_infermatrix_prepare(backend=case.backend, model=case.model, target=case.target,
                                                         batch_size=case.batch_size, context=context),
-        options.cache_root, TimingPolicy(), accuracy_samples=8, threads=options.threads,
+        options.cache_root, TimingPolicy(), accuracy_samples=accuracy.DEFAULT_SAMPLES, threads=options.threads,
     )
     if not prepared.accuracy.passed:
         prepared.session.close()

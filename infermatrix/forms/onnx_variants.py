@@ -23,7 +23,7 @@ from infermatrix.api.announce import installed_version
 from infermatrix.api.types import ModelSpec
 from infermatrix.cache import ModelCache, seal, unseal
 from infermatrix.forms.onnx_export import intact, onnx_model
-from infermatrix.gate.accuracy import AccuracyReport, compare_outputs
+from infermatrix.gate.accuracy import DEFAULT_SAMPLES, AccuracyReport, compare_outputs
 from infermatrix.gate.reference import accuracy_inputs, model_cache, reference_outputs
 
 #: Precisions a graph variant exists for (fp32 and tf32 use the exported graph itself).
@@ -79,7 +79,7 @@ def graph_variant(model: ModelSpec, precision: str, cache_root: Path) -> GraphVa
     return GraphVariant(target, precision, tool, cached=False)
 
 
-def check_on_cpu(variant: GraphVariant, model: ModelSpec, cache_root: Path, samples: int = 8) -> AccuracyReport:
+def check_on_cpu(variant: GraphVariant, model: ModelSpec, cache_root: Path, samples: int = DEFAULT_SAMPLES) -> AccuracyReport:
     """Run ``variant`` with ONNX Runtime on the CPU and judge it against the fp32 reference.
 
     Graph optimizations are off, so ONNX Runtime executes the graph as written: each

@@ -33,7 +33,7 @@ from infermatrix.api.types import (
 )
 from infermatrix.cache import ENV_CACHE_DIR, CacheError, resolve_cache_dir
 from infermatrix.case import matrix
-from infermatrix.gate import reference
+from infermatrix.gate import accuracy, reference
 from infermatrix.isolation.pool import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
 from infermatrix.isolation.worker import PrepareRequest
 from infermatrix.machine import machine_summary
@@ -116,8 +116,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--infermatrix-cache", metavar="DIR", help="cache of exported models and references "
                     "(default: $INFERMATRIX_CACHE_DIR or <rootdir>/.infermatrix-cache)")
-    group.addoption("--accuracy-samples", type=int, default=8,
-                    help="samples in each case's accuracy check (default: 8)")
+    group.addoption("--accuracy-samples", type=int, default=accuracy.DEFAULT_SAMPLES,
+                    help=f"samples in each case's accuracy check (default: {accuracy.DEFAULT_SAMPLES}; at least "
+                         f"{accuracy.MIN_SAMPLES}: the gate compares samples with each other)")
     group.addoption("--min-rounds", type=int, default=TimingPolicy.min_rounds,
                     help=f"timed rounds at least (default: {TimingPolicy.min_rounds})")
     group.addoption("--min-time", type=float, default=TimingPolicy.min_time_s,
@@ -178,7 +179,9 @@ NUMBER_RULES: dict[str, tuple[Any, str]] = {
     "--target-precision": (lambda v: 0 < v < 1, "give a fraction between 0 and 1, e.g. 0.02 for ±2%"),
     "--throughput-time": (lambda v: v > 0, "give a number of seconds above 0"),
     "--case-timeout": (lambda v: v > 0, "give a number of seconds above 0"),
-    "--accuracy-samples": (lambda v: v >= 1, "give 1 sample or more"),
+    "--accuracy-samples": (lambda v: v >= accuracy.MIN_SAMPLES,
+                           f"give {accuracy.MIN_SAMPLES} samples or more (the gate compares each sample's output with "
+                           "the others'; default 32)"),
 }
 
 
