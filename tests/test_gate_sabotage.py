@@ -78,7 +78,8 @@ def sabotages(model: ModelSpec, module: Any, ref: Outputs) -> Iterator[tuple[str
     yield "the mean output for every sample", [np.repeat(a.mean(0, keepdims=True), len(a), 0) for a in ref]
     yield "a stale buffer (sample 0 for all)", [np.repeat(a[:1], len(a), 0) for a in ref]
     yield "a stale buffer per batch of 8", [np.repeat(a[::8], 8, 0) for a in ref]
-    yield "one sample of each batch of 8 stale", [np.where((np.arange(len(a)) % 8 == 7).reshape(-1, *[1] * (a.ndim - 1)),
+    last_of_eight = np.arange(N) % 8 == 7
+    yield "one sample of each batch of 8 stale", [np.where(last_of_eight.reshape(-1, *[1] * (a.ndim - 1)),
                                                            np.roll(a, 1, 0), a) for a in ref]
     yield "samples shuffled", [a[np.roll(np.arange(len(a)), 1)] for a in ref]
     yield "random output", [rng.normal(a.mean(), a.std(), a.shape).astype(np.float32) for a in ref]

@@ -79,7 +79,8 @@ def graph_variant(model: ModelSpec, precision: str, cache_root: Path) -> GraphVa
     return GraphVariant(target, precision, tool, cached=False)
 
 
-def check_on_cpu(variant: GraphVariant, model: ModelSpec, cache_root: Path, samples: int = DEFAULT_SAMPLES) -> AccuracyReport:
+def check_on_cpu(variant: GraphVariant, model: ModelSpec, cache_root: Path,
+                 samples: int = DEFAULT_SAMPLES) -> AccuracyReport:
     """Run ``variant`` with ONNX Runtime on the CPU and judge it against the fp32 reference.
 
     Graph optimizations are off, so ONNX Runtime executes the graph as written: each

@@ -51,7 +51,7 @@ class Tolerance:
 
 #: fp32 backends agree with the torch reference to below 1e-5 relative (measured: TOLERANCE_MEASUREMENTS);
 #: every reduced precision here errs by 1e-3 or more. A reduced-precision case below this ran fp32.
-FP32_ROUNDING_FLOOR = 1e-4
+FLOOR = 1e-4
 
 #: Set from the working cases of the default CPU matrix (32 samples; docs/backends.md, "The
 #: accuracy gate", has the figures and the sabotages each limit rejects). Each limit keeps a
@@ -60,19 +60,19 @@ FP32_ROUNDING_FLOOR = 1e-4
 #: ~0.05 class agreement, so the limits sit far from both.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_rel_l2=1e-3, min_centered_cosine=0.9999, min_class_agreement=0.95),
-    "tf32": Tolerance(max_rel_l2=5e-2, min_centered_cosine=0.9, min_class_agreement=0.5, min_rel_l2=FP32_ROUNDING_FLOOR),
-    "fp16": Tolerance(max_rel_l2=5e-2, min_centered_cosine=0.9, min_class_agreement=0.5, min_rel_l2=FP32_ROUNDING_FLOOR),
-    "bf16": Tolerance(max_rel_l2=2e-1, min_centered_cosine=0.6, min_class_agreement=0.3, min_rel_l2=FP32_ROUNDING_FLOOR),
-    "int8": Tolerance(max_rel_l2=0.5, min_centered_cosine=0.25, min_rel_l2=FP32_ROUNDING_FLOOR),
-    "int8-dynamic": Tolerance(max_rel_l2=0.5, min_centered_cosine=0.25, min_rel_l2=FP32_ROUNDING_FLOOR),
-    "int4": Tolerance(max_rel_l2=0.8, min_centered_cosine=0.1, min_rel_l2=FP32_ROUNDING_FLOOR),
+    "tf32": Tolerance(max_rel_l2=5e-2, min_centered_cosine=0.9, min_class_agreement=0.5, min_rel_l2=FLOOR),
+    "fp16": Tolerance(max_rel_l2=5e-2, min_centered_cosine=0.9, min_class_agreement=0.5, min_rel_l2=FLOOR),
+    "bf16": Tolerance(max_rel_l2=2e-1, min_centered_cosine=0.6, min_class_agreement=0.3, min_rel_l2=FLOOR),
+    "int8": Tolerance(max_rel_l2=0.5, min_centered_cosine=0.25, min_rel_l2=FLOOR),
+    "int8-dynamic": Tolerance(max_rel_l2=0.5, min_centered_cosine=0.25, min_rel_l2=FLOOR),
+    "int4": Tolerance(max_rel_l2=0.8, min_centered_cosine=0.1, min_rel_l2=FLOOR),
 }
 
 #: int8 recipes that keep weights or activations to 7 bits — what each backend chooses on
 #: a CPU without VNNI, where full-range u8 x s8 kernels (VPMADDUBSW) saturate — give up
 #: one bit of resolution; held to their own measured bound (docs/backends.md, "int8 by
 #: instruction set").
-REDUCED_RANGE_INT8 = Tolerance(max_rel_l2=0.5, min_centered_cosine=0.2, min_rel_l2=FP32_ROUNDING_FLOOR)
+REDUCED_RANGE_INT8 = Tolerance(max_rel_l2=0.5, min_centered_cosine=0.2, min_rel_l2=FLOOR)
 
 #: The backend config key that marks a 7-bit int8 recipe (set by the backends that choose one).
 REDUCED_RANGE_KEY = "int8_7bit"
@@ -120,7 +120,8 @@ class AccuracyReport:
     def message(self, case_id: str) -> str:
         figures = f"rel_l2_error={self.rel_l2_error:.3g} max_abs_error={self.max_abs_error:.3g}"
         if self.centered_cosine_worst is not None:
-            figures += f" centered_cosine worst={self.centered_cosine_worst:.4f} median={self.centered_cosine_median:.4f}"
+            figures += (f" centered_cosine worst={self.centered_cosine_worst:.4f}"
+                        f" median={self.centered_cosine_median:.4f}")
         if self.class_agreement is not None:
             figures += f" class_agreement={self.class_agreement:.3f}"
         return f"{case_id}: accuracy check failed ({'; '.join(self.failures)}): {figures} over {self.samples} samples"

@@ -125,7 +125,8 @@ def int8_table(latency: list[Row]) -> list[dict[str, Any]]:
         found.append({
             "case": r.case_id, "fp32_ms": base.median_ms, "int8_ms": r.median_ms,
             "speedup": base.median_ms / r.median_ms,
-            "centered_cosine": accuracy.get("centered_cosine_worst"), "class_agreement": accuracy.get("class_agreement"),
+            "centered_cosine": accuracy.get("centered_cosine_worst"),
+            "class_agreement": accuracy.get("class_agreement"),
             "fp32_size_mb": (base.result.model_size_bytes or 0) / 1e6 or None,
             "int8_size_mb": (r.result.model_size_bytes or 0) / 1e6 or None,
         })

@@ -19,7 +19,7 @@ Exit status: 0, or 1 when a case regressed (so a nightly job fails), 2 for bad i
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ def write_summary(path: Path, run: dict[str, Any], table: list[Row], results: li
     path.write_text("\n".join(lines))
 
 
-def accuracy_cell(accuracy: dict[str, Any]) -> str:
+def accuracy_cell(accuracy: Mapping[str, Any]) -> str:
     """The judged figures of a forward case (records older than the centered gate have only the first)."""
     rel, worst = accuracy.get("rel_l2_error"), accuracy.get("centered_cosine_worst")
     if rel is None:
