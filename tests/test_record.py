@@ -60,6 +60,46 @@ def test_a_record_round_trips_through_extra_info_and_conforms_to_the_schema() ->
     assert CaseResult.from_benchmark({"name": "test_latency[x]", "extra_info": json.loads(json.dumps(info))}) == record
 
 
+def test_a_record_with_tails_round_trips_and_says_which_are_not_estimable() -> None:
+    from infermatrix.case.runner import percentile_info
+    from infermatrix.measure.timing import TimingPolicy
+
+    samples = [0.010 + 0.0001 * i for i in range(100)]
+    figures = percentile_info(samples, TimingPolicy(), "precision reached", "latency")
+    record = CaseResult.from_extra_info({**latency_record().to_extra_info(), **figures, "rounds": 100})
+    assert record.latency_p90_ms == pytest.approx(0.010 * 1e3 + 0.0001 * 97 * 1e3)  # 3rd slowest of 100
+    assert record.latency_p99_ms is None and (record.percentile("p99") or {})["value_ms"] is None
+    info = json.loads(json.dumps(record.to_extra_info()))
+    assert info["record_version"] == SCHEMA_VERSION == 2
+    assert "latency_p99_ms" not in info and info["latency_percentiles"]["p99"]["samples_needed"] == 662
+    assert schema_violations(info) == []
+    assert CaseResult.from_benchmark({"name": "test_latency[x]", "extra_info": info}) == record
+
+
+def test_version_1_tails_are_judged_by_the_rule_when_read() -> None:
+    """Version 1 wrote numpy.percentile of any number of rounds: 16 rounds' p99 was their maximum."""
+    base = {"record_version": 1, "case_id": "resnet18-torch-compile-cpu-fp32-b1", "model": "resnet18",
+            "backend": "torch-compile", "device": "cpu", "precision": "fp32", "batch_size": 1, "scenario": "latency",
+            "latency_p50_ms": 19.0, "latency_p90_ms": 21.0, "latency_p99_ms": 25.0, "latency_p99_9_ms": 25.4}
+    short = CaseResult.from_extra_info({**base, "rounds": 16})
+    assert (short.latency_p50_ms, short.latency_p90_ms, short.latency_p99_ms, short.latency_p99_9_ms) == (
+        19.0, None, None, None)
+    p99 = short.percentile("p99")
+    assert p99 is not None and p99["value_ms"] is None and p99["samples"] == 16 and p99["samples_needed"] == 662
+    assert "version-1 record" in p99["not_estimable"]
+    long = CaseResult.from_extra_info({**base, "rounds": 700})
+    assert (long.latency_p90_ms, long.latency_p99_ms, long.latency_p99_9_ms) == (21.0, 25.0, None)
+    assert long.percentile("p99") == {"value_ms": 25.0, "samples": 700, "samples_needed": 662,
+                                      "method": "interpolated sample percentile (record_version 1)"}
+    written = json.loads(json.dumps(long.to_extra_info()))  # rewritten, it is a version-2 record
+    assert written["record_version"] == 2 and schema_violations(written) == []
+    generate = CaseResult.from_extra_info({
+        **{k: v for k, v in base.items() if not k.startswith("latency")}, "scenario": "generate",
+        "itl_p50_ms": 1.0, "itl_p99_ms": 1.4, "generate": {"prompt16-new32": {"itl_p50_ms": 1.0, "itl_p99_ms": 1.4}}})
+    assert generate.itl_p99_ms is None and generate.generate == {"prompt16-new32": {"itl_p50_ms": 1.0,
+                                                                                      "itl_p99_ms": None}}
+
+
 def test_the_validator_sees_what_breaks_the_schema() -> None:
     info = latency_record().to_extra_info()
     broken = {**info, "batch_size": "4", "scenario": "Soak Test", "repeat_medians_ms": [1.0, "x"]}

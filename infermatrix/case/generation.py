@@ -31,6 +31,7 @@ from infermatrix.api.types import FORM_GENERATION, ModelSpec, PrepareTimes, RunO
 from infermatrix.cache import CacheError, CacheWarning, sha256
 from infermatrix.case.runner import Drivable, busy_wait
 from infermatrix.gate.reference import ReferenceUnavailable
+from infermatrix.measure import tails
 
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>")
 
@@ -208,17 +209,25 @@ class TokenClock:
         return self._now() - self._start
 
 
-def figures(runs: list[Generated], batch_size: int) -> dict[str, float]:
-    """TTFT, inter-token latency p50/p99, decode and end-to-end tokens/s over repeated runs."""
+def figures(runs: list[Generated], batch_size: int) -> dict[str, float | None]:
+    """TTFT, inter-token latency p50/p99, decode and end-to-end tokens/s over repeated runs.
+
+    The p99 is LoadGen's early-stopping estimate (``infermatrix.measure.tails``); with fewer
+    inter-token samples than it needs (662) it is null, with ``itl_p99_samples_needed``.
+    """
     ttft = [r.token_times_s[0] for r in runs]
     itl = [b - a for r in runs for a, b in zip(r.token_times_s, r.token_times_s[1:], strict=False)]
     decode = [batch_size * (len(r.token_times_s) - 1) / (r.token_times_s[-1] - r.token_times_s[0]) for r in runs
               if len(r.token_times_s) > 1 and r.token_times_s[-1] > r.token_times_s[0]]
     e2e = [batch_size * len(r.token_times_s) / r.total_s for r in runs]
-    out = {"ttft_ms": float(np.median(ttft)) * 1e3, "e2e_tokens_per_s": float(np.median(e2e)),
-           "runs": float(len(runs))}
+    out: dict[str, float | None] = {"ttft_ms": float(np.median(ttft)) * 1e3,
+                                    "e2e_tokens_per_s": float(np.median(e2e)), "runs": float(len(runs))}
     if itl:
-        out.update(itl_p50_ms=float(np.percentile(itl, 50)) * 1e3, itl_p99_ms=float(np.percentile(itl, 99)) * 1e3)
+        p99 = tails.estimate(itl, 99.0)
+        out.update(itl_p50_ms=float(np.median(itl)) * 1e3, itl_samples=float(len(itl)),
+                   itl_p99_ms=None if p99.value_s is None else p99.value_s * 1e3)
+        if p99.value_s is None:
+            out["itl_p99_samples_needed"] = float(p99.samples_needed)
     if decode:
         out["decode_tokens_per_s"] = float(np.median(decode))
     return out

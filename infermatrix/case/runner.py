@@ -17,7 +17,8 @@ from infermatrix.api.scenario import CaseKind, Scenario
 from infermatrix.api.types import FORM_GENERATION, Arrays, Case, MemoryReport, ModelSpec, RunOptions, Session
 from infermatrix.gate import reference
 from infermatrix.gate.accuracy import AccuracyReport, compare_outputs
-from infermatrix.measure.timing import TimingPolicy, TimingResult, benchmark_recorder, measure, percentiles, warm_up
+from infermatrix.measure import tails
+from infermatrix.measure.timing import TimingPolicy, TimingResult, benchmark_recorder, measure, warm_up
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -160,12 +161,34 @@ def case_info(prepared: PreparedCase) -> dict[str, Any]:
     }
 
 
-def latency_info(prepared: PreparedCase, timing: TimingResult) -> dict[str, Any]:
+def percentile_info(samples: list[float], policy: TimingPolicy, stop_reason: str, prefix: str) -> dict[str, Any]:
+    """``<prefix>_p50_ms`` and each tail's ``<prefix>_pNN_ms`` where estimable, and
+    ``<prefix>_percentiles``: every percentile's value or why it has none, its sample count
+    and method. A tail short of samples is left out of the flat figures, never guessed."""
+    info: dict[str, Any] = {}
+    details: dict[str, Any] = {}
+    for key, found in tails.latency_percentiles(samples, tails.reported_tails(policy.tail_percentiles)).items():
+        if found.value_s is not None:
+            info[f"{prefix}_{key}_ms"] = found.value_s * 1e3
+        elif found.why is not None and found.method == tails.METHOD_EARLY_STOPPING:
+            if found.percentile not in policy.tail_percentiles:
+                hint = f"ask for it with --tail-percentiles {found.percentile:g}"
+            elif stop_reason == "tail time limit spent":
+                hint = f"the tail time limit (--tail-max-time {policy.tail_max_time_s:g} s) was spent first"
+            else:
+                hint = f"timing stopped first ({stop_reason})"
+            found = dataclasses.replace(found, why=f"{found.why}; {hint}")
+        details[key] = found.as_record()
+    info[f"{prefix}_percentiles"] = details
+    return info
+
+
+def latency_info(prepared: PreparedCase, timing: TimingResult, policy: TimingPolicy) -> dict[str, Any]:
     if not timing.samples_s:
         return {"stop_reason": timing.stop_reason}
     median = timing.median_s
     batch = prepared.case.batch_size
-    info: dict[str, Any] = {f"latency_{k}_ms": v * 1e3 for k, v in percentiles(timing.samples_s).items()}
+    info = percentile_info(timing.samples_s, policy, timing.stop_reason, "latency")
     info.update(
         rounds=len(timing.samples_s),
         stop_reason=timing.stop_reason,
@@ -192,21 +215,23 @@ def efficiency_info(prepared: PreparedCase, achieved_flops_per_s: float) -> dict
     return info
 
 
-def device_latency_info(prepared: PreparedCase, rounds: int) -> dict[str, Any]:
+def device_latency_info(prepared: PreparedCase, rounds: int, policy: TimingPolicy, stop_reason: str) -> dict[str, Any]:
     """Device-side latency (e.g. CUDA events around the device work), for sessions that have it."""
     device_timings = getattr(prepared.session, "device_timings", None)
     if device_timings is None or rounds <= 0:
         return {}
-    samples = device_timings(prepared.inputs, rounds)
-    info = {f"device_latency_{k}_ms": v * 1e3 for k, v in percentiles(samples).items()}
+    samples = list(device_timings(prepared.inputs, rounds))
+    info = percentile_info(samples, policy, stop_reason, "device_latency")
     info["device_latency_rounds"] = len(samples)
     return info
 
 
 def measure_latency(prepared: PreparedCase, benchmark: Any, policy: TimingPolicy) -> TimingResult:
     timing = measure(benchmark, prepared.call, policy, prepared.warmup_calls)
-    prepared.extra_info.update(latency_info(prepared, timing))
-    prepared.extra_info.update(device_latency_info(prepared, min(len(timing.samples_s), 200)))
+    prepared.extra_info.update(latency_info(prepared, timing, policy))
+    # as many device rounds as host rounds, up to 200 — or the rounds the asked-for tails need
+    device_rounds = min(len(timing.samples_s), max(200, policy.tail_rounds))
+    prepared.extra_info.update(device_latency_info(prepared, device_rounds, policy, timing.stop_reason))
     return timing
 
 

@@ -1,5 +1,7 @@
 """Timing loops: warm-up outside the timed rounds, then rounds until the median is
-known precisely enough or the case's time budget is spent.
+known precisely enough or the case's time budget is spent — and, when tail percentiles
+are asked for (``--tail-percentiles``), on until there are the samples they need
+(``infermatrix.measure.tails``) or their time limit is spent.
 
 Rounds are recorded into pytest-benchmark's own statistics, so its JSON, its table
 and ``pytest-benchmark compare`` keep working on our results.
@@ -14,6 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from infermatrix.measure import tails
 
 Clock = Callable[[], float]
 
@@ -30,6 +34,11 @@ class TimingPolicy:
     max_rounds: int = 100_000
     #: Stop when the 95% confidence half-width of the median is below this share of it.
     target_precision: float = 0.02
+    #: Tail percentiles (e.g. 99.0) to collect samples for: the loop goes on past the median's
+    #: stopping point until it has the samples LoadGen's early-stopping estimate needs...
+    tail_percentiles: tuple[float, ...] = ()
+    #: ...or until this many seconds of timed rounds are spent (then they are not estimable).
+    tail_max_time_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.min_rounds < 3:
@@ -38,12 +47,28 @@ class TimingPolicy:
             raise ValueError(f"max_time_s={self.max_time_s} is below min_time_s={self.min_time_s}")
         if not 0 < self.target_precision < 1:
             raise ValueError(f"target_precision={self.target_precision}: give a fraction, e.g. 0.02 for ±2%")
+        for percentile in self.tail_percentiles:
+            tails.check_tail(percentile)
+        if self.tail_percentiles and not (math.isfinite(self.tail_max_time_s)
+                                          and self.tail_max_time_s >= self.max_time_s):
+            raise ValueError(f"tail_max_time_s={self.tail_max_time_s}: the time limit for tail samples must be at "
+                             f"least the case's time budget max_time_s={self.max_time_s}")
+        if self.tail_rounds > self.max_rounds:
+            raise ValueError(f"tail_percentiles={self.tail_percentiles}: {self.tail_rounds} rounds needed, more than "
+                             f"max_rounds={self.max_rounds}")
+
+    @property
+    def tail_rounds(self) -> int:
+        """The rounds the asked-for tails need (0: none asked)."""
+        return max((tails.min_samples(p) for p in self.tail_percentiles), default=0)
 
 
 @dataclasses.dataclass(frozen=True)
 class TimingResult:
     samples_s: list[float]
-    stop_reason: str  # "precision reached" | "time budget spent" | "max rounds"
+    #: "precision reached" | "time budget spent" | "max rounds" (the median's rule), or with
+    #: tails asked for: "tail samples collected" | "tail time limit spent"
+    stop_reason: str
     median_ci_s: tuple[float, float]
     warmup_calls: int
 
@@ -76,16 +101,6 @@ def median_confidence_interval(samples: Sequence[float], confidence: float = 0.9
     return float(ordered[lo_rank]), float(ordered[hi_rank])
 
 
-def percentiles(samples: Sequence[float]) -> dict[str, float]:
-    values = np.asarray(samples, dtype=float)
-    return {
-        "p50": float(np.percentile(values, 50)),
-        "p90": float(np.percentile(values, 90)),
-        "p99": float(np.percentile(values, 99)),
-        "p99_9": float(np.percentile(values, 99.9)),
-    }
-
-
 def warm_up(call: Callable[[], Any], policy: TimingPolicy, clock: Clock = time.perf_counter) -> int:
     """Untimed calls: at least ``warmup_rounds``, and at least ``warmup_time_s`` worth."""
     calls = 0
@@ -104,10 +119,14 @@ def timed_rounds(
     record: Callable[[float], None] | None = None,
     clock: Clock = time.perf_counter,
 ) -> tuple[list[float], str]:
-    """Time ``call`` round by round until the median is precise or the budget is spent."""
+    """Time ``call`` round by round until the median is precise or the budget is spent, then
+    on until the asked-for tails have their samples (``policy.tail_rounds``) or
+    ``policy.tail_max_time_s`` is spent."""
     samples: list[float] = []
     started = clock()
     next_check = policy.min_rounds
+    tail_rounds = policy.tail_rounds
+    median_done: str | None = None  # why the median's rule would stop here
     while True:
         t0 = clock()
         call()
@@ -120,15 +139,22 @@ def timed_rounds(
         elapsed = t1 - started
         if n >= policy.max_rounds:
             return samples, "max rounds"
-        if elapsed >= policy.max_time_s and n >= policy.min_rounds:
-            return samples, "time budget spent"
-        if n >= next_check and elapsed >= policy.min_time_s:
-            # Checking costs a sort; do it at geometrically spaced round counts.
-            next_check = max(n + 1, int(n * 1.25))
-            lo, hi = median_confidence_interval(samples)
-            median = float(np.median(samples))
-            if median > 0 and (hi - lo) / 2 / median <= policy.target_precision:
-                return samples, "precision reached"
+        if median_done is None:
+            if elapsed >= policy.max_time_s and n >= policy.min_rounds:
+                median_done = "time budget spent"
+            elif n >= next_check and elapsed >= policy.min_time_s:
+                # Checking costs a sort; do it at geometrically spaced round counts.
+                next_check = max(n + 1, int(n * 1.25))
+                lo, hi = median_confidence_interval(samples)
+                median = float(np.median(samples))
+                if median > 0 and (hi - lo) / 2 / median <= policy.target_precision:
+                    median_done = "precision reached"
+            if median_done is not None and n >= tail_rounds:
+                return samples, median_done
+        elif n >= tail_rounds:
+            return samples, "tail samples collected"
+        elif elapsed >= policy.tail_max_time_s:
+            return samples, "tail time limit spent"
 
 
 def measure(

@@ -37,6 +37,7 @@ from infermatrix.gate import accuracy, reference
 from infermatrix.isolation.pool import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
 from infermatrix.isolation.worker import PrepareRequest
 from infermatrix.machine import machine_summary
+from infermatrix.measure import tails
 from infermatrix.measure.timing import TimingPolicy, mark_untimed
 from infermatrix.results import record
 
@@ -128,6 +129,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--target-precision", type=float, default=TimingPolicy.target_precision,
                     help="stop timing when the median's 95%% CI half-width is below this share "
                     f"(default: {TimingPolicy.target_precision})")
+    group.addoption("--tail-percentiles", default=None, metavar="P,...",
+                    help="latency: go on timing each case until these tail percentiles have the samples LoadGen's "
+                    "early-stopping estimate needs at 99%% confidence (e.g. 90,99: 64 and 662 rounds), or until "
+                    "--tail-max-time; without it a tail short of samples is recorded as not estimable")
+    group.addoption("--tail-max-time", type=float, default=TimingPolicy.tail_max_time_s, metavar="SECONDS",
+                    help="with --tail-percentiles: the most seconds of a latency case's timed rounds; a tail still "
+                    f"short of samples then is recorded as not estimable (default: {TimingPolicy.tail_max_time_s:g})")
     group.addoption("--threads", type=int, default=None,
                     help="CPU threads per backend (default: the physical cores)")
     group.addoption("--scenarios", default=None,
@@ -178,6 +186,7 @@ NUMBER_RULES: dict[str, tuple[Any, str]] = {
     "--max-time": (lambda v: v > 0, "give a number of seconds above 0"),
     "--target-precision": (lambda v: 0 < v < 1, "give a fraction between 0 and 1, e.g. 0.02 for ±2%"),
     "--throughput-time": (lambda v: v > 0, "give a number of seconds above 0"),
+    "--tail-max-time": (lambda v: v > 0, "give a number of seconds above 0"),
     "--case-timeout": (lambda v: v > 0, "give a number of seconds above 0"),
     "--accuracy-samples": (lambda v: v >= accuracy.MIN_SAMPLES,
                            f"give {accuracy.MIN_SAMPLES} samples or more (the gate compares each sample's output with "
@@ -197,6 +206,38 @@ def check_numbers(config: pytest.Config) -> None:
     if max_time < min_time:
         raise pytest.UsageError(f"--max-time {max_time:g} is below --min-time {min_time:g}: give a time budget of at "
                                 "least --min-time")
+
+
+def tail_percentiles(config: pytest.Config) -> tuple[float, ...]:
+    """``--tail-percentiles``, checked: tails between 50 and 100 whose samples fit the run's limits."""
+    raw = config.getoption("--tail-percentiles", default=None)
+    if raw is None:
+        return ()
+    advice = "give tail percentiles above 50 and below 100, e.g. 90,99 or 99.9"
+    try:
+        found = tuple(sorted({float(v) for v in raw.split(",") if v.strip()}))
+    except ValueError:
+        raise pytest.UsageError(f"--tail-percentiles {raw!r}: {advice}") from None
+    if not found:
+        raise pytest.UsageError(f"--tail-percentiles {raw!r}: {advice}")
+    for percentile in found:
+        try:
+            tails.check_tail(percentile)
+        except ValueError:
+            raise pytest.UsageError(f"--tail-percentiles {raw!r}: {percentile:g} is not a tail; {advice}") from None
+    limit, budget = config.getoption("--tail-max-time"), config.getoption("--max-time")
+    if limit < budget:
+        raise pytest.UsageError(f"--tail-max-time {limit:g} is below --max-time {budget:g}: the limit for collecting "
+                                "tail samples must be at least the case's time budget")
+    timeout = config.getoption("--case-timeout")
+    if config.getoption("--isolation") == "process" and limit >= timeout:
+        raise pytest.UsageError(f"--tail-max-time {limit:g} is not below --case-timeout {timeout:g}: the worker would "
+                                "be stopped as hung first; raise --case-timeout or lower --tail-max-time")
+    rounds = max(tails.min_samples(p) for p in found)
+    if rounds > TimingPolicy.max_rounds:
+        raise pytest.UsageError(f"--tail-percentiles {raw!r}: p{found[-1]:g} needs {rounds} rounds, more than the "
+                                f"{TimingPolicy.max_rounds} a case is timed at most")
+    return found
 
 
 def check_cache_dir(path: Path, source: str) -> None:
@@ -298,6 +339,8 @@ def pytest_configure(config: pytest.Config) -> None:
             min_time_s=config.getoption("--min-time"),
             max_time_s=config.getoption("--max-time"),
             target_precision=config.getoption("--target-precision"),
+            tail_percentiles=tail_percentiles(config),
+            tail_max_time_s=config.getoption("--tail-max-time"),
         )
     except (matrix.SelectionError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None

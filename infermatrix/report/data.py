@@ -111,6 +111,63 @@ def rows(run: dict[str, Any]) -> list[Row]:
     return found
 
 
+class NotEstimable:
+    """A cell for a percentile that was measured but has too few samples for an estimate:
+    shown as ``n/e`` (with ``NOT_ESTIMABLE_NOTE`` below the table), never as a number."""
+
+    def __init__(self, why: str | None = None) -> None:
+        self.why = why
+
+    def __str__(self) -> str:
+        return "n/e"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NotEstimable)
+
+    def __hash__(self) -> int:
+        return hash(NotEstimable)
+
+
+def _min_samples_text() -> str:
+    from infermatrix.measure import tails
+
+    return ", ".join(f"p{p:g}: {tails.min_samples(p)}" for p in tails.DEFAULT_TAILS)
+
+
+#: The footnote of every table that can hold ``n/e``.
+NOT_ESTIMABLE_NOTE = ("n/e: not estimable — fewer samples than MLPerf LoadGen's early-stopping estimate needs at 99% "
+                      "confidence ({minimum}); the latency scenario collects them with --tail-percentiles (e.g. "
+                      "--tail-percentiles 90,99).")
+
+
+def not_estimable_note() -> str:
+    return NOT_ESTIMABLE_NOTE.format(minimum=_min_samples_text())
+
+
+#: (heading, percentile key) of the latency table's tail columns.
+LATENCY_TAILS = (("p90 ms", "p90"), ("p99 ms", "p99"), ("p99.9 ms", "p99_9"))
+
+
+def percentile_cell(result: CaseResult, key: str) -> float | NotEstimable | None:
+    """A latency percentile for a table: its value in ms, ``n/e`` where measured without enough
+    samples, None where not measured."""
+    found = result.percentile(key)
+    if found is None:
+        flat = getattr(result, f"latency_{key}_ms", None)
+        return None if flat is None else float(flat)
+    value = found.get("value_ms")
+    return NotEstimable(found.get("not_estimable")) if value is None else float(value)
+
+
+def latency_table(latency: list[Row]) -> list[list[Any]]:
+    """One line per latency case: the median of its rounds, each tail (or n/e), the rounds and why they stopped."""
+    lines = []
+    for r in sorted(latency, key=lambda r: (r.model, r.batch_size, r.side)):
+        lines.append([r.case_id, r.median_ms, *(percentile_cell(r.result, key) for _, key in LATENCY_TAILS),
+                      r.result.rounds, r.result.stop_reason])
+    return lines
+
+
 def int8_table(latency: list[Row]) -> list[dict[str, Any]]:
     """int8 against fp32 of the same backend, device, model and batch: speed-up, accuracy, size."""
     fp32 = {(r.model, r.backend, r.device, r.batch_size): r for r in latency if r.precision == "fp32"}
@@ -139,8 +196,12 @@ def generation_table(generate: list[Row]) -> list[dict[str, Any]]:
     for r in sorted(generate, key=lambda r: (r.model, r.side)):
         share = (r.result.accuracy or {}).get("identical_share")
         for config, f in (r.result.generate or {}).items():
+            # inter-token latencies measured (p50) but too few of them for the p99: n/e
+            itl_p99: float | NotEstimable | None = f.get("itl_p99_ms")
+            if itl_p99 is None and f.get("itl_p50_ms") is not None:
+                itl_p99 = NotEstimable()
             found.append({"case": r.case_id, "config": config, "ttft_ms": f.get("ttft_ms"),
-                          "itl_p50_ms": f.get("itl_p50_ms"), "itl_p99_ms": f.get("itl_p99_ms"),
+                          "itl_p50_ms": f.get("itl_p50_ms"), "itl_p99_ms": itl_p99,
                           "decode_tokens_per_s": f.get("decode_tokens_per_s"),
                           "e2e_tokens_per_s": f.get("e2e_tokens_per_s"), "identical_tokens": share})
     return found

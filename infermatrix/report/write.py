@@ -25,14 +25,18 @@ from typing import Any
 
 from infermatrix.report.data import (
     COLD_START_COLUMNS,
+    LATENCY_TAILS,
     MEMORY_COLUMNS,
+    NotEstimable,
     ReportError,
     Row,
     figure_table,
     generation_table,
     int8_table,
+    latency_table,
     markdown_table,
     merge_runs,
+    not_estimable_note,
     rows,
 )
 from infermatrix.report.plots import (
@@ -140,22 +144,28 @@ def accuracy_cell(accuracy: Mapping[str, Any]) -> str:
 
 
 def _table_html(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+    """A table; an ``n/e`` cell carries why in its tooltip, and the table is followed by the
+    footnote that says what ``n/e`` means."""
     def cell(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.4g}"
-        return html.escape("" if v is None else str(v))
+            return f"<td>{v:.4g}</td>"
+        if isinstance(v, NotEstimable) and v.why:
+            return f'<td class="ne" title="{html.escape(v.why)}">{html.escape(str(v))}</td>'
+        return f"<td>{html.escape('' if v is None else str(v))}</td>"
 
     out = ["<table><thead><tr>", *(f"<th>{html.escape(h)}</th>" for h in headers), "</tr></thead><tbody>"]
     for row in body:
-        out.append("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>")
+        out.append("<tr>" + "".join(cell(v) for v in row) + "</tr>")
     out.append("</tbody></table>")
+    if any(isinstance(v, NotEstimable) for row in body for v in row):
+        out.append(f'<p class="note">{html.escape(not_estimable_note())}</p>')
     return "".join(out)
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px}
 th{background:#f0f0f0}img{max-width:100%;border:1px solid #eee;margin:.5em 0}h2{border-bottom:1px solid #ddd}
-.regressed{color:#b00;font-weight:bold}pre{background:#f7f7f7;padding:1em;overflow-x:auto}"""
+.regressed{color:#b00;font-weight:bold}.ne{color:#777}.note{font-size:12px;color:#555}pre{background:#f7f7f7;padding:1em;overflow-x:auto}"""
 
 
 #: Marks on <body> how many plots a browser decoded (checked by the test that renders the page).
@@ -191,6 +201,9 @@ def write_html(path: Path, run: dict[str, Any], table: list[Row], results: list[
         sections.append(f"<h2>{html.escape(title)}</h2>")
         sections += [f'<figure><img alt="{html.escape(t)}" src="{src}"><figcaption>{html.escape(t)}</figcaption>'
                      "</figure>" for t, src in plots]
+        if title == "Latency":
+            sections.append(_table_html(["case", "median ms", *(h for h, _ in LATENCY_TAILS), "rounds", "stopped"],
+                                        latency_table(latency)))
         if title.startswith("Generation"):
             sections.append(_table_html(
                 ["case", "prompt / new tokens", "TTFT ms", "ITL p50 ms", "ITL p99 ms", "decode tok/s", "e2e tok/s",

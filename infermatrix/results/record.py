@@ -14,6 +14,16 @@ Files written before the record existed carry no ``record_version`` and, for col
 and memory, no identity beyond ``case_id``: ``from_benchmark`` reads them too, taking the
 identity from the case id (``model-backend-device-precision-bN``) and the scenario from
 the test's name.
+
+Version 2 changed what a tail percentile is (``latency_p90_ms``, ``latency_p99_ms``,
+``latency_p99_9_ms``, ``itl_p99_ms``): LoadGen's early-stopping estimate, present only
+when there were enough samples for it (``infermatrix.measure.tails``); ``latency_percentiles``
+says for each percentile its value or why it has none, its sample count and method. Version 1
+wrote ``numpy.percentile`` of whatever rounds there were (the p99 of 16 rounds: their
+maximum). Reading a version-1 record judges its tails by the same rule from its ``rounds``:
+a tail short of samples is read as not estimable; one with enough keeps its value, marked
+as version 1's interpolated percentile. Version 1's inter-token p99 cannot be judged (its
+sample count was not recorded) and is read as not estimable.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ if TYPE_CHECKING:
 
 #: Bumped when a field changes meaning or type; adding an optional field does not need it
 #: (an older reader keeps the unknown key in ``extra``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: What a scenario's name looks like (a scenario is a module under suites/; the record
 #: names it, and any new scenario module's results are records too).
@@ -81,11 +91,14 @@ class CaseResult:
     compile_s: float | None = None
     first_inference_s: float | None = None
 
-    # ---- latency ----
+    # ---- latency (a tail is present only where estimable: see ``latency_percentiles``) ----
     latency_p50_ms: float | None = None
     latency_p90_ms: float | None = None
     latency_p99_ms: float | None = None
     latency_p99_9_ms: float | None = None
+    #: "p50", "p90", ... -> {"value_ms": number or null (not estimable), "samples", "samples_needed",
+    #: "method", and "order_statistic"/"confidence" for an estimate or "not_estimable": why}
+    latency_percentiles: Mapping[str, Mapping[str, Any]] | None = None
     rounds: int | None = None
     stop_reason: str | None = None
     #: --repeats: the median of each fresh process; the verdicts use their spread
@@ -110,6 +123,8 @@ class CaseResult:
     # ---- generate (the first sweep configuration; ``generate`` holds all of them) ----
     ttft_ms: float | None = None
     itl_p50_ms: float | None = None
+    #: present only where estimable; each configuration in ``generate`` has ``itl_samples`` and,
+    #: when not estimable, ``itl_p99_ms`` null and ``itl_p99_samples_needed``
     itl_p99_ms: float | None = None
     decode_tokens_per_s: float | None = None
     e2e_tokens_per_s: float | None = None
@@ -134,6 +149,11 @@ class CaseResult:
 
     # ---- reading ----------------------------------------------------------------------
 
+    def percentile(self, key: str) -> Mapping[str, Any] | None:
+        """The latency percentile ``key`` ("p99", "p99_9") as measured — a value or why not —
+        or None where this record measured no latency percentiles."""
+        return (self.latency_percentiles or {}).get(key)
+
     @property
     def cosine_similarity(self) -> float | None:
         value = (self.accuracy or {}).get("cosine_similarity")
@@ -152,6 +172,8 @@ class CaseResult:
         if version is not None and int(version) > SCHEMA_VERSION:
             raise RecordError(f"{name or data.get('case_id')}: record_version {version} is newer than this "
                               f"infermatrix reads ({SCHEMA_VERSION}); update infermatrix to read it")
+        if version is None or int(version) < 2:
+            data = _tails_of_version_1(data)
         data.update(_identity(data, name))
         fields: dict[str, Any] = {}
         for key in list(data):
@@ -240,6 +262,47 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         return kind(value)
     except (TypeError, ValueError) as exc:
         raise RecordError(f"{where}: field {name!r} = {value!r} is not a {kind.__name__}: {exc}") from None
+
+
+#: Version 1's tail fields and the percentile each stood for.
+_V1_TAILS = {"latency_p90_ms": 90.0, "latency_p99_ms": 99.0, "latency_p99_9_ms": 99.9}
+_V1_METHOD = "interpolated sample percentile (record_version 1)"
+
+
+def _tails_of_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 (or older) record's tails, judged by version 2's rule (see the module's docstring)."""
+    from infermatrix.measure import tails
+
+    data = dict(data)
+    rounds = data.get("rounds")
+    samples = int(rounds) if isinstance(rounds, int | float) and not isinstance(rounds, bool) else None
+    details: dict[str, Any] = {}
+    if data.get("latency_p50_ms") is not None and samples is not None:
+        details["p50"] = {"value_ms": data["latency_p50_ms"], "samples": samples, "samples_needed": 1,
+                          "method": tails.METHOD_MEDIAN}
+    for field, percentile in _V1_TAILS.items():
+        if field not in data:
+            continue
+        value = data.pop(field)
+        needed = tails.min_samples(percentile)
+        entry: dict[str, Any] = {"value_ms": None, "samples": samples, "samples_needed": needed,
+                                 "method": _V1_METHOD}
+        if samples is not None and samples >= needed and value is not None:
+            entry["value_ms"] = data[field] = value
+        else:
+            entry["not_estimable"] = (f"{'unknown' if samples is None else samples} rounds in a version-1 record; "
+                                      f"LoadGen's early-stopping rule needs {needed} for p{percentile:g}")
+        details[tails.percentile_key(percentile)] = entry
+    if details and "latency_percentiles" not in data:
+        data["latency_percentiles"] = details
+    if data.get("itl_p99_ms") is not None:
+        data["itl_p99_ms"] = None  # version 1 recorded no inter-token sample count: not judged, not shown
+    generate = data.get("generate")
+    if isinstance(generate, Mapping):
+        data["generate"] = {config: ({**figures, "itl_p99_ms": None} if isinstance(figures, Mapping)
+                                     and figures.get("itl_p99_ms") is not None else figures)
+                            for config, figures in generate.items()}
+    return data
 
 
 _PARAM = re.compile(r"^test_(?P<scenario>\w+)\[(?P<case_id>.+)\]$")
