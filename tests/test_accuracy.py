@@ -64,12 +64,24 @@ def test_an_output_that_ignores_the_input_fails_though_its_raw_cosine_is_high() 
     assert any("per-sample centered cosine" in f and "(32 of 32 samples)" in f for f in report.failures)
 
 
-def test_one_wrong_sample_fails_the_worst_sample_check() -> None:
+def test_one_mixed_up_sample_is_not_identified() -> None:
     ref = logits()
     got = ref * (1 + 0.005 * logits(3))
     got[7] = ref[8]  # one sample's slot holds another's output
     report = compare_outputs([got], [ref], "int8", classifier=True)
-    assert not report.passed and "(1 of 32 samples)" in report.failures[0]
+    assert not report.passed and report.samples_identified == 31 and report.identification_margin < 0
+    assert "1 of 32 samples' outputs are nearer another sample's reference than their own" in report.failures[0]
+
+
+def test_a_degraded_sample_fails_the_worst_sample_check() -> None:
+    ref = logits()
+    got = ref * (1 + 0.005 * logits(3))
+    rng = np.random.default_rng(4)
+    got[7] = ref.mean(0) + 0.3 * (ref[7] - ref.mean(0)) + rng.standard_normal(ref.shape[1])  # mostly noise
+    report = compare_outputs([got], [ref], "bf16", classifier=True)
+    assert not report.passed
+    (worst,) = [f for f in report.failures if "per-sample centered cosine" in f]
+    assert worst.endswith("< 0.3 (1 of 32 samples)")
 
 
 def test_too_few_samples_to_compare_is_a_failure_that_says_what_to_do() -> None:

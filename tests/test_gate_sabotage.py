@@ -137,3 +137,34 @@ def test_torch_reduced_precisions_of_every_family_pass(name: str, cache: Path) -
     ref = reference.reference_outputs(model, N, cache)
     report = judge(model, run_module(module, model, torch.bfloat16), ref, "bf16")
     assert report.passed, report.message(f"{name} torch bf16")
+
+
+def test_the_hardest_real_reduced_precision_cpu_cases_pass(tmp_path: Path) -> None:
+    """The working side on the real backends, prepared as the suite prepares them: every
+    reduced-precision CPU case of mobilenet_v2 and resnet50's int8 cases pass this CPU's gate."""
+    from infermatrix import host
+    from infermatrix.api.types import RunOptions
+    from infermatrix.case import matrix, offline
+
+    manager = host.plugin_manager()
+    models, backends = host.announced(manager.hook)
+    options = RunOptions(cache_root=tmp_path / "cache", threads=2)
+    chosen = [m for m in models if m.name in ("mobilenet_v2", "resnet50")]
+    entries = matrix.build(matrix.Selection(batch_sizes=(1,)), chosen, backends,
+                           lambda b: manager.hook.pytest_infermatrix_targets(backend=b, options=options))
+    ran, failed = [], []
+    for entry in entries:
+        case = entry.case
+        if entry.skip_reason or case.target.device != "cpu" or case.target.precision == "fp32":
+            continue
+        if case.model.name == "resnet50" and not case.target.precision.startswith("int8"):
+            continue
+        try:
+            prepared = offline.prepare_offline(manager, case, options, tmp_path / case.id)
+        except offline.OfflineError as exc:
+            failed.append(str(exc))
+            continue
+        ran.append(f"{case.id}: {prepared.accuracy.centered_cosine_worst:.3f}")
+        prepared.close()
+    assert not failed, "\n".join(failed)
+    assert any("int8" in r for r in ran), f"no int8 case ran here: {ran}"

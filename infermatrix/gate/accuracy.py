@@ -49,30 +49,43 @@ class Tolerance:
     min_rel_l2: float | None = None
 
 
-#: fp32 backends agree with the torch reference to below 1e-5 relative (measured: TOLERANCE_MEASUREMENTS);
-#: every reduced precision here errs by 1e-3 or more. A reduced-precision case below this ran fp32.
+#: fp32 backends agree with the torch reference to 1e-8-6e-6 relative L2 (every fp32 CPU case
+#: of the default matrix); every reduced-precision case errs by 8e-3 or more. A
+#: reduced-precision case below this floor ran fp32.
 FLOOR = 1e-4
 
-#: Set from the working cases of the default CPU matrix (32 samples; docs/backends.md, "The
-#: accuracy gate", has the figures and the sabotages each limit rejects). Each limit keeps a
-#: margin below the worst working case; every sabotage (constant, mean, stale, shuffled,
-#: random outputs, zeroed or reseeded weights) scores at or below ~0.1 centered cosine and
-#: ~0.05 class agreement, so the limits sit far from both.
+#: Set from every reduced-precision CPU case of the default matrix (32 samples, this project's
+#: AMD EPYC with AVX-512 + VNNI + bf16; docs/backends.md, "The accuracy gate", has the table).
+#: Worst working case per limit, and the limit:
+#: - centered cosine, worst sample: int8 0.220 (resnet50, ONNX Runtime) -> 0.1; int8-dynamic
+#:   0.968 (bert_base) -> 0.5; bf16 0.592 (resnet50, torch) -> 0.3; fp16 0.986 (resnet18, torch
+#:   fp16 arithmetic, measured once) -> 0.8; fp32 1.0000 -> 0.9999.
+#: - class agreement (classifiers): bf16 0.169 (resnet50) -> 0.1, fp32 1.0 -> 0.95. Not judged
+#:   at int8: resnet50's int8 cases score 0.04-0.075, what the sabotages score (0-0.044) — int8
+#:   errs as much as those random-weight logits differ, so the class sets say nothing there.
+#: - relative L2: int8 0.224 (mobilenet_v2) -> 0.5, bf16 0.128 (resnet50) -> 0.25.
+#: Every sample must also be nearer its own reference than any other (working: all 32 of 32,
+#: smallest gap 0.13; the sabotages: at most 22 of 32). Every sabotage scores a worst-sample
+#: centered cosine of 0.1 or less, most below 0.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_rel_l2=1e-3, min_centered_cosine=0.9999, min_class_agreement=0.95),
-    "tf32": Tolerance(max_rel_l2=5e-2, min_centered_cosine=0.9, min_class_agreement=0.5, min_rel_l2=FLOOR),
-    "fp16": Tolerance(max_rel_l2=5e-2, min_centered_cosine=0.9, min_class_agreement=0.5, min_rel_l2=FLOOR),
-    "bf16": Tolerance(max_rel_l2=2e-1, min_centered_cosine=0.6, min_class_agreement=0.3, min_rel_l2=FLOOR),
-    "int8": Tolerance(max_rel_l2=0.5, min_centered_cosine=0.25, min_rel_l2=FLOOR),
-    "int8-dynamic": Tolerance(max_rel_l2=0.5, min_centered_cosine=0.25, min_rel_l2=FLOOR),
-    "int4": Tolerance(max_rel_l2=0.8, min_centered_cosine=0.1, min_rel_l2=FLOOR),
+    "tf32": Tolerance(max_rel_l2=5e-2, min_centered_cosine=0.8, min_class_agreement=0.3, min_rel_l2=FLOOR),
+    "fp16": Tolerance(max_rel_l2=5e-2, min_centered_cosine=0.8, min_class_agreement=0.3, min_rel_l2=FLOOR),
+    "bf16": Tolerance(max_rel_l2=0.25, min_centered_cosine=0.3, min_class_agreement=0.1, min_rel_l2=FLOOR),
+    "int8": Tolerance(max_rel_l2=0.5, min_centered_cosine=0.1, min_rel_l2=FLOOR),
+    "int8-dynamic": Tolerance(max_rel_l2=0.5, min_centered_cosine=0.5, min_rel_l2=FLOOR),
+    # No forward-model int4 case runs here (OpenVINO's int4 is weight compression for generation
+    # models); kept loose so a user's int4 backend is judged at all.
+    "int4": Tolerance(max_rel_l2=0.8, min_centered_cosine=0.05, min_rel_l2=FLOOR),
 }
 
 #: int8 recipes that keep weights or activations to 7 bits — what each backend chooses on
 #: a CPU without VNNI, where full-range u8 x s8 kernels (VPMADDUBSW) saturate — give up
-#: one bit of resolution; held to their own measured bound (docs/backends.md, "int8 by
-#: instruction set").
-REDUCED_RANGE_INT8 = Tolerance(max_rel_l2=0.5, min_centered_cosine=0.2, min_rel_l2=FLOOR)
+#: one bit of resolution. Measured on the AVX2 kernels (oneDNN under ONEDNN_MAX_CPU_ISA=AVX2,
+#: ONNX Runtime's MLAS under QEMU's EPYC-Milan): worst sample 0.142 (resnet50, torch-compile)
+#: -> 0.07; the saturating full-range recipes there: mobilenet_v2 -0.12 to -0.02 with 5-15 of 32
+#: samples identified, resnet50 0.02-0.098 with 29-30 of 32 identified — each fails.
+REDUCED_RANGE_INT8 = Tolerance(max_rel_l2=0.5, min_centered_cosine=0.07, min_rel_l2=FLOOR)
 
 #: The backend config key that marks a 7-bit int8 recipe (set by the backends that choose one).
 REDUCED_RANGE_KEY = "int8_7bit"
@@ -100,6 +113,10 @@ class AccuracyReport:
     #: per-sample cosine after centering: the worst and the median sample (None: not computable)
     centered_cosine_worst: float | None
     centered_cosine_median: float | None
+    #: samples whose output is nearer their own reference than any other sample's, and the
+    #: smallest gap between the two cosines (a sample is identified when it is positive)
+    samples_identified: int | None
+    identification_margin: float | None
     #: classifiers: mean overlap of the centered top-5 class sets
     class_agreement: float | None
     finite: bool
@@ -122,6 +139,8 @@ class AccuracyReport:
         if self.centered_cosine_worst is not None:
             figures += (f" centered_cosine worst={self.centered_cosine_worst:.4f}"
                         f" median={self.centered_cosine_median:.4f}")
+        if self.samples_identified is not None:
+            figures += f" identified={self.samples_identified} margin={self.identification_margin:.3f}"
         if self.class_agreement is not None:
             figures += f" class_agreement={self.class_agreement:.3f}"
         return f"{case_id}: accuracy check failed ({'; '.join(self.failures)}): {figures} over {self.samples} samples"
@@ -132,38 +151,57 @@ def per_sample(arrays: Sequence[NDArray[Any]], n: int) -> NDArray[np.float64]:
     return np.concatenate([np.asarray(a, dtype=np.float64).reshape(n, -1) for a in arrays], axis=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class CenteredFigures:
+    """Each sample's output against the references after removing the reference's mean
+    over the samples (what is left is what tells the samples apart)."""
+
+    #: cosine of each judged sample's output with its own reference
+    cosine: NDArray[np.float64]
+    #: samples whose output is nearer (cosine) their own reference than any other sample's
+    identified: int
+    #: the smallest gap between a sample's own cosine and its best other one (< 0: not identified)
+    margin: float
+    #: classifiers: mean overlap of the top-5 class sets
+    class_agreement: float | None
+
+
 def centered_figures(got: NDArray[np.float64], ref: NDArray[np.float64],
-                     k: int = CLASS_AGREEMENT_TOP_K) -> tuple[NDArray[np.float64] | None, float | None]:
-    """Per-sample cosine of ``got`` and ``ref`` (rows are samples) after subtracting the
-    reference's mean over the samples, and the mean overlap of the two top-``k`` sets of
-    those centered rows (what each sample stands out for).
+                     k: int = CLASS_AGREEMENT_TOP_K) -> CenteredFigures | None:
+    """The figures of ``CenteredFigures`` for ``got`` and ``ref`` (rows are samples).
 
     The seeded networks map every input to nearly the same output (per-sample logits ~97%
     correlated): a raw cosine mostly measures that shared part, which a case ignoring its
-    input reproduces. After centering only what tells the samples apart is left: the mean
-    output, a stale buffer or shuffled samples score about 0. Samples whose reference does
-    not differ from the mean are left out; None when none is left (or fewer than 2 samples).
+    input reproduces. After centering, a constant, mean, stale or shuffled output scores
+    about 0, and a sample whose output is another sample's is *not identified*: it is
+    nearer that other sample's reference than its own. Samples whose reference does not
+    differ from the mean are left out; None when fewer than 2 samples are left.
     """
     if got.shape[0] < 2:
-        return None, None
+        return None
     mean = ref.mean(axis=0, keepdims=True)
     got_c, ref_c = got - mean, ref - mean
     ref_norm = np.linalg.norm(ref_c, axis=1)
     got_norm = np.linalg.norm(got_c, axis=1)
     varies = ref_norm > 1e-6 * max(float(np.linalg.norm(ref, axis=1).max()), 1e-300)
-    if not varies.any():
-        return None, None
+    if varies.sum() < 2:
+        return None
+    got_c, ref_c, got_norm, ref_norm = got_c[varies], ref_c[varies], got_norm[varies], ref_norm[varies]
     # An output at the mean to within rounding carries nothing of its sample: cosine 0, not
     # the cosine of rounding noise.
-    distinct = got_norm > 1e-4 * ref_norm
-    cos = np.where(distinct, (got_c * ref_c).sum(axis=1) / np.maximum(got_norm * ref_norm, 1e-300), 0.0)[varies]
+    got_unit = np.where((got_norm > 1e-4 * ref_norm)[:, None], got_c / np.maximum(got_norm, 1e-300)[:, None], 0.0)
+    similarity = got_unit @ (ref_c / ref_norm[:, None]).T  # [i, j]: sample i's output against sample j's reference
+    own = np.diag(similarity).copy()
+    np.fill_diagonal(similarity, -np.inf)
+    gap = own - similarity.max(axis=1)
     k = min(k, got.shape[1] - 1)
     agreement: float | None = None
     if k >= 1:
-        top_got = np.argpartition(-got_c[varies], k - 1, axis=1)[:, :k]
-        top_ref = np.argpartition(-ref_c[varies], k - 1, axis=1)[:, :k]
+        top_got = np.argpartition(-got_c, k - 1, axis=1)[:, :k]
+        top_ref = np.argpartition(-ref_c, k - 1, axis=1)[:, :k]
         agreement = float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(top_got, top_ref, strict=True)]))
-    return cos, agreement
+    return CenteredFigures(cosine=own, identified=int((gap > 0).sum()), margin=float(gap.min()),
+                           class_agreement=agreement)
 
 
 def compare_outputs(
@@ -209,11 +247,10 @@ def compare_outputs(
     rel_l2 = float(np.linalg.norm(diff) / ref_norm) if ref_norm > 0 else float(np.linalg.norm(diff))
     got_norm = float(np.linalg.norm(got_flat))
     cosine = float(got_flat @ ref_flat / (got_norm * ref_norm)) if got_norm > 0 and ref_norm > 0 else 0.0
-    cos_per_sample, agreement = centered_figures(got_rows, ref_rows)
-    if not classifier:
-        agreement = None
-    worst = float(cos_per_sample.min()) if cos_per_sample is not None else None
-    median = float(np.median(cos_per_sample)) if cos_per_sample is not None else None
+    centered = centered_figures(got_rows, ref_rows)
+    worst = float(centered.cosine.min()) if centered is not None else None
+    median = float(np.median(centered.cosine)) if centered is not None else None
+    agreement = centered.class_agreement if centered is not None and classifier else None
 
     if tol.max_rel_l2 is not None and not rel_l2 <= tol.max_rel_l2:
         failures.append(f"relative L2 error {rel_l2:.3g} > {tol.max_rel_l2:g}")
@@ -221,14 +258,18 @@ def compare_outputs(
         failures.append(
             f"relative L2 error {rel_l2:.3g} < {tol.min_rel_l2:g}: the outputs match fp32 to fp32's own rounding"
             f"{' (bit-identical)' if max_abs == 0 else ''}, so {precision} did not run")
-    if tol.min_centered_cosine is not None:
-        if worst is None:
-            failures.append(f"the per-sample check needs 2 or more samples whose reference outputs differ; "
-                            f"got {samples} (raise --accuracy-samples)")
-        elif not worst >= tol.min_centered_cosine:
-            n_low = int((cos_per_sample < tol.min_centered_cosine).sum()) if cos_per_sample is not None else 0
+    if centered is None:
+        failures.append(f"the per-sample check needs 2 or more samples whose reference outputs differ; "
+                        f"got {samples} (raise --accuracy-samples)")
+    else:
+        judged = len(centered.cosine)
+        if centered.identified < judged:
+            failures.append(f"{judged - centered.identified} of {judged} samples' outputs are nearer another "
+                            "sample's reference than their own (outputs that ignore the input, stale or mixed up)")
+        if tol.min_centered_cosine is not None and not centered.cosine.min() >= tol.min_centered_cosine:
+            n_low = int((centered.cosine < tol.min_centered_cosine).sum())
             failures.append(f"per-sample centered cosine {worst:.4f} < {tol.min_centered_cosine:g} "
-                            f"({n_low} of {samples} samples)")
+                            f"({n_low} of {judged} samples)")
     if agreement is not None and tol.min_class_agreement is not None and not agreement >= tol.min_class_agreement:
         failures.append(f"top-{CLASS_AGREEMENT_TOP_K} class agreement {agreement:.3f} < {tol.min_class_agreement:g}")
 
@@ -240,6 +281,8 @@ def compare_outputs(
         cosine_similarity=cosine,
         centered_cosine_worst=worst,
         centered_cosine_median=median,
+        samples_identified=centered.identified if centered is not None else None,
+        identification_margin=centered.margin if centered is not None else None,
         class_agreement=agreement,
         finite=finite,
         failures=tuple(failures),
