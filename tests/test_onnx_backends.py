@@ -18,6 +18,7 @@ from infermatrix.api.types import BackendInfo, PrepareContext, RunOptions, Targe
 from infermatrix.case.runner import run_in_batches  # noqa: E402
 from infermatrix.forms import onnx_export  # noqa: E402
 from infermatrix.gate.accuracy import compare_outputs  # noqa: E402
+from infermatrix.gate.precision import check_precision  # noqa: E402
 from infermatrix.gate.reference import accuracy_inputs, reference_outputs  # noqa: E402
 
 
@@ -121,6 +122,8 @@ class TestOpenVino:
         assert session.config["performance_hint"] == "LATENCY"
         report = check(session, "fp32", cache)
         assert report.passed and report.rel_l2_error < 1e-5
+        proof = check_precision("fp32", session.precision_evidence())
+        assert proof.status == "verified" and proof.evidence.compute == {"fp32": 4}  # 3 convolutions, 1 dense
 
     def test_bf16_where_the_cpu_has_it(self, tmp_path: Path, cache: Path) -> None:
         core = self.ov.Core()
@@ -130,6 +133,20 @@ class TestOpenVino:
         assert session.config["inference_precision_hint"] == "bf16"
         report = check(session, "bf16", cache)
         assert report.passed and report.rel_l2_error > 1e-4  # bf16 really ran
+        evidence = session.precision_evidence()
+        assert check_precision("bf16", evidence).passed and evidence.compute == {"bf16": 4}
+        assert not check_precision("fp32", evidence).passed
+
+    def test_sabotage_bf16_hint_quietly_f32_passes_the_hint_readback_but_not_the_proof(
+        self, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from plugins.backends import openvino as backend
+
+        monkeypatch.setitem(backend.PRECISION_HINT, "bf16", "f32")  # "bf16" compiled as f32: a silent fp32
+        session = self.prepare("bf16", tmp_path, cache)  # the old check (the hint read back) lets it through
+        proof = check_precision("bf16", session.precision_evidence())
+        assert not proof.passed and proof.evidence.compute == {"fp32": 4}
+        assert "no compute op ran in bf16" in proof.message("tinycnn-openvino-cpu-bf16-b4")
 
     def test_int8_via_nncf_is_quantized_and_passes_the_gate(self, tmp_path: Path, cache: Path) -> None:
         fp32 = self.prepare("fp32", tmp_path / "a", cache)
@@ -148,6 +165,21 @@ class TestOpenVino:
 
         assert int8.config["int8_overflow_fix"] == ("disable" if isa().onednn_int8_vnni else "enable")
         assert int8.config["int8_7bit"] == (not isa().onednn_int8_vnni) and int8.config["int8_recipe_reason"]
+        # the runtime model executes every convolution and the dense layer on u8/i8 inputs
+        evidence = int8.precision_evidence()
+        assert check_precision("int8", evidence).passed and evidence.compute == {"int8": 4}
+        assert set(evidence.facts["runtime_precision_by_layer_type"]["Convolution"]) <= {"u8", "i8"}
+
+    def test_sabotage_int8_without_quantization_fails_the_proof(
+        self, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from plugins.backends import openvino as backend
+
+        monkeypatch.setattr(backend, "quantize_int8", lambda ov_model, *args: ov_model)  # NNCF skipped: f32
+        session = self.prepare("int8", tmp_path, cache)
+        assert session.config["inference_precision_hint"] == "f32"  # the hint int8 cases compile with anyway
+        proof = check_precision("int8", session.precision_evidence())
+        assert not proof.passed and proof.status == "contradicted" and proof.evidence.compute == {"fp32": 4}
 
 
 def test_onnx_inputs_run_at_any_batch(cache: Path) -> None:
