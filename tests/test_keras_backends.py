@@ -198,4 +198,72 @@ def test_plaidml_gives_torchs_logits_for_every_keras_model_without_any_setup(cac
     for case_id, info in results.items():
         assert info["accuracy"]["rel_l2_error"] <= 1e-4, (case_id, info["accuracy"])
         assert info["compile_s"] > 0 and info["backend_config"]["keras"] == "2.2.4"
+        assert info["precision_evidence"]["status"] == "verified", (case_id, info["precision_evidence"])
     assert list(home.iterdir()) == []  # the user's home configuration was never written
+
+
+PLAIDML_PROOF = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = sys.argv[2:4]
+from tiny_torch_model import TINY_CNN
+from infermatrix.api.types import BackendInfo, PrepareContext, RunOptions, Target
+from infermatrix.gate.precision import check_precision
+from plugins.backends import plaidml as backend
+folder = Path(sys.argv[1])
+session = backend.pytest_infermatrix_prepare(
+    BackendInfo("plaidml", ("llvm_cpu.0",), backend.PRECISIONS), TINY_CNN, Target("llvm_cpu.0", "fp32"), 2,
+    PrepareContext(workdir=folder, options=RunOptions(cache_root=folder / "cache", threads=1)))
+print(json.dumps(check_precision("fp32", session.precision_evidence()).as_dict()))
+"""
+
+
+def test_plaidml_shows_the_kernel_dtypes_it_compiled(tmp_path: Path) -> None:
+    python = plaidml_python()
+    pytest.importorskip("torch")
+    from tiny_torch_model import TINY_CNN
+
+    from infermatrix.gate.reference import reference_outputs
+
+    reference_outputs(TINY_CNN, 8, tmp_path / "cache")  # the weights; the PlaidML environment has no torch
+    script = tmp_path / "prove.py"
+    script.write_text(PLAIDML_PROOF)
+    tests = Path(__file__).parent
+    proc = subprocess.run([python, str(script), str(tmp_path), str(tests), str(REPO)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proof = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proof["status"] == "verified" and proof["compute"] == {"fp32": 4}, proof
+    assert proof["facts"] == {"kernels": {"Conv2D float32": 3, "Dense float32": 1}, "floatx": "float32",
+                              "output_dtype": "float32"}
+
+
+def test_plaidml_evidence_tells_fp16_kernels_from_fp32_ones() -> None:
+    """fp16 cannot run on llvm_cpu (its kernels abort the process, so does building an fp16 model
+    there): the reading of kernel dtypes is checked on stand-ins with Keras 2.2.4's interface."""
+    from types import SimpleNamespace
+
+    from infermatrix.gate.precision import check_precision
+    from plugins.backends.plaidml import keras_evidence
+
+    class Conv2D(SimpleNamespace):
+        pass
+
+    class Dense(SimpleNamespace):
+        pass
+
+    class BatchNormalization(SimpleNamespace):
+        pass
+
+    keras = SimpleNamespace(backend=SimpleNamespace(dtype=lambda weight: weight.dtype))
+
+    def net(dtype: str) -> SimpleNamespace:
+        weight = SimpleNamespace(dtype=dtype)
+        return SimpleNamespace(layers=[Conv2D(weights=[weight]), BatchNormalization(weights=[weight]),
+                                       Dense(weights=[weight, weight])])
+
+    half = keras_evidence(keras, net("float16"), "float16", "float16")
+    assert half.compute == {"fp16": 2} and check_precision("fp16", half).passed
+    assert not check_precision("fp32", half).passed
+    silent = check_precision("fp16", keras_evidence(keras, net("float32"), "float32", "float32"))
+    assert not silent.passed and "no compute op ran in fp16" in silent.failures[0]

@@ -45,7 +45,7 @@ def test_export_happens_once_and_again_only_for_a_changed_model(cache: Path) -> 
     again, second = onnx_export.onnx_model(TINY_CNN, cache)
     assert again == path and second["cached"] is True and second["export_s"] is None
     assert path.stat().st_mtime_ns == mtime
-    changed, third = onnx_export.onnx_model(dataclasses.replace(TINY_CNN, version="2"), cache)
+    changed, third = onnx_export.onnx_model(dataclasses.replace(TINY_CNN, version=TINY_CNN.version + "+1"), cache)
     assert changed != path and third["cached"] is False
 
 
