@@ -128,8 +128,9 @@ def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
 #: or ``extern_kernels.<op>(``.
 KERNEL_CALL = re.compile(r"\b(torch\.ops\.\w+\.\w+|extern_kernels\.\w+)(?:\.\w+)?\(")
 #: Generated calls that are int8 compute: oneDNN's quantized convolution / linear (PT2E
-#: lowered by Inductor: qconv_pointwise, qconv2d_pointwise, qlinear_pointwise, ...) and int8 matmuls.
-INT8_KERNEL = re.compile(r"^(torch\.ops\.onednn\.q\w+|torch\.ops\.quantized\.\w+|"
+#: lowered by Inductor: qconv_pointwise, qconv2d_pointwise, qlinear_pointwise, ...) and int8
+#: matmuls; not int8 data movement (quantized.max_pool2d).
+INT8_KERNEL = re.compile(r"^(torch\.ops\.(onednn|quantized)\.q?(conv|linear)\w*|"
                          r"(torch\.ops\.aten\.|extern_kernels\.)(_int_mm|_weight_int8pack_mm))$")
 #: Generated calls that are float convolutions or matrix multiplications.
 FLOAT_KERNELS = ("torch.ops.mkldnn._convolution_pointwise", "torch.ops.mkldnn._convolution_transpose_pointwise",
