@@ -297,10 +297,10 @@ class Session(Protocol):
     backend reports it), recorded in the results. ``size_bytes`` is the model's size
     on disk or in memory as the backend holds it (None if unknown).
 
-    Optionally, ``precision_evidence() -> infermatrix.gate.precision.PrecisionEvidence``:
+    Optionally, ``precision_evidence() -> infermatrix.gate.precision.PrecisionEvidence | None``:
     what the backend reports it compiled, read back after compilation and warm-up (the
-    proof of precision). A case of a reduced precision whose session has none fails as
-    unverified (docs/backends.md, "Proof of precision").
+    proof of precision; None where the backend has nothing to show). A case of a reduced
+    precision without evidence fails as unverified (docs/backends.md, "Proof of precision").
     """
 
     config: Mapping[str, Any]

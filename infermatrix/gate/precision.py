@@ -102,8 +102,8 @@ def check_precision(precision: str, evidence: PrecisionEvidence | None) -> Preci
     if evidence is None:
         if precision != FULL:
             failures.append(f"the case says {precision} but its backend gave no evidence of what precision ran "
-                            "(no precision_evidence() from its session); a reduced precision must be shown, not "
-                            "assumed")
+                            "(its session has no precision_evidence(), or it found nothing to show); a reduced "
+                            "precision must be shown, not assumed")
         return PrecisionReport(precision, "unverified", tuple(failures))
     ran = {p: n for p, n in evidence.compute.items() if n}
     if precision != FULL and not ran.get(precision):
