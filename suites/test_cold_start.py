@@ -48,6 +48,7 @@ def test_cold_start(infermatrix_case: Case, request: pytest.FixtureRequest, benc
         "onnx_export_cached": backend_config.get("onnx_export_cached"),  # None: no ONNX on this path
         "backend_config": backend_config,
         "accuracy": child.accuracy,
+        "precision_evidence": child.precision_evidence,
         "model_size_bytes": child.model_size_bytes,
     })
     # One round: the whole cold start, so pytest-benchmark's table and compare show it.

@@ -43,6 +43,7 @@ def test_memory(infermatrix_case: Case, request: pytest.FixtureRequest, benchmar
         "isolated_process_wall_s": run.process_wall_s,
         "backend_config": child.backend_config,
         "accuracy": child.accuracy,
+        "precision_evidence": child.precision_evidence,
     })
     record = benchmark_recorder(benchmark, "infermatrix memory (isolated run)")
     for sample in run.latency_samples_s:

@@ -2,9 +2,14 @@
 
 It exercises every hook without any deep-learning framework: a seeded linear
 classifier (``tinymlp``) and a Linear-heavy twin (``tinylinear``), a ``numpy`` backend
-that runs them in fp32 or fp16, and a ``ghost`` backend whose library is missing.
-``NUMPY_BACKEND_PERTURB=<relative noise>`` makes the backend's outputs wrong, to
-prove the accuracy gate fails such a case. ``NUMPY_BACKEND_GENERATION_DIR=<dir>`` adds
+that runs them in fp32, fp16 or int8-dynamic (int8 weights per column, activations
+quantized per row at each call, int32 accumulation), and a ``ghost`` backend whose
+library is missing. The session's ``precision_evidence`` reads the dtype of the weights
+it multiplies with. ``NUMPY_BACKEND_PERTURB=<relative noise>`` makes the backend's outputs
+wrong, to prove the accuracy gate fails such a case; ``NUMPY_BACKEND_SILENT_FP32=1``
+skips the precision step (the session runs fp32 whatever its id says), to prove the
+precision check fails it; ``NUMPY_BACKEND_NO_EVIDENCE=1`` makes the session give no
+evidence (unverified). ``NUMPY_BACKEND_GENERATION_DIR=<dir>`` adds
 ``tinygen``, a generation model with a counting rule for weights, so the generate
 scenario runs without torch or transformers (its model folder and reference tokens are
 written into ``<dir>``, where the core looks for a local model's cached tokens).
@@ -35,6 +40,7 @@ from infermatrix.api.types import (
     Target,
 )
 from infermatrix.case.generation import Generated, GenerationSpec, prompt_ids, sweep
+from infermatrix.gate.precision import PrecisionEvidence
 
 FEATURES, CLASSES = 64, 10
 
@@ -122,6 +128,13 @@ def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
     ]
 
 
+def quantize_int8(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 along ``axis`` (one scale per row or column): the int8 values and their scales."""
+    scale = np.abs(values).max(axis=axis, keepdims=True) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    return np.clip(np.rint(values / scale), -127, 127).astype(np.int8), scale
+
+
 @dataclasses.dataclass
 class NumpySession:
     matrix: np.ndarray
@@ -130,13 +143,31 @@ class NumpySession:
     config: dict[str, Any]
     times: PrepareTimes
     size_bytes: int | None
+    #: the int8 matrix's per-column scales (int8-dynamic), else None
+    scales: np.ndarray | None = None
+    gives_evidence: bool = True
     closed: bool = False
 
     def run(self, inputs: Arrays) -> list[np.ndarray]:
-        out = (inputs["x"].astype(self.dtype) @ self.matrix).astype(np.float32)
+        if self.scales is not None:  # int8-dynamic: activations quantized per row at each call
+            qx, x_scale = quantize_int8(inputs["x"].astype(np.float32), axis=1)
+            out = (qx.astype(np.int32) @ self.matrix.astype(np.int32)) * x_scale * self.scales
+        else:
+            out = (inputs["x"].astype(self.dtype) @ self.matrix).astype(np.float32)
         if self.perturb:
             out = out + self.perturb * np.abs(out).mean() * np.random.default_rng(0).standard_normal(out.shape)
         return [out.astype(np.float32)]
+
+    def precision_evidence(self) -> PrecisionEvidence | None:
+        """The one matmul, by the dtype of the weights it really multiplies with."""
+        if not self.gives_evidence:
+            return None
+        ran = {"int8": "int8-dynamic" if self.scales is not None else "int8", "float16": "fp16",
+               "float32": "fp32"}[self.matrix.dtype.name]
+        return PrecisionEvidence(compute={ran: 1}, unit="matmuls", api="numpy: the weight matrix's dtype",
+                                 facts={"weight_dtype": self.matrix.dtype.name,
+                                        "activations": "int8 per row, at each call" if self.scales is not None
+                                        else self.matrix.dtype.name})
 
     def close(self) -> None:
         self.closed = True
@@ -180,10 +211,13 @@ def pytest_infermatrix_prepare(
     if log:  # lets tests count how often a case is prepared
         with open(log, "a") as fh:
             fh.write(f"{model.name}-{target.device}-{target.precision}\n")
-    dtype = np.float16 if target.precision == "fp16" else np.float32
-    matrix = weights(model.weight_seed).astype(dtype)
+    precision = "fp32" if os.environ.get("NUMPY_BACKEND_SILENT_FP32") else target.precision
+    dtype = np.float16 if precision == "fp16" else np.float32
+    matrix, scales = weights(model.weight_seed).astype(dtype), None
+    if precision == "int8-dynamic":
+        matrix, scales = quantize_int8(matrix, axis=0)
     return NumpySession(
         matrix=matrix, dtype=dtype, perturb=float(os.environ.get("NUMPY_BACKEND_PERTURB", "0")),
-        config={"dtype": np.dtype(dtype).name, "threads": context.threads}, times=PrepareTimes(convert_s=0.0),
-        size_bytes=matrix.nbytes,
+        config={"dtype": matrix.dtype.name, "threads": context.threads}, times=PrepareTimes(convert_s=0.0),
+        size_bytes=matrix.nbytes, scales=scales, gives_evidence=not os.environ.get("NUMPY_BACKEND_NO_EVIDENCE"),
     )

@@ -232,8 +232,11 @@ OPENVINO_UNDER_AVX2_CAP = textwrap.dedent("""
     got = run_in_batches(session, accuracy_inputs(TINY_CNN, 8), 4)
     report = compare_outputs(got, reference_outputs(TINY_CNN, 8, folder / "cache"), "int8", classifier=True,
                              backend_config=session.config)
+    from infermatrix.gate.precision import check_precision
+    proof = check_precision("int8", session.precision_evidence()).as_dict()
     print(json.dumps({"config": {k: v for k, v in session.config.items() if k.startswith("int8")},
-                      "passed": report.passed, "tolerance": report.tolerance, "failures": report.failures}))
+                      "passed": report.passed, "tolerance": report.tolerance, "failures": report.failures,
+                      "proof": proof}))
 """)
 
 
@@ -254,3 +257,7 @@ def test_openvino_int8_under_an_avx2_cap_takes_the_7bit_recipe(tmp_path: Path) -
     assert "VPMADDUBSW" in seen["config"]["int8_kernel"]
     assert seen["tolerance"] == "int8, 7-bit recipe (no VNNI)"
     assert seen["passed"], seen["failures"]
+    # and the runtime model shows int8 convolutions on oneDNN's AVX2 int8 kernels, not an f32 fallback
+    assert seen["proof"]["passed"] and seen["proof"]["compute"] == {"int8": 4}, seen["proof"]
+    conv_kernels = seen["proof"]["facts"]["compute_primitives"]["Convolution"]
+    assert all("avx2" in kernel and "avx512" not in kernel for kernel in conv_kernels), conv_kernels

@@ -89,9 +89,82 @@ def test_tensorflow_gives_torchs_logits_for_every_keras_model_through_a_compiled
         assert info["backend_config"]["api"].startswith("tf.function"), case_id  # never predict()
         assert info["compile_s"] > 0 and info["accuracy"]["passed"], case_id
         assert info["backend_config"]["compute_dtype"] == ("bfloat16" if "bf16" in case_id else "float32")
+        proof = info["precision_evidence"]
+        assert proof["status"] == "verified" and set(proof["compute"]) == {"bf16" if "bf16" in case_id else "fp32"}
         if "fp32" in case_id:
             assert info["accuracy"]["rel_l2_error"] <= 1e-4, (case_id, info["accuracy"])
     assert "jit_compile=True" in results["resnet18-tensorflow-xla-cpu-fp32-b1"]["backend_config"]["api"]
+
+
+TENSORFLOW_PROOF = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = sys.argv[2:4]
+from tiny_torch_model import TINY_CNN
+from infermatrix.api.types import BackendInfo, PrepareContext, RunOptions, Target
+from infermatrix.gate.precision import check_precision
+from plugins.backends import tensorflow as backend
+folder = Path(sys.argv[1])
+found = {}
+def prove(name, precision, backend_name="tensorflow"):
+    (folder / name).mkdir()
+    session = backend.pytest_infermatrix_prepare(
+        BackendInfo(backend_name, ("cpu",), backend.PRECISIONS), TINY_CNN, Target("cpu", precision), 2,
+        PrepareContext(workdir=folder / name, options=RunOptions(cache_root=folder / "cache", threads=1)))
+    found[name] = check_precision(precision, session.precision_evidence()).as_dict()
+    session.close()
+prove("fp32", "fp32")
+prove("bf16", "bf16")
+prove("xla-fp32", "fp32", "tensorflow-xla")
+prove("xla-bf16", "bf16", "tensorflow-xla")  # a target that is a skip: what XLA:CPU does with bf16
+backend.POLICY["bf16"] = "float32"  # sabotage: the mixed policy is never set, the model computes fp32
+prove("silent-bf16", "bf16")
+print(json.dumps(found))
+"""
+
+
+def test_tensorflow_bf16_traces_bf16_compute_and_a_silent_fp32_fails_the_proof(tmp_path: Path) -> None:
+    needs_tensorflow()
+    from infermatrix.machine import cpu_supports_bf16
+
+    if not cpu_supports_bf16():
+        pytest.skip("tensorflow bf16 runs only on CPUs with avx512_bf16 or AMX")
+    pytest.importorskip("torch")
+    from tiny_torch_model import TINY_CNN
+
+    from infermatrix.gate.reference import reference_outputs
+
+    reference_outputs(TINY_CNN, 8, tmp_path / "cache")  # the weights, made with torch in this process
+    script = tmp_path / "prove.py"
+    script.write_text(TENSORFLOW_PROOF)
+    tests = Path(__file__).parent
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), str(tests), str(REPO)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["fp32"]["status"] == "verified" and found["fp32"]["compute"] == {"fp32": 4}  # 3 Conv2D, 1 MatMul
+    assert found["bf16"]["status"] == "verified" and found["bf16"]["compute"] == {"bf16": 4}
+    assert found["bf16"]["facts"]["weighted_layers"]["Conv2D: mixed_bfloat16 -> bfloat16"] == 3
+    silent = found["silent-bf16"]
+    assert not silent["passed"] and silent["compute"] == {"fp32": 4}
+    assert "no compute op ran in bf16" in silent["failures"][0]
+    # XLA: its optimized HLO is the evidence, and on the CPU it computes bf16 in f32
+    assert found["xla-fp32"]["status"] == "verified" and found["xla-fp32"]["compute"] == {"fp32": 4}
+    xla_bf16 = found["xla-bf16"]
+    assert not xla_bf16["passed"] and xla_bf16["compute"] == {"fp32": 4}, xla_bf16
+    assert xla_bf16["facts"]["weighted_layers"]["Conv2D: mixed_bfloat16 -> bfloat16"] == 3  # what Keras was told
+
+
+def test_tensorflow_xla_bf16_on_cpu_is_a_skip_that_says_why() -> None:
+    needs_tensorflow()
+    from infermatrix.api.types import BackendInfo
+    from plugins.backends import tensorflow as backend
+
+    if backend._keras3_problem():
+        pytest.skip(backend._keras3_problem())
+    targets = {t.precision: t.skip_reason for t in backend.pytest_infermatrix_targets(
+        BackendInfo("tensorflow-xla", ("cpu",), backend.PRECISIONS)) if t.device == "cpu"}
+    assert "XLA:CPU computes bf16 convolutions and matrix multiplications in f32" in targets["bf16"]
 
 
 def needs_tensorflow() -> None:
@@ -125,4 +198,72 @@ def test_plaidml_gives_torchs_logits_for_every_keras_model_without_any_setup(cac
     for case_id, info in results.items():
         assert info["accuracy"]["rel_l2_error"] <= 1e-4, (case_id, info["accuracy"])
         assert info["compile_s"] > 0 and info["backend_config"]["keras"] == "2.2.4"
+        assert info["precision_evidence"]["status"] == "verified", (case_id, info["precision_evidence"])
     assert list(home.iterdir()) == []  # the user's home configuration was never written
+
+
+PLAIDML_PROOF = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = sys.argv[2:4]
+from tiny_torch_model import TINY_CNN
+from infermatrix.api.types import BackendInfo, PrepareContext, RunOptions, Target
+from infermatrix.gate.precision import check_precision
+from plugins.backends import plaidml as backend
+folder = Path(sys.argv[1])
+session = backend.pytest_infermatrix_prepare(
+    BackendInfo("plaidml", ("llvm_cpu.0",), backend.PRECISIONS), TINY_CNN, Target("llvm_cpu.0", "fp32"), 2,
+    PrepareContext(workdir=folder, options=RunOptions(cache_root=folder / "cache", threads=1)))
+print(json.dumps(check_precision("fp32", session.precision_evidence()).as_dict()))
+"""
+
+
+def test_plaidml_shows_the_kernel_dtypes_it_compiled(tmp_path: Path) -> None:
+    python = plaidml_python()
+    pytest.importorskip("torch")
+    from tiny_torch_model import TINY_CNN
+
+    from infermatrix.gate.reference import reference_outputs
+
+    reference_outputs(TINY_CNN, 8, tmp_path / "cache")  # the weights; the PlaidML environment has no torch
+    script = tmp_path / "prove.py"
+    script.write_text(PLAIDML_PROOF)
+    tests = Path(__file__).parent
+    proc = subprocess.run([python, str(script), str(tmp_path), str(tests), str(REPO)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proof = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proof["status"] == "verified" and proof["compute"] == {"fp32": 4}, proof
+    assert proof["facts"] == {"kernels": {"Conv2D float32": 3, "Dense float32": 1}, "floatx": "float32",
+                              "output_dtype": "float32"}
+
+
+def test_plaidml_evidence_tells_fp16_kernels_from_fp32_ones() -> None:
+    """fp16 cannot run on llvm_cpu (its kernels abort the process, so does building an fp16 model
+    there): the reading of kernel dtypes is checked on stand-ins with Keras 2.2.4's interface."""
+    from types import SimpleNamespace
+
+    from infermatrix.gate.precision import check_precision
+    from plugins.backends.plaidml import keras_evidence
+
+    class Conv2D(SimpleNamespace):
+        pass
+
+    class Dense(SimpleNamespace):
+        pass
+
+    class BatchNormalization(SimpleNamespace):
+        pass
+
+    keras = SimpleNamespace(backend=SimpleNamespace(dtype=lambda weight: weight.dtype))
+
+    def net(dtype: str) -> SimpleNamespace:
+        weight = SimpleNamespace(dtype=dtype)
+        return SimpleNamespace(layers=[Conv2D(weights=[weight]), BatchNormalization(weights=[weight]),
+                                       Dense(weights=[weight, weight])])
+
+    half = keras_evidence(keras, net("float16"), "float16", "float16")
+    assert half.compute == {"fp16": 2} and check_precision("fp16", half).passed
+    assert not check_precision("fp32", half).passed
+    silent = check_precision("fp16", keras_evidence(keras, net("float32"), "float32", "float32"))
+    assert not silent.passed and "no compute op ran in fp16" in silent.failures[0]

@@ -122,3 +122,67 @@ def test_targets_name_what_is_missing() -> None:
         assert all("no CUDA device" in reason for reason in targets.values())
     else:
         assert "bf16 graph converter" in targets["bf16"]
+
+
+# ---- proof of precision: the engine inspector's JSON ---------------------------------------------
+# The layer records below are shaped after TensorRT's documented engine-inspector output
+# (ProfilingVerbosity.DETAILED, LayerInformationFormat.JSON); they were not produced by a real
+# engine, since TensorRT cannot be installed here: they check the reading, not TensorRT.
+
+
+def inspector_layer(layer_type: str, parameter_type: str, datatype: str, weights: str | None = None) -> dict:
+    layer = {"Name": f"{layer_type}-{datatype}", "LayerType": layer_type, "ParameterType": parameter_type,
+             "Inputs": [{"Name": "x", "Location": "Device", "Dimensions": [4, 16, 32, 32],
+                         "Format/Datatype": datatype}],
+             "Outputs": [{"Name": "y", "Location": "Device", "Dimensions": [4, 16, 32, 32],
+                          "Format/Datatype": datatype}]}
+    if weights is not None:
+        layer["Weights"] = {"Type": weights, "Count": 432}
+    return layer
+
+
+def engine_json(*layers: dict) -> str:
+    import json
+
+    return json.dumps({"Layers": list(layers), "Bindings": ["input", "logits"]})
+
+
+INT8_CONV = inspector_layer("CaskConvolution", "Convolution",
+                            "Thirty-two wide channel vectorized row major Int8 format", "Int8")
+FP16_CONV = inspector_layer("CaskConvolution", "Convolution",
+                            "Channel major FP16 format where channel % 8 == 0", "Half")
+FP32_GEMM = inspector_layer("CaskGemmConvolution", "Convolution", "Row major linear FP32", "Float")
+REFORMAT = inspector_layer("Reformat", "Reformat", "Row major linear FP32")
+
+
+def test_engine_evidence_reads_each_compute_layers_data_type() -> None:
+    from infermatrix.gate.precision import check_precision
+
+    int8 = trt_backend.engine_evidence(engine_json(REFORMAT, INT8_CONV, INT8_CONV, FP32_GEMM))
+    assert int8.compute == {"int8": 2, "fp32": 1} and check_precision("int8", int8).passed
+    fp16 = trt_backend.engine_evidence(engine_json(REFORMAT, FP16_CONV, FP16_CONV))
+    assert fp16.compute == {"fp16": 2} and check_precision("fp16", fp16).passed
+    # a layer without tensor formats (no execution context: dynamic shapes) falls back to its weights' type
+    weights_only = dict(INT8_CONV, Inputs=[{"Name": "x", "Format/Datatype": "N/A due to dynamic shapes"}])
+    assert trt_backend.engine_evidence(engine_json(weights_only)).compute == {"int8": 1}
+    tf32 = trt_backend.engine_evidence(engine_json(FP32_GEMM), tf32=True)
+    assert tf32.compute == {"tf32": 1} and check_precision("tf32", tf32).passed
+
+
+def test_sabotage_an_fp32_engine_under_an_int8_or_fp16_id_fails_the_proof() -> None:
+    from infermatrix.gate.precision import check_precision
+
+    silent = trt_backend.engine_evidence(engine_json(REFORMAT, FP32_GEMM, FP32_GEMM))
+    for precision in ("int8", "fp16"):
+        proof = check_precision(precision, silent)
+        assert not proof.passed and f"no compute op ran in {precision}" in proof.failures[0]
+
+
+def test_an_engine_with_layer_names_only_gives_no_evidence_and_a_reduced_precision_fails_unverified() -> None:
+    import json
+
+    from infermatrix.gate.precision import check_precision
+
+    names_only = json.dumps({"Layers": ["conv1 + relu1", "conv2"], "Bindings": ["input", "logits"]})
+    assert trt_backend.engine_evidence(names_only) is None
+    assert check_precision("int8", None).status == "unverified" and not check_precision("int8", None).passed

@@ -296,6 +296,11 @@ class Session(Protocol):
     ``config`` is the exact configuration used (threads, layout, precision as the
     backend reports it), recorded in the results. ``size_bytes`` is the model's size
     on disk or in memory as the backend holds it (None if unknown).
+
+    Optionally, ``precision_evidence() -> infermatrix.gate.precision.PrecisionEvidence | None``:
+    what the backend reports it compiled, read back after compilation and warm-up (the
+    proof of precision; None where the backend has nothing to show). A case of a reduced
+    precision without evidence fails as unverified (docs/backends.md, "Proof of precision").
     """
 
     config: Mapping[str, Any]

@@ -49,9 +49,10 @@ def prepare_offline(manager: pluggy.PluginManager, case: Case, options: RunOptio
                                                         batch_size=case.batch_size, context=context),
         options.cache_root, TimingPolicy(), accuracy_samples=accuracy.DEFAULT_SAMPLES, threads=options.threads,
     )
-    if not prepared.accuracy.passed:
-        prepared.session.close()
-        raise OfflineError(prepared.accuracy.message(case.id))
+    for report in (prepared.accuracy, prepared.precision):
+        if report is not None and not report.passed:
+            prepared.session.close()
+            raise OfflineError(report.message(case.id))
     return prepared
 
 

@@ -17,6 +17,7 @@ from infermatrix.api.scenario import CaseKind, Scenario
 from infermatrix.api.types import FORM_GENERATION, Arrays, Case, MemoryReport, ModelSpec, RunOptions, Session
 from infermatrix.gate import reference
 from infermatrix.gate.accuracy import AccuracyReport, compare_outputs
+from infermatrix.gate.precision import PrecisionReport, check_precision
 from infermatrix.measure import tails
 from infermatrix.measure.timing import TimingPolicy, TimingResult, benchmark_recorder, measure, warm_up
 
@@ -54,7 +55,8 @@ class Drivable:
 
 @dataclasses.dataclass
 class PreparedCase(Drivable):
-    """A case whose session is ready, warmed and checked against the reference."""
+    """A case whose session is ready, warmed, checked against the reference, and whose
+    precision is proven by what the backend reports it compiled (``precision``)."""
 
     case: Case
     session: Session
@@ -68,6 +70,8 @@ class PreparedCase(Drivable):
     extra_info: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: --inject-slowdown: extra share of each timed call's own duration, spent busy-waiting
     slowdown: float = 0.0
+    #: the proof of precision (None only for sessions made outside ``prepare``, e.g. by the tools)
+    precision: PrecisionReport | None = None
 
     def info(self) -> dict[str, Any]:
         return case_info(self)
@@ -99,6 +103,13 @@ def check_accuracy(case: Case, session: Session, cache_root: Path, min_samples: 
                            backend_config=session.config)
 
 
+def prove_precision(case: Case, session: Session) -> PrecisionReport:
+    """The session's evidence of what precision it computes in (read after compilation and
+    warm-up, so compiled graphs exist), judged against the case's precision."""
+    give = getattr(session, "precision_evidence", None)
+    return check_precision(case.target.precision, give() if callable(give) else None)
+
+
 SessionT = TypeVar("SessionT")
 
 
@@ -128,8 +139,8 @@ def prepare(
     accuracy_samples: int,
     threads: int,
 ) -> PreparedCase:
-    """Prepare, first-infer, warm up and check one case. Raises AssertionError-free:
-    the caller decides how a failed accuracy check ends the test."""
+    """Prepare, first-infer, warm up and check one case (accuracy, proof of precision). Raises
+    AssertionError-free: the caller decides how a failed check ends the test."""
     session, prepare_s, rss_before = timed_prepare(case, prepare_session)
     inputs = case.model.eval_inputs(case.batch_size)
     try:
@@ -139,11 +150,13 @@ def prepare(
             session.times.first_inference_s = time.perf_counter() - t0
         warmup_calls = warm_up(lambda: session.run(inputs), policy)
         accuracy = check_accuracy(case, session, cache_root, accuracy_samples)
+        precision = prove_precision(case, session)
         flops = reference.flops_per_sample(case.model, cache_root)
     except BaseException:
         session.close()
         raise
-    return PreparedCase(case, session, inputs, accuracy, prepare_s, warmup_calls, rss_before, flops, threads)
+    return PreparedCase(case, session, inputs, accuracy, prepare_s, warmup_calls, rss_before, flops, threads,
+                        precision=precision)
 
 
 def case_info(prepared: PreparedCase) -> dict[str, Any]:
@@ -156,6 +169,7 @@ def case_info(prepared: PreparedCase) -> dict[str, Any]:
         **{f"{k}": v for k, v in session.times.as_dict().items()},
         "warmup_calls": prepared.warmup_calls,
         "accuracy": prepared.accuracy.as_dict(),
+        **({"precision_evidence": prepared.precision.as_dict()} if prepared.precision is not None else {}),
         "model_size_bytes": session.size_bytes,
         "flops_per_sample": prepared.flops_per_sample,
     }

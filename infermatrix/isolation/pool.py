@@ -42,6 +42,7 @@ from infermatrix.api.scenario import Scenario
 from infermatrix.api.types import Case
 from infermatrix.case.generation import TokenReport
 from infermatrix.gate.accuracy import AccuracyReport
+from infermatrix.gate.precision import PrecisionReport
 from infermatrix.host import PluginSpec
 from infermatrix.isolation.worker import PrepareRequest, serve
 from infermatrix.measure.timing import benchmark_recorder
@@ -221,6 +222,8 @@ class RemoteCase:
         #: why the case could not be prepared (a crash, hang, OOM); scenarios then fail with it
         self.failure: str | None = None
         self.accuracy: AccuracyReport | TokenReport | None = None
+        #: the proof of precision made in the worker (None: a kind of case that does not prove it)
+        self.precision: PrecisionReport | None = None
         self._info: dict[str, Any] = {}
         try:
             reply = pool.request(case.id, "prepare", "prepare", request,
@@ -229,6 +232,7 @@ class RemoteCase:
             self.failure = str(exc)
             return
         self.accuracy = reply["accuracy"]
+        self.precision = reply.get("precision")
         self._info = reply["info"]
 
     def info(self) -> dict[str, Any]:

@@ -84,7 +84,8 @@ class Worker:
                          context=context),
             request.options, request.policy, request.accuracy_samples,
         )
-        return {"accuracy": self.current.accuracy, "info": self.current.info()}
+        return {"accuracy": self.current.accuracy, "precision": getattr(self.current, "precision", None),
+                "info": self.current.info()}
 
     def scenario(self, scenario: Scenario, disabled: bool, slowdown: float, argument: Any) -> dict[str, Any]:
         if self.current is None:

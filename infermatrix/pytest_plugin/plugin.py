@@ -582,6 +582,7 @@ class UnpreparedCase:
         self.case = case
         self.failure = failure
         self.accuracy = None
+        self.precision = None
         self.extra_info: dict[str, Any] = {}
         self.slowdown = 0.0
 
@@ -721,15 +722,24 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     compare_session.report(terminalreporter, config)
 
 
+def gate_failure(prepared: Any) -> str | None:
+    """What the gates say of a prepared case: its accuracy report and its proof of precision
+    (``precision``, absent on kinds of case that do not prove it yet: generation)."""
+    reports = (prepared.accuracy, getattr(prepared, "precision", None))
+    failed = [report.message(prepared.case.id) for report in reports if report is not None and not report.passed]
+    return "\n".join(failed) or None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
-    """The accuracy gate: a case whose outputs are wrong (or whose worker failed) fails before it is timed."""
+    """The gates: a case whose outputs are wrong, whose backend shows another precision than
+    its id says (or whose worker failed) fails before it is timed."""
     prepared: Any = pyfuncitem.funcargs.get("infermatrix_prepared")
     if prepared is None:
         return
     failure = getattr(prepared, "failure", None)
-    if failure is None and prepared.accuracy is not None and not prepared.accuracy.passed:
-        failure = prepared.accuracy.message(prepared.case.id)
+    if failure is None:
+        failure = gate_failure(prepared)
     if failure is not None:
         benchmark: Any = pyfuncitem.funcargs.get("benchmark")
         if benchmark is not None:

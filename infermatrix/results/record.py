@@ -78,6 +78,10 @@ class CaseResult:
     backend_config: Mapping[str, Any] | None = None
     #: the accuracy gate's figures (outputs against the fp32 reference, or tokens for generate)
     accuracy: Mapping[str, Any] | None = None
+    #: the proof of precision: what the backend read back after compilation (compute ops by
+    #: precision, the API it was read with, the facts), and whether it shows the case's precision
+    #: ("verified", "contradicted", "unverified"); infermatrix.gate.precision
+    precision_evidence: Mapping[str, Any] | None = None
     model_size_bytes: int | None = None
     flops_per_sample: int | None = None
     #: "process" (a worker process ran the case) or "none" (pytest's own process)

@@ -16,12 +16,18 @@ The path, and why (see docs/backends.md):
 - cuda / tensorrt are targets only when the installed build offers the execution
   provider and a session really starts on it (ONNX Runtime otherwise falls back to
   the CPU without an error, which would mislabel the case).
+- Proof of precision: the graph ONNX Runtime runs after its optimizations (QDQ pairs
+  fused into QLinearConv, QGemm, ...), written by a second session built from the same
+  file with the same options plus ``SessionOptions.optimized_model_filepath`` (the timed
+  session is never touched): its compute nodes by the precision they run in
+  (:func:`graph_evidence`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import tempfile
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +50,7 @@ from infermatrix.api.types import (
 )
 from infermatrix.forms.onnx_export import onnx_model
 from infermatrix.forms.onnx_quant import cpu_int8_recipe, quantize_dynamic_int8, quantize_static_qdq
+from infermatrix.gate.precision import PrecisionEvidence
 from infermatrix.machine import isa
 
 NAME = "onnxruntime"
@@ -96,6 +103,55 @@ def session_options(intra_op_threads: int) -> Any:
     return options
 
 
+#: Quantized compute operators of an optimized graph. Static ones use the activation scales
+#: fixed at calibration; these always quantize activations at run time.
+STATIC_INT8_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearConvTranspose")
+DYNAMIC_INT8_OPS = ("DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLSTM")
+#: integer kernels that are dynamic when their activations come from DynamicQuantizeLinear
+#: (quantize_dynamic), static otherwise (a QDQ MatMul without a Q after it fuses to MatMulIntegerToFloat)
+INTEGER_OPS = ("ConvInteger", "MatMulInteger", "MatMulIntegerToFloat")
+#: Float compute operators, plain and fused (and the NCHWc convolution of the layout transformer).
+FLOAT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm", "Attention",
+             "MultiHeadAttention", "GroupQueryAttention", "LSTM", "GRU", "RNN")
+#: A float compute node's weight initializer type (ONNX TensorProto) → precision.
+WEIGHT_PRECISION = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64"}
+
+
+def graph_evidence(graph: Any) -> PrecisionEvidence:
+    """The compute nodes of an (optimized) ONNX graph by the precision they run in; ``graph``
+    is an ``onnx.GraphProto``."""
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    weight_types = {init.name: init.data_type for init in graph.initializer}
+    compute: dict[str, int] = {}
+    by_op: dict[str, int] = {}
+    for node in graph.node:
+        op = node.op_type
+        if op in STATIC_INT8_OPS:
+            ran = "int8"
+        elif op in DYNAMIC_INT8_OPS:
+            ran = "int8-dynamic"
+        elif op in INTEGER_OPS:
+            ran = "int8-dynamic" if producers.get(node.input[0]) == "DynamicQuantizeLinear" else "int8"
+        elif op == "MatMulNBits":
+            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
+            ran = f"int{bits}-weight-only"
+        elif op in FLOAT_OPS:
+            weight = node.input[1] if len(node.input) > 1 else ""
+            ran = WEIGHT_PRECISION.get(weight_types.get(weight, 1), "fp32")
+        else:
+            continue
+        name = f"{node.domain}:{op}" if node.domain not in ("", "ai.onnx") else op
+        by_op[name] = by_op.get(name, 0) + 1
+        compute[ran] = compute.get(ran, 0) + 1
+    quantize_nodes = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+                         for n in graph.node)
+    return PrecisionEvidence(
+        compute=compute, unit="optimized graph nodes",
+        api="SessionOptions.optimized_model_filepath (a session built like the timed one): compute nodes by "
+            "operator and weight type",
+        facts={"compute_ops": by_op, "quantize_dequantize_nodes": quantize_nodes, "nodes": len(graph.node)})
+
+
 @dataclasses.dataclass
 class OrtSession:
     session: Any
@@ -109,6 +165,22 @@ class OrtSession:
     def run(self, inputs: Arrays) -> list[np.ndarray]:
         # CPU provider: outputs are host arrays and the call is synchronous.
         return list(self.session.run(None, inputs))
+
+    def precision_evidence(self) -> PrecisionEvidence | None:
+        """The graph ONNX Runtime runs, after its optimizations: written by a second session made
+        from the same file with the same options (the timed session is left as it is)."""
+        import onnx
+        import onnxruntime as ort
+
+        if self.path is None or self.provider == "TensorrtExecutionProvider":
+            return None  # TensorRT's compiled partitions cannot be written back as a graph
+        options = session_options(self.config["intra_op_num_threads"])
+        options.log_severity_level = 3  # its warning that the file is specific to this machine is known
+        with tempfile.TemporaryDirectory(prefix="infermatrix-ort-optimized-") as folder:
+            options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+            ort.InferenceSession(str(self.path), sess_options=options, providers=[self.provider])
+            graph = onnx.load(options.optimized_model_filepath).graph
+        return graph_evidence(graph)
 
     def throughput_configs(self, inputs: Arrays, threads: int) -> list[Any]:
         """Parallel runs: ``requests`` threads share one session (``run`` is thread-safe

@@ -13,6 +13,12 @@ The path, and why (see docs/backends.md):
   inputs), OpenVINO's own tool, with its ``overflow_fix`` chosen by the CPU: without
   VNNI the CPU plugin's int8 kernels use VPMADDUBSW, which saturates, and NNCF's
   documented remedy is weights on half the 8-bit range (see :func:`int8_overflow_fix`).
+- Proof of precision: the compiled model's runtime model
+  (``CompiledModel.get_runtime_model()``), whose every op carries the plugin's execution
+  facts in its rt_info (``layerType``, ``runtimePrecision``, ``primitiveType``): the
+  precision each convolution and matrix multiplication really executes in
+  (:func:`runtime_evidence`). The hint read back (``INFERENCE_PRECISION_HINT``) only says
+  what was asked for.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,7 @@ from infermatrix.api.types import (
     Target,
 )
 from infermatrix.forms.onnx_export import onnx_model
+from infermatrix.gate.precision import PrecisionEvidence, check_precision
 from infermatrix.machine import Isa, isa
 
 NAME = "openvino"
@@ -105,6 +112,48 @@ def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
     return targets
 
 
+#: Layer types of the runtime model that compute (convolutions, matrix multiplications),
+#: as the CPU plugin names them (FullyConnected: a MatMul with constant weights).
+COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm",
+                  "ScaledDotProductAttention", "RNNSeq", "RNNCell")
+#: ``runtimePrecision`` → the matrix's precision: an int8 layer executes on u8/i8 inputs.
+RUNTIME_PRECISION = {"u8": "int8", "i8": "int8", "bf16": "bf16", "f16": "fp16", "f32": "fp32", "u4": "int4",
+                     "i4": "int4", "f8e4m3": "fp8", "f8e5m2": "fp8"}
+#: The rt_info keys of a runtime model's op (ov::exec_model_info: LAYER_TYPE, RUNTIME_PRECISION, IMPL_TYPE).
+RUNTIME_KEYS = ("layerType", "runtimePrecision", "primitiveType")
+
+
+def runtime_evidence(layers: Iterable[tuple[str, str, str]]) -> PrecisionEvidence:
+    """The precision each compute layer executes in, from the runtime model's
+    ``(layerType, runtimePrecision, primitiveType)`` of every op."""
+    by_type: dict[str, dict[str, int]] = {}
+    kernels: dict[str, dict[str, int]] = {}
+    compute: dict[str, int] = {}
+    for layer_type, runtime_precision, primitive in layers:
+        per_type = by_type.setdefault(layer_type, {})
+        per_type[runtime_precision] = per_type.get(runtime_precision, 0) + 1
+        if layer_type in COMPUTE_LAYERS:
+            ran = RUNTIME_PRECISION.get(runtime_precision, runtime_precision)
+            compute[ran] = compute.get(ran, 0) + 1
+            per_kernel = kernels.setdefault(layer_type, {})
+            per_kernel[primitive] = per_kernel.get(primitive, 0) + 1
+    return PrecisionEvidence(
+        compute=compute, unit="runtime layers",
+        api="CompiledModel.get_runtime_model(): each op's rt_info layerType / runtimePrecision / primitiveType",
+        facts={"runtime_precision_by_layer_type": by_type, "compute_primitives": kernels})
+
+
+def compiled_evidence(compiled: Any) -> PrecisionEvidence:
+    """:func:`runtime_evidence` of a compiled model."""
+    layers = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer_type, runtime_precision, primitive = (info[key].astype(str) if key in info else "?"
+                                                    for key in RUNTIME_KEYS)
+        layers.append((layer_type, runtime_precision, primitive))
+    return runtime_evidence(layers)
+
+
 @dataclasses.dataclass
 class OpenVinoSession:
     request: Any
@@ -123,6 +172,10 @@ class OpenVinoSession:
         results = self.request.infer(inputs, share_inputs=True)
         return [np.array(results[output]) for output in self.compiled.outputs]
 
+    def precision_evidence(self) -> PrecisionEvidence:
+        """What the plugin compiled: the runtime model's execution precision per layer."""
+        return compiled_evidence(self.compiled)
+
     def throughput_configs(self, inputs: Arrays, threads: int) -> list[Any]:
         """OpenVINO's own throughput path: THROUGHPUT hint, as many streams and
         requests as the plugin finds optimal, an ``AsyncInferQueue`` kept full."""
@@ -133,6 +186,9 @@ class OpenVinoSession:
         properties = {**self.properties, "PERFORMANCE_HINT": "THROUGHPUT"}
         compiled = self.core.compile_model(self.ov_model, self.config["device"], properties)
         _check_precision(compiled, self.properties["INFERENCE_PRECISION_HINT"], self.config["precision"])
+        proof = check_precision(self.config["precision"], compiled_evidence(compiled))
+        if not proof.passed:  # this compilation is timed too: it must run what the case says
+            raise RuntimeError(proof.message(f"openvino THROUGHPUT compilation of {self.config['precision']}"))
         requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         queue = ov.AsyncInferQueue(compiled, requests)
 

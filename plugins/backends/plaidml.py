@@ -16,6 +16,10 @@ The path, and why (see docs/backends.md):
   runs, without its Python batching loop. The first call compiles the tile program:
   timed as ``compile_s``, outside the timed rounds.
 - Precisions: fp32 and fp16 (Keras ``floatx``), weights and inputs in that type.
+- Proof of precision: PlaidML 0.7 has no API to inspect the tile program it compiles, so
+  the evidence is what Keras 2.2.4 holds: each convolution's and dense layer's kernel
+  dtype (``keras.backend.dtype``), ``floatx`` at build time, and the dtype of one output of
+  the compiled function (:func:`keras_evidence`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from infermatrix.api.types import (
     RunOptions,
     Target,
 )
+from infermatrix.gate.precision import PrecisionEvidence
 
 NAME = "plaidml"
 PRECISIONS = ("fp32", "fp16")
@@ -157,6 +162,29 @@ def import_keras(device: str) -> Any:
     return keras
 
 
+#: Keras layers that compute (convolutions, dense); their kernel's dtype is the compute type.
+COMPUTE_LAYERS = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose", "Dense")
+KERAS_PRECISION = {"float32": "fp32", "float16": "fp16", "float64": "fp64"}
+
+
+def keras_evidence(keras: Any, net: Any, floatx: str, output_dtype: str | None) -> PrecisionEvidence:
+    """Each compute layer by its kernel's dtype, as Keras 2.2.4 (on PlaidML) holds it."""
+    compute: dict[str, int] = {}
+    kernels: dict[str, int] = {}
+    for layer in net.layers:
+        if type(layer).__name__ in COMPUTE_LAYERS and layer.weights:
+            dtype = str(keras.backend.dtype(layer.weights[0]))
+            ran = KERAS_PRECISION.get(dtype, dtype)
+            compute[ran] = compute.get(ran, 0) + 1
+            kind = f"{type(layer).__name__} {dtype}"
+            kernels[kind] = kernels.get(kind, 0) + 1
+    return PrecisionEvidence(
+        compute=compute, unit="keras layers",
+        api="keras.backend.dtype of each convolution/dense kernel (Keras 2.2.4 on PlaidML; PlaidML shows no "
+            "compiled program), floatx at build time and the compiled function's output dtype",
+        facts={"kernels": kernels, "floatx": floatx, "output_dtype": output_dtype})
+
+
 @dataclasses.dataclass
 class PlaidMLSession:
     function: Any
@@ -164,6 +192,13 @@ class PlaidMLSession:
     config: Mapping[str, Any]
     times: PrepareTimes
     size_bytes: int | None
+    keras: Any = None
+    net: Any = None
+    #: the output dtype of the compiling call, before ``run`` casts it to float32
+    output_dtype: str | None = None
+
+    def precision_evidence(self) -> PrecisionEvidence:
+        return keras_evidence(self.keras, self.net, self.dtype, self.output_dtype)
 
     def run(self, inputs: Arrays) -> list[np.ndarray]:
         # astype without a copy when the input already has the type; the result is host memory: the work is done
@@ -172,6 +207,7 @@ class PlaidMLSession:
 
     def close(self) -> None:
         self.function = None
+        self.net = None
 
 
 @pytest.hookimpl
@@ -203,7 +239,7 @@ def pytest_infermatrix_prepare(
         keras.backend.set_floatx("float32")
     times.convert_s = time.perf_counter() - started
     session = PlaidMLSession(
-        function=function, dtype=floatx, times=times,
+        function=function, dtype=floatx, times=times, keras=keras, net=net,
         size_bytes=int(sum(np.prod(w.shape) * np.dtype(floatx).itemsize for w in net.get_weights())),
         config={
             "api": "keras.backend.function (the graph predict() runs, without its batching loop)",
@@ -216,6 +252,7 @@ def pytest_infermatrix_prepare(
     )
     # The first call compiles the tile program for this shape: timed apart.
     started = time.perf_counter()
-    session.run(model.eval_inputs(batch_size))
+    (out,) = function([model.eval_inputs(batch_size)["input"].astype(floatx, copy=False)])
     times.compile_s = time.perf_counter() - started
+    session.output_dtype = str(np.asarray(out).dtype)
     return session

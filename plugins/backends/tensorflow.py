@@ -16,6 +16,15 @@ The path, and why (see docs/backends.md):
 - Precisions: fp32; bf16 (Keras ``mixed_bfloat16``) on CPUs with avx512_bf16/AMX and on
   GPUs of compute capability 8.0+; fp16 (``mixed_float16``) on GPUs only. The policy
   is set while the model is built and reset afterwards.
+- Proof of precision: the graph the ``tf.function`` traced (``ConcreteFunction.graph.as_graph_def()``,
+  nested functions included), its convolutions and matrix multiplications by their ``T``
+  dtype — under a mixed policy the variables stay float32 and only the compute is cast —
+  with each layer's dtype policy and compute dtype beside them (:func:`graph_evidence`);
+  with XLA, the HLO XLA optimized for the device
+  (``experimental_get_compiler_ir(...)(stage="optimized_hlo")``, :func:`hlo_evidence`),
+  since XLA may compute in another type than the graph asks: XLA:CPU runs bf16
+  convolutions and dots in f32 (measured, TensorFlow 2.21), so tensorflow-xla cpu bf16 is
+  a skip.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +44,7 @@ import pytest
 
 from infermatrix.api.announce import announce_backend, installed_version
 from infermatrix.api.types import FORM_KERAS, Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
+from infermatrix.gate.precision import PrecisionEvidence
 
 NAMES = ("tensorflow", "tensorflow-xla")
 DEVICES = ("cpu", "cuda")
@@ -69,9 +80,13 @@ def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
     problem = _keras3_problem()
     if problem:
         return [Target(d, p, problem) for d in DEVICES for p in PRECISIONS]
+    bf16 = None if cpu_supports_bf16() else "tensorflow: bf16 on CPU needs avx512_bf16 or AMX"
+    if backend.name == "tensorflow-xla":
+        bf16 = ("tensorflow-xla: XLA:CPU computes bf16 convolutions and matrix multiplications in f32 (its "
+                "optimized HLO converts the bf16 operands to f32; measured with TensorFlow 2.21): not a bf16 case")
     targets = [
         Target("cpu", "fp32"),
-        Target("cpu", "bf16", None if cpu_supports_bf16() else "tensorflow: bf16 on CPU needs avx512_bf16 or AMX"),
+        Target("cpu", "bf16", bf16),
         Target("cpu", "fp16", "tensorflow: fp16 on CPU is emulated (no fast kernels); use bf16 or a GPU"),
     ]
     if installed_version("tensorflow") is None:
@@ -99,6 +114,64 @@ def _visible_gpus() -> list[dict[str, Any]]:
     return found
 
 
+#: TensorFlow ops that compute (convolutions, matrix multiplications), plain and fused.
+COMPUTE_OPS = ("Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput", "MatMul", "BatchMatMul",
+               "BatchMatMulV2", "BatchMatMulV3", "Einsum", "_FusedConv2D", "_FusedMatMul")
+#: A TensorFlow dtype name → the matrix's precision.
+TF_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64", "qint8": "int8"}
+
+
+def graph_evidence(graph_def: Any, layers: Mapping[str, int]) -> PrecisionEvidence:
+    """The compute ops of a traced ``GraphDef`` (its function library too) by their ``T``
+    dtype; ``layers`` counts the model's weighted layers by "class: policy -> compute dtype"."""
+    import tensorflow as tf
+
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    compute: dict[str, int] = {}
+    by_op: dict[str, int] = {}
+    for node in nodes:
+        if node.op in COMPUTE_OPS and "T" in node.attr:
+            dtype = tf.dtypes.as_dtype(node.attr["T"].type).name
+            ran = TF_PRECISION.get(dtype, dtype)
+            compute[ran] = compute.get(ran, 0) + 1
+            by_op[f"{node.op} {dtype}"] = by_op.get(f"{node.op} {dtype}", 0) + 1
+    return PrecisionEvidence(
+        compute=compute, unit="traced graph ops",
+        api="tf.function's ConcreteFunction.graph.as_graph_def(): compute ops by their T attribute; each "
+            "layer's dtype_policy and compute_dtype",
+        facts={"compute_ops": by_op, "weighted_layers": dict(layers)})
+
+
+#: An HLO instruction that computes: its (first) result type and its opcode; a custom call
+#: computes when its target is a library's convolution or matmul (oneDNN, cuDNN, cuBLAS).
+HLO_COMPUTE = re.compile(r"=\s*\(?(?P<type>[a-z]\w*)\[.*?\s(?P<op>convolution|dot|custom-call)\((?P<rest>.*)$")
+HLO_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "f64": "fp64", "s8": "int8", "u8": "int8"}
+
+
+def hlo_evidence(hlo: str, layers: Mapping[str, int]) -> PrecisionEvidence:
+    """The compute instructions of XLA's optimized HLO by their result type."""
+    compute: dict[str, int] = {}
+    by_op: dict[str, int] = {}
+    for line in hlo.splitlines():
+        found = HLO_COMPUTE.search(line)
+        if found is None:
+            continue
+        op = found["op"]
+        if op == "custom-call":
+            target = re.search(r'custom_call_target="([^"]*)"', found["rest"])
+            if target is None or not re.search(r"conv|matmul|gemm", target[1], re.IGNORECASE):
+                continue
+            op = target[1]
+        ran = HLO_PRECISION.get(found["type"], found["type"])
+        compute[ran] = compute.get(ran, 0) + 1
+        by_op[f"{op} {found['type']}"] = by_op.get(f"{op} {found['type']}", 0) + 1
+    return PrecisionEvidence(
+        compute=compute, unit="optimized HLO instructions",
+        api='tf.function(jit_compile=True).experimental_get_compiler_ir(...)(stage="optimized_hlo"): convolution, '
+            "dot and library custom-call instructions by result type; each layer's dtype_policy and compute_dtype",
+        facts={"compute_ops": by_op, "weighted_layers": dict(layers)})
+
+
 @dataclasses.dataclass
 class TensorFlowSession:
     function: Any
@@ -107,6 +180,8 @@ class TensorFlowSession:
     times: PrepareTimes
     size_bytes: int | None
     model: Any = None
+    #: compiled with XLA (jit_compile=True): the evidence is XLA's optimized HLO
+    xla: bool = False
 
     def run(self, inputs: Arrays) -> list[np.ndarray]:
         import tensorflow as tf
@@ -114,6 +189,23 @@ class TensorFlowSession:
         with tf.device(self.device):
             out = self.function(tf.constant(inputs["input"]))
         return [np.asarray(out.numpy(), dtype=np.float32)]  # .numpy() waits for the device
+
+    def precision_evidence(self) -> PrecisionEvidence:
+        """The traced graph's compute ops by dtype (the function was traced at the first call);
+        with XLA, the instructions of the HLO it compiled for this device."""
+        import tensorflow as tf
+
+        layers: dict[str, int] = {}
+        for layer in self.model.layers:
+            if layer.weights:
+                kind = f"{type(layer).__name__}: {layer.dtype_policy.name} -> {layer.compute_dtype}"
+                layers[kind] = layers.get(kind, 0) + 1
+        if self.xla:
+            (spec,) = self.function.input_signature
+            with tf.device(self.device):
+                ir = self.function.experimental_get_compiler_ir(tf.zeros(spec.shape, spec.dtype))
+                return hlo_evidence(ir(stage="optimized_hlo"), layers)
+        return graph_evidence(self.function.get_concrete_function().graph.as_graph_def(), layers)
 
     def close(self) -> None:
         self.function = None
@@ -174,7 +266,7 @@ def pytest_infermatrix_prepare(
     signature = [tf.TensorSpec((batch_size, *spec.shape), tf.as_dtype(spec.dtype), name=spec.name)]
     function = tf.function(lambda x: net(x, training=False), input_signature=signature, jit_compile=xla)
     session = TensorFlowSession(
-        function=function, device=device, model=net, times=times,
+        function=function, device=device, model=net, times=times, xla=xla,
         size_bytes=int(sum(np.prod(w.shape) * np.dtype(w.dtype).itemsize for w in net.weights)),
         config={
             "api": "tf.function" + (" (jit_compile=True, XLA)" if xla else " (graph, Grappler)"),

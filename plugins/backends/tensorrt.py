@@ -22,6 +22,11 @@ The path:
   ``get_tensor_mode``, ``get_tensor_shape``), device buffers from torch,
   ``set_tensor_address`` + ``execute_async_v3`` on a torch CUDA stream, synchronized
   before the call returns.
+- Proof of precision: engines are built with ``ProfilingVerbosity.DETAILED`` so that the
+  engine inspector (``engine.create_engine_inspector()``, ``get_engine_information(
+  LayerInformationFormat.JSON)``) lists each layer with its type and its tensors'
+  ``Format/Datatype``: the precision each convolution and matrix multiplication runs in
+  (:func:`engine_evidence`). Written from the documentation (its JSON example); not run.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,11 +47,15 @@ import pytest
 from infermatrix.api.announce import announce_backend
 from infermatrix.api.types import Arrays, BackendInfo, ModelSpec, PrepareContext, PrepareTimes, Target
 from infermatrix.cache import atomic_write_bytes
+from infermatrix.gate.precision import PrecisionEvidence
 
 NAME = "tensorrt"
 DEVICES = ("cuda",)
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 WORKSPACE_BYTES = 4 << 30
+#: Engines keep per-layer details for the engine inspector (the proof of precision); part of
+#: the engine key, so engines cached before (layer names only) are built again.
+PROFILING_VERBOSITY = "DETAILED"
 
 
 @pytest.hookimpl
@@ -121,8 +131,60 @@ def engine_key(onnx_path: Path, trt_version: str, gpu: str, precision: str,
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     digest.update(json.dumps({"trt": trt_version, "gpu": gpu, "precision": precision,
-                              "shapes": {k: list(v) for k, v in sorted(shapes.items())}}, sort_keys=True).encode())
+                              "shapes": {k: list(v) for k, v in sorted(shapes.items())},
+                              "profiling_verbosity": PROFILING_VERBOSITY}, sort_keys=True).encode())
     return digest.hexdigest()[:24]
+
+
+#: Layers that compute, by the inspector's ``ParameterType`` or ``LayerType`` (CaskConvolution,
+#: CaskGemmConvolution, CaskDeconvolution, gemm, MatrixMultiply, ...).
+COMPUTE_LAYER = re.compile(r"conv|gemm|matmul|matrixmultiply|fullyconnected", re.IGNORECASE)
+#: The data type word of a tensor's ``Format/Datatype`` ("Channel major FP16 format where channel % 8 == 0",
+#: "Thirty-two wide channel vectorized row major Int8 format", "Row major linear FP32") or of ``Weights.Type``.
+TRT_TYPE = re.compile(r"\b(FP32|Float|FP16|Half|BF16|Int8|FP8|Int4|FP4)\b", re.IGNORECASE)
+TRT_PRECISION = {"fp32": "fp32", "float": "fp32", "fp16": "fp16", "half": "fp16", "bf16": "bf16", "int8": "int8",
+                 "fp8": "fp8", "int4": "int4", "fp4": "fp4"}
+
+
+def layer_precision(layer: Mapping[str, Any]) -> str | None:
+    """The precision a layer computes in: its first input's data type (an int8 convolution
+    reads int8), else its weights' type; None where the inspector shows neither."""
+    for tensor in layer.get("Inputs") or []:
+        found = TRT_TYPE.search(str(tensor.get("Format/Datatype", "")))
+        if found:
+            return TRT_PRECISION[found[1].lower()]
+    found = TRT_TYPE.search(str((layer.get("Weights") or {}).get("Type", "")))
+    return TRT_PRECISION[found[1].lower()] if found else None
+
+
+def engine_evidence(information: str, tf32: bool = False) -> PrecisionEvidence | None:
+    """The compute layers of an engine by precision, from the engine inspector's JSON
+    (``get_engine_information(LayerInformationFormat.JSON)``). None when the engine keeps
+    layer names only (built without ``ProfilingVerbosity.DETAILED``): nothing to show."""
+    layers = json.loads(information).get("Layers") or []
+    detailed = [layer for layer in layers if isinstance(layer, dict)]
+    if not detailed:
+        return None
+    compute: dict[str, int] = {}
+    by_type: dict[str, int] = {}
+    unknown = 0
+    for layer in detailed:
+        kind = str(layer.get("ParameterType") or layer.get("LayerType") or "")
+        if not COMPUTE_LAYER.search(kind) and not COMPUTE_LAYER.search(str(layer.get("LayerType", ""))):
+            continue
+        ran = layer_precision(layer)
+        if ran is None:
+            unknown += 1
+            continue
+        ran = "tf32" if ran == "fp32" and tf32 else ran
+        compute[ran] = compute.get(ran, 0) + 1
+        key = f"{layer.get('LayerType', kind)} {ran}"
+        by_type[key] = by_type.get(key, 0) + 1
+    return PrecisionEvidence(
+        compute=compute, unit="engine layers",
+        api="engine.create_engine_inspector().get_engine_information(LayerInformationFormat.JSON), built with "
+            "ProfilingVerbosity.DETAILED: each compute layer's input Format/Datatype (else its Weights type)",
+        facts={"compute_layers": by_type, "compute_layers_without_a_type": unknown, "layers": len(detailed)})
 
 
 # -------------------------------------------------------------------------
@@ -147,6 +209,7 @@ def build_engine(onnx_path: Path, precision: str, shapes: Mapping[str, tuple[tup
         raise RuntimeError(f"tensorrt could not parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    config.profiling_verbosity = getattr(trt.ProfilingVerbosity, PROFILING_VERBOSITY)  # for the engine inspector
     if plan.tf32_flag:
         if precision == "tf32":
             config.set_flag(trt.BuilderFlag.TF32)
@@ -204,6 +267,15 @@ class TensorRtSession:
             end.synchronize()
             samples.append(start.elapsed_time(end) / 1e3)
         return samples
+
+    def precision_evidence(self) -> PrecisionEvidence | None:
+        """The engine inspector's layer information (with this context: concrete shapes and formats)."""
+        import tensorrt as trt
+
+        inspector = self.engine.create_engine_inspector()
+        inspector.execution_context = self.context
+        return engine_evidence(inspector.get_engine_information(trt.LayerInformationFormat.JSON),
+                               tf32=bool(self.config.get("tf32")))
 
     def close(self) -> None:
         self.context = None

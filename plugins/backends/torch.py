@@ -14,6 +14,11 @@ The path, and why (see docs/backends.md):
   supported successor of ``torch.ao.quantization.quantize_dynamic``).
 - On cuda every call ends with the outputs copied to the host (a synchronizing
   copy), so the timed call includes all device work.
+- Proof of precision: for PT2E int8 the kernels Inductor generated (the wrapper code of
+  the compiling call, captured with ``torch._inductor.utils.run_and_get_code``): oneDNN's
+  quantized convolutions and linears against float ones; otherwise every convolution and
+  linear module by the dtype of its weight (torchao's int8 weight tensors, with or without
+  activation quantization), plus the output's dtype (:func:`module_evidence`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import io
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +46,7 @@ from infermatrix.api.types import (
     PrepareTimes,
     Target,
 )
+from infermatrix.gate.precision import PrecisionEvidence
 from infermatrix.gate.reference import build_torch_model
 from infermatrix.machine import Isa, cpu_supports_bf16, isa
 
@@ -57,6 +64,8 @@ COMPILE_MODE = {
 }
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "int8-dynamic")
+#: The precisions that cast the whole module (and its float inputs): torch dtype names.
+FLOAT_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 #: Text generation (transformers' generate with its KV cache) runs on the eager backend.
 GENERATION_PRECISIONS = ("fp32", "bf16", "int8-dynamic")
 
@@ -115,6 +124,95 @@ def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
     return targets
 
 
+#: A kernel call in Inductor's generated wrapper code: ``torch.ops.<namespace>.<op>[.<overload>](``
+#: or ``extern_kernels.<op>(``.
+KERNEL_CALL = re.compile(r"\b(torch\.ops\.\w+\.\w+|extern_kernels\.\w+)(?:\.\w+)?\(")
+#: Generated calls that are int8 compute: oneDNN's quantized convolution / linear (PT2E
+#: lowered by Inductor: qconv_pointwise, qconv2d_pointwise, qlinear_pointwise, ...) and int8
+#: matmuls; not int8 data movement (quantized.max_pool2d).
+INT8_KERNEL = re.compile(r"^(torch\.ops\.(onednn|quantized)\.q?(conv|linear)\w*|"
+                         r"(torch\.ops\.aten\.|extern_kernels\.)(_int_mm|_weight_int8pack_mm))$")
+#: Generated calls that are float convolutions or matrix multiplications.
+FLOAT_KERNELS = ("torch.ops.mkldnn._convolution_pointwise", "torch.ops.mkldnn._convolution_transpose_pointwise",
+                 "torch.ops.mkldnn._linear_pointwise", "torch.ops.mkl._mkl_linear", "torch.ops.aten.convolution",
+                 "torch.ops.aten.mm", "torch.ops.aten.addmm", "torch.ops.aten.bmm", "extern_kernels.convolution",
+                 "extern_kernels.mm", "extern_kernels.addmm", "extern_kernels.bmm", "extern_kernels.baddbmm")
+#: A float weight's dtype → the matrix's precision.
+DTYPE_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
+
+
+def kernel_calls(codes: list[str]) -> dict[str, int]:
+    """The kernel calls in Inductor's generated wrapper code (one source per compiled graph)."""
+    found: dict[str, int] = {}
+    for code in codes:
+        for name in KERNEL_CALL.findall(code):
+            found[name] = found.get(name, 0) + 1
+    return found
+
+
+def compiled_int8_evidence(calls: Mapping[str, int], float_precision: str) -> PrecisionEvidence:
+    """The compute kernels Inductor generated: int8 (oneDNN's quantized ones) or float (in the
+    module's own dtype: the parts PT2E left unquantized)."""
+    int8 = sum(n for name, n in calls.items() if INT8_KERNEL.match(name))
+    floats = sum(n for name, n in calls.items() if name in FLOAT_KERNELS)
+    return PrecisionEvidence(
+        compute={"int8": int8, float_precision: floats}, unit="generated kernel calls",
+        api="torch._inductor.utils.run_and_get_code on the compiling call: the wrapper's kernel calls",
+        facts={"generated_kernel_calls": dict(calls)})
+
+
+def _inner_tensors(weight: Any) -> list[Any]:
+    """The plain tensors a tensor subclass (torchao's quantized weights) holds, recursively."""
+    flatten = getattr(weight, "__tensor_flatten__", None)
+    if flatten is None:
+        return [weight]
+    names, _ = flatten()
+    return [t for name in names for t in _inner_tensors(getattr(weight, name))]
+
+
+def weight_precision(weight: Any, tf32: bool) -> str:
+    """The precision a layer with this weight computes in. torchao's int8 weights (``Int8Tensor``
+    in 0.18: ``qdata`` int8; older: ``LinearActivationQuantizedTensor`` around int8 data) say
+    whether they quantize activations too (``act_quant_kwargs`` / ``input_quant_func``)."""
+    import torch
+
+    if any(t.dtype == torch.int8 for t in _inner_tensors(weight)):
+        dynamic = getattr(weight, "act_quant_kwargs", None) is not None or \
+            getattr(weight, "input_quant_func", None) is not None
+        return "int8-dynamic" if dynamic else "int8-weight-only"
+    name = str(weight.dtype).replace("torch.", "")
+    precision = DTYPE_PRECISION.get(name, name)
+    return "tf32" if precision == "fp32" and tf32 else precision
+
+
+def module_evidence(module: Any, output_dtype: str, tf32: bool,
+                    calls: Mapping[str, int] | None = None) -> PrecisionEvidence:
+    """Every convolution and linear module by the precision its weight computes in."""
+    import torch
+    from torch import nn
+
+    layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+    compute: dict[str, int] = {}
+    weights: dict[str, int] = {}
+    for sub in module.modules():
+        if isinstance(sub, layers) and isinstance(sub.weight, torch.Tensor):
+            ran = weight_precision(sub.weight, tf32)
+            compute[ran] = compute.get(ran, 0) + 1
+            kind = f"{type(sub).__name__}: {type(sub.weight).__name__} {sub.weight.dtype}".replace("torch.", "")
+            weights[kind] = weights.get(kind, 0) + 1
+    parameters: dict[str, int] = {}
+    for parameter in module.parameters():
+        name = str(parameter.dtype).replace("torch.", "")
+        parameters[name] = parameters.get(name, 0) + 1
+    facts: dict[str, Any] = {"weights": weights, "parameter_dtypes": parameters, "output_dtype": output_dtype}
+    if calls is not None:
+        facts["generated_kernel_calls"] = dict(calls)
+    return PrecisionEvidence(
+        compute=compute, unit="convolution/linear modules",
+        api="the modules' weight tensors (dtype; torchao's int8 tensor subclasses) and the output's dtype",
+        facts=facts)
+
+
 @dataclasses.dataclass
 class TorchSession:
     module: Any
@@ -125,6 +223,13 @@ class TorchSession:
     config: Mapping[str, Any]
     times: PrepareTimes
     size_bytes: int | None
+    batch_size: int = 1
+    #: the module before torch.compile wrapped it (the one whose weights the evidence reads)
+    source_module: Any = None
+    #: PT2E static int8, compiled: its evidence is the kernels Inductor generated
+    static_int8: bool = False
+    #: kernel calls of Inductor's generated code (None: not compiled, or not captured)
+    kernels: dict[str, int] | None = None
 
     def to_tensors(self, inputs: Arrays) -> list[Any]:
         import torch
@@ -148,8 +253,25 @@ class TorchSession:
             # .cpu() is a synchronizing copy: the call returns only when the device is done.
             return [o.float().cpu().numpy() for o in outs]
 
+    def precision_evidence(self) -> PrecisionEvidence | None:
+        """PT2E int8: the int8 kernels Inductor generated; else the modules' weights, and the
+        dtype of one output of the case's batch (read before ``run`` casts it to fp32)."""
+        import torch
+
+        if self.static_int8:
+            if self.kernels is None:
+                return None  # the generated code could not be captured: nothing to show
+            return compiled_int8_evidence(self.kernels, DTYPE_PRECISION[str(self.float_dtype).replace("torch.", "")])
+        with torch.inference_mode():
+            out = self.module(*self.to_tensors(self.model.eval_inputs(self.batch_size)))
+        first = out[0] if isinstance(out, (tuple, list)) else out
+        tf32 = self.device == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
+        return module_evidence(self.source_module if self.source_module is not None else self.module,
+                               str(first.dtype).replace("torch.", ""), tf32, self.kernels)
+
     def close(self) -> None:
         self.module = None
+        self.source_module = None
 
 
 @dataclasses.dataclass
@@ -177,6 +299,7 @@ class TorchCudaSession(TorchSession):
         import torch
 
         self.module = None
+        self.source_module = None
         torch.cuda.empty_cache()
 
 
@@ -298,12 +421,12 @@ def pytest_infermatrix_prepare(
         # Shapes are fixed per case: let cuDNN pick its fastest algorithms (the
         # autotuning happens in the untimed first call and warm-up).
         torch.backends.cudnn.benchmark = True
-    float_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    float_dtype = getattr(torch, FLOAT_DTYPES.get(precision, "float32"))
     channels_last = model.is_cnn
     session_type = TorchCudaSession if device == "cuda" else TorchSession
     session = session_type(
         module=None, model=model, device=device, float_dtype=float_dtype, channels_last=channels_last,
-        config={}, times=times, size_bytes=None,
+        config={}, times=times, size_bytes=None, batch_size=batch_size,
     )
     started = time.perf_counter()
     module = module.to(device=device, dtype=float_dtype)
@@ -338,11 +461,23 @@ def pytest_infermatrix_prepare(
         # on CPU): PyTorch's documented inference setting, and needed for the int8
         # kernels of the PT2E flow.
         inductor_config.freezing = True
+        session.source_module = module
+        session.static_int8 = precision == "int8"
         module = torch.compile(module, mode=compile_mode, dynamic=False)
         session.module = module
-        # The first call compiles; time it apart from the steady-state rounds.
+        # The first call compiles; time it apart from the steady-state rounds. The code Inductor
+        # generates is kept (the proof of precision reads its kernels): the capture only swaps a
+        # class attribute that Inductor calls with the code (GraphLowering.save_output_code).
+        try:
+            from torch._inductor.utils import run_and_get_code
+        except ImportError:  # another torch: compile as before, the evidence says it could not look
+            run_and_get_code = None
         started = time.perf_counter()
-        session.run(model.eval_inputs(batch_size))
+        if run_and_get_code is None:
+            session.run(model.eval_inputs(batch_size))
+        else:
+            _, codes = run_and_get_code(session.run, model.eval_inputs(batch_size))
+            session.kernels = kernel_calls(codes)
         times.compile_s = time.perf_counter() - started
     session.module = module
     session.config = {
