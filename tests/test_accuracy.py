@@ -114,3 +114,18 @@ def test_all_outputs_count_and_shapes_must_match() -> None:
         compare_outputs([ref, ref], [ref], "fp32", classifier=True)
     with pytest.raises(ValueError, match="no accuracy tolerance for precision 'fp7'"):
         compare_outputs([ref], [ref], "fp7", classifier=True)
+
+
+def test_the_7bit_int8_recipe_may_leave_3_of_32_samples_unidentified_not_4() -> None:
+    ref = logits()
+    got = ref * (1 + 0.005 * logits(3))
+    for mixed_up in (3, 4):
+        broken = got.copy()
+        broken[:mixed_up] = ref[8:8 + mixed_up]
+        seven_bit = compare_outputs([broken], [ref], "int8", classifier=True, backend_config={"int8_7bit": True})
+        full_range = compare_outputs([broken], [ref], "int8", classifier=True)
+        assert not full_range.passed
+        identification = [f for f in seven_bit.failures if "nearer another sample's reference" in f]
+        assert bool(identification) == (mixed_up == 4), seven_bit.failures
+        if identification:
+            assert "at most 3 may be" in identification[0]

@@ -100,7 +100,14 @@ def silent_fp32(ref: Outputs, module: Any, model: ModelSpec) -> Iterator[tuple[s
         torch.set_num_threads(threads)
 
 
+#: Every tolerance a case can be held to: each precision's, and int8's 7-bit recipe's (no VNNI).
+JUDGED = [*TOLERANCES, "int8 7-bit"]
+
+
 def judge(model: ModelSpec, got: Outputs, ref: Outputs, precision: str) -> Any:
+    if precision == "int8 7-bit":
+        return compare_outputs(got, ref, "int8", classifier=model.task == "classification",
+                               backend_config={"int8_7bit": True})
     return compare_outputs(got, ref, precision, classifier=model.task == "classification")
 
 
@@ -111,13 +118,13 @@ def test_every_sabotage_fails_every_precision(name: str, cache: Path) -> None:
     ref = reference.reference_outputs(model, N, cache)
     passed = []
     for label, got in sabotages(model, module, ref):
-        for precision in TOLERANCES:
+        for precision in JUDGED:
             report = judge(model, got, ref, precision)
             if report.passed:
                 passed.append(f"{label} passed {precision}: {report.as_dict()}")
     for label, got in silent_fp32(ref, module, model):
         assert judge(model, got, ref, "fp32").passed, label  # it is fp32: only a reduced precision must refuse it
-        for precision in TOLERANCES:
+        for precision in JUDGED:
             if precision != "fp32":
                 report = judge(model, got, ref, precision)
                 if report.passed:
@@ -159,8 +166,10 @@ def test_the_hardest_real_reduced_precision_cpu_cases_pass(tmp_path: Path) -> No
             continue
         if case.model.name == "resnet50" and not case.target.precision.startswith("int8"):
             continue
+        workdir = tmp_path / case.id
+        workdir.mkdir()
         try:
-            prepared = offline.prepare_offline(manager, case, options, tmp_path / case.id)
+            prepared = offline.prepare_offline(manager, case, options, workdir)
         except offline.OfflineError as exc:
             failed.append(str(exc))
             continue
