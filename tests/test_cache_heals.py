@@ -147,7 +147,7 @@ def test_a_run_heals_a_damaged_reference_and_passes(suite: pytest.Pytester, tmp_
     cache = tmp_path / "cache"
     args = ["-k", "tinymlp-numpy-cpu-fp32-b1", f"--infermatrix-cache={cache}", *FAST]
     suite.runpytest(*args).assert_outcomes(passed=1)
-    (stored,) = cache.rglob("reference-n8.npz")
+    (stored,) = cache.rglob("reference-n32.npz")
     truncate(stored)
     result = suite.runpytest(*args, "-W", "default")
     result.assert_outcomes(passed=1)

@@ -47,7 +47,7 @@ EXPECTED = {
     "abort": "*the worker process (pid *) died from signal SIGABRT (Aborted) during prepare*",
     "hang": "*hung — no answer within 2 s during prepare; the worker process (pid *) was killed*",
     "oom": "*out of memory during prepare: MemoryError: Unable to allocate 4.00 TiB*",
-    "nan": "*accuracy check failed (80 of 80 output values are NaN or Inf;*",
+    "nan": "*accuracy check failed (320 of 320 output values are NaN or Inf;*",
 }
 
 
@@ -193,12 +193,13 @@ def test_plaidml_never_set_up_runs_without_touching_the_users_configuration(tmp_
     import sys as _sys
 
     _sys.path.insert(0, str(REPO))
+    from infermatrix.gate.accuracy import DEFAULT_SAMPLES
     from infermatrix.gate.reference import reference_outputs
     from plugins.models.resnet import MODELS
 
     cache, home = tmp_path / "cache", tmp_path / "home"
     home.mkdir()
-    reference_outputs(MODELS[0], 8, cache)
+    reference_outputs(MODELS[0], DEFAULT_SAMPLES, cache)
     # no plaidml-setup ever ran, ~ is empty, and a stale setting points at a file that is not there
     proc = run_plaidml(python, cache, home, "--models=resnet18", "--batch-sizes=1", "--precisions=fp32",
                        PLAIDML_SETTINGS=str(tmp_path / "gone.json"))
@@ -512,7 +513,7 @@ def test_when_every_case_fails_the_json_is_still_written_with_the_failures(
     ("--target-precision", "0", "--target-precision 0: give a fraction between 0 and 1*"),
     ("--throughput-time", "0", "--throughput-time 0: give a number of seconds above 0"),
     ("--case-timeout", "0", "--case-timeout 0: give a number of seconds above 0"),
-    ("--accuracy-samples", "0", "--accuracy-samples 0: give 1 sample or more"),
+    ("--accuracy-samples", "4", "--accuracy-samples 4: give 8 samples or more"),
 ], ids=lambda v: v if not v.startswith("--") or " " not in v else "")
 def test_a_nonsense_option_value_is_a_usage_error_naming_the_option(
     suite: pytest.Pytester, option: str, value: str, message: str

@@ -127,7 +127,12 @@ class TestOnnxRuntime:
 
         monkeypatch.setattr(backend, quantizer, fp32_copy)
         session = self.prepare(precision, tmp_path, cache)
-        assert check(session, precision, cache).passed  # the accuracy gate alone lets a silent fp32 through
+        # Both gates refuse it: the accuracy gate by its floor (fp32 to fp32's rounding), the proof
+        # by the optimized graph, which shows no integer kernel.
+        report = check(session, precision, cache)
+        assert not report.passed and report.failures == (
+            f"relative L2 error {report.rel_l2_error:.3g} < 0.0001: the outputs match fp32 to fp32's own rounding, "
+            f"so {precision} did not run",)
         proof = check_precision(precision, session.precision_evidence())
         assert not proof.passed and proof.evidence.compute == {"fp32": 4}
         assert f"no compute op ran in {precision}" in proof.failures[0]

@@ -186,7 +186,7 @@ def test_torch_compile_int8_lowers_to_onednn_int8_kernels_and_a_silent_fp32_fail
     # sabotage: PT2E skipped, the fp32 module compiled under the int8 id
     monkeypatch.setattr(torch_backend, "_quantize_static_pt2e", lambda module, *args: module)
     silent = prepare_tiny("torch-compile", "int8", tmp_path / "silent", tiny_cache)
-    assert passes_accuracy(silent, "int8", tiny_cache)  # the accuracy gate alone lets it through
+    assert not passes_accuracy(silent, "int8", tiny_cache)  # the gate's floor refuses it too: fp32 to fp32's rounding
     proof = check_precision("int8", silent.precision_evidence())
     assert not proof.passed and proof.evidence.compute == {"int8": 0, "fp32": 4}
     assert "no compute op ran in int8" in proof.failures[0]
