@@ -40,7 +40,6 @@ TOLERANCES: dict[str, Tolerance] = {
     "bf16": Tolerance(max_rel_l2=2e-1, min_cosine=0.98, min_top1_agreement=0.6),
     "int8": Tolerance(min_cosine=0.97, min_top1_agreement=0.5),
     "int8-dynamic": Tolerance(min_cosine=0.97, min_top1_agreement=0.5),
-    "int4": Tolerance(min_cosine=0.9, min_top1_agreement=0.3),
 }
 
 #: int8 recipes that keep weights or activations to 7 bits — what each backend chooses on
