@@ -177,16 +177,27 @@ def run_generate(cache: Path, out: Path, *args: str) -> subprocess.CompletedProc
     )
 
 
-def test_generate_runs_the_tiny_llama_on_three_backends_with_torchs_tokens_at_fp32(tmp_path: Path) -> None:
-    needs("torch", "transformers", "openvino_genai", "onnxruntime_genai", "optimum")
+#: The default generation matrix on a CPU: every backend's generation precisions.
+DEFAULT_GENERATION = {"torch": ("fp32", "bf16", "int8-dynamic"), "onnxruntime": ("fp32", "int8-weight-only"),
+                      "openvino": ("fp32", "int8-weight-only", "int4-weight-only")}
+
+
+def test_generate_runs_every_default_case_of_the_tiny_llama_and_each_passes_the_token_gate(tmp_path: Path) -> None:
+    """torch, OpenVINO GenAI and ONNX Runtime GenAI at every generation precision: fp32 gives
+    torch's tokens exactly, and every lower precision passes its gate (measured: all of them
+    keep every token of the trained model)."""
+    needs("torch", "transformers", "openvino_genai", "onnxruntime_genai", "optimum", "torchao")
     out = tmp_path / "generate.json"
-    proc = run_generate(tmp_path / "cache", out, "--precisions=fp32", "--devices=cpu", "-k", "generate")
+    precisions = sorted({p for ps in DEFAULT_GENERATION.values() for p in ps})
+    proc = run_generate(tmp_path / "cache", out, f"--precisions={','.join(precisions)}", "--devices=cpu",
+                        "-k", "generate")
     assert proc.returncode == 0, proc.stdout[-4000:]
     results = {b["extra_info"]["case_id"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
-    assert set(results) == {f"tinyllama-{b}-cpu-fp32-b1" for b in ("torch", "openvino", "onnxruntime")}
+    assert set(results) == {f"tinyllama-{b}-cpu-{p}-b1" for b, ps in DEFAULT_GENERATION.items() for p in ps}
     for case_id, info in results.items():
-        assert info["accuracy"]["identical_share"] == 1.0 and info["accuracy"]["compared"] == 2 * 12, case_id
-        assert info["accuracy"]["prefix_lengths"] == [12, 12] and info["accuracy"]["passed"], case_id
+        assert info["accuracy"]["passed"] and info["accuracy"]["compared"] == 2 * 12, case_id
+        if case_id.endswith("-fp32-b1"):
+            assert info["accuracy"]["identical_share"] == 1.0 and info["accuracy"]["prefix_lengths"] == [12, 12]
         assert set(info["generate"]) == {"prompt8-new12", "prompt24-new12"}
         for config in info["generate"].values():
             assert config["ttft_ms"] > 0 and config["decode_tokens_per_s"] > 0 and config["itl_p99_ms"] > 0
@@ -195,6 +206,8 @@ def test_generate_runs_the_tiny_llama_on_three_backends_with_torchs_tokens_at_fp
     ov_config = results["tinyllama-openvino-cpu-fp32-b1"]["backend_config"]
     assert ov_config["properties"]["KV_CACHE_PRECISION"] == "f32"
     assert ov_config["prefix_caching"] is False  # else every timed call after the first skips its prefill
+    assert results["tinyllama-openvino-cpu-int4-weight-only-b1"]["backend_config"]["weight_format"].startswith("int4")
+    assert results["tinyllama-onnxruntime-cpu-int8-weight-only-b1"]["backend_config"]["builder_precision"] == "int8"
 
 
 def test_a_config_change_is_a_different_model_and_a_bad_key_is_a_usage_error(tmp_path: Path) -> None:
