@@ -67,10 +67,11 @@ def continuation(ids: np.ndarray, new_tokens: int, seed: int, vocab_size: int) -
 class Training:
     """A bounded, seeded training run on the language (part of the model folder's cache key).
 
-    Measured here (2-core AMD EPYC Zen 5, torch 2.15, other jobs on the machine): 40 steps
-    of 4 x 128 tokens take ~15-25 s and leave the tiny Llama following the cycle at every
-    step of the default sweep. Sequences are as long as the longest default context
-    (64 + 32 tokens) and then some, so every position the sweep reaches was trained.
+    Measured here (2-core AMD EPYC Zen 5, torch 2.15): the default recipe takes 9 s with
+    the machine to itself, 50-60 s with other jobs on its two cores, and leaves the tiny
+    Llama following the cycle at every step of 38 prompts of 8 to 900 tokens x 32 new
+    tokens, top-1 ahead of top-2 by >= 1.94 logits (median 8.9); untrained, the gap was as
+    small as 0.005 (median 0.37).
     """
 
     steps: int = 40

@@ -1,7 +1,7 @@
 """A tiny decoder-only Llama for the ``generate`` scenario, built here with seeded weights.
 
 4.2 M parameters (hidden 256, 4 layers, 4 heads, vocabulary 2000), trained for 40 seeded
-steps on a seeded language (``infermatrix.case.language``: ~15-25 s on 2 cores, once per
+steps on a seeded language (``infermatrix.case.language``: ~10 s on 2 idle cores, once per
 cache) so that each next token is a confident prediction, and a byte-level BPE tokenizer
 trained on seeded text: small enough for CI on 2 cores, no download. The config
 is a parameter (``--generate-config tinyllama:num_hidden_layers=16``), and a real model
