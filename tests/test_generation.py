@@ -3,6 +3,7 @@ the token-identity gate, and the figures (TTFT, inter-token latency, tokens/s)."
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -89,6 +90,7 @@ def test_a_right_start_then_garbage_fails_below_fp32_too() -> None:
                     return row[:right] + rest
                 report = compare_tokens(each(want, garbage), want, precision)
                 assert not report.passed and report.shortest_prefix == right, (precision, right, tail)
+                assert f"16x32 sequence 0 keeps the reference's tokens for {right} steps" in report.failures[0]
         # the right start in one sequence only, the other garbage from the first token
         half = each(want, lambda i, row: row if i else [int(t) for t in rng.integers(0, 2000, len(row))])
         assert not compare_tokens({"16x32": half["16x32"], "64x32": want["64x32"]}, want, precision).passed
@@ -120,6 +122,28 @@ def test_missing_short_and_long_output_fails() -> None:
         for precision in EVERY:
             report = compare_tokens(got, want, precision)
             assert not report.passed, (name, precision)
+
+
+def test_training_is_seeded_and_deterministic_and_part_of_the_cache_key() -> None:
+    needs("torch", "transformers")
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from infermatrix.case.generation import GenerationSpec
+
+    recipe = language.Training(steps=6, shapes=((2, 16), (1, 32)))
+    trained = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, vocab_size=64))
+        log = language.train(model, recipe, seed=0, vocab_size=64)
+        assert log["last_loss"] < log["first_loss"] and not model.training
+        trained.append(model.state_dict())
+    assert all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
+    spec = GenerationSpec(config={"vocab_size": 64}, training=recipe)
+    assert spec.key() != dataclasses.replace(spec, training=language.Training(steps=7)).key()
+    assert spec.key() != dataclasses.replace(spec, training=None).key()
 
 
 def test_garbage_cannot_reach_the_thresholds_by_chance() -> None:
@@ -208,6 +232,11 @@ def test_generate_runs_every_default_case_of_the_tiny_llama_and_each_passes_the_
     assert ov_config["prefix_caching"] is False  # else every timed call after the first skips its prefill
     assert results["tinyllama-openvino-cpu-int4-weight-only-b1"]["backend_config"]["weight_format"].startswith("int4")
     assert results["tinyllama-onnxruntime-cpu-int8-weight-only-b1"]["backend_config"]["builder_precision"] == "int8"
+    # the reference is the trained model's: it continues each prompt round the language's cycle
+    (store,) = (tmp_path / "cache").glob("tinyllama-*/reference-tokens-b1-*.json")
+    for key, tokens in json.loads(store.read_text()).items():
+        length, new = map(int, key.split("x"))
+        assert tokens == language.continuation(prompt_ids(length, 1, 0, 2000), new, 0, 2000), key
 
 
 def test_a_config_change_is_a_different_model_and_a_bad_key_is_a_usage_error(tmp_path: Path) -> None:

@@ -325,6 +325,8 @@ def compare_tokens(got: Mapping[str, list[list[int]]], expected: Mapping[str, li
     same = total = 0
     first: int | None = None
     prefixes: list[int] = []
+    names: list[str] = []  # "16x32 sequence 0": which prompt each prefix belongs to
+    lengths: list[int] = []
     failures: list[str] = []
     for key, want in expected.items():
         have = got.get(key, [])
@@ -336,6 +338,8 @@ def compare_tokens(got: Mapping[str, list[list[int]]], expected: Mapping[str, li
                 failures.append(f"{key} sequence {index}: {len(have_row)} tokens, the reference has {len(want_row)}")
             prefix = prefix_length(have_row, want_row)
             prefixes.append(prefix)
+            names.append(f"{key} sequence {index}")
+            lengths.append(len(want_row))
             if prefix < len(want_row) and (first is None or prefix < first):
                 first = prefix
             same += sum(int(x == y) for x, y in zip(have_row, want_row, strict=False))
@@ -347,9 +351,8 @@ def compare_tokens(got: Mapping[str, list[list[int]]], expected: Mapping[str, li
                             f"divergence at step {first}")
     else:
         worst = min(range(len(prefixes)), key=prefixes.__getitem__, default=None)
-        lengths = [len(row) for want in expected.values() for row in want]
         if worst is not None and prefixes[worst] < min(tolerance.min_prefix, lengths[worst]):
-            failures.append(f"a sequence keeps the reference's tokens for {prefixes[worst]} steps, "
+            failures.append(f"{names[worst]} keeps the reference's tokens for {prefixes[worst]} steps, "
                             f"< {min(tolerance.min_prefix, lengths[worst])} needed")
         if share < tolerance.min_share:
             failures.append(f"identical-token share {share:.3f} < {tolerance.min_share}")
