@@ -5,7 +5,8 @@ For each generation model (a decoder-only model built locally with seeded weight
 OpenVINO GenAI, ONNX Runtime GenAI), greedy decoding over a small sweep of prompt
 lengths × generated lengths: time to first token, inter-token latency p50/p99, decode
 and end-to-end tokens/s. Before anything is timed the generated token ids are checked
-against torch's fp32 greedy tokens: identical at fp32, a stated share at lower precisions.
+against torch's fp32 greedy tokens (``generation.compare_tokens``): identical at fp32; at
+lower precisions every sequence keeps a stated prefix and all together a stated share.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from infermatrix.api.types import (
     PrepareTimes,
     Target,
 )
-from infermatrix.case.generation import Generated, GenerationSpec, prompt_ids, sweep
+from infermatrix.case.generation import Generated, GenerationSpec, prompt_ids, reference_store, sweep
 from infermatrix.gate.precision import PrecisionEvidence
 
 FEATURES, CLASSES = 64, 10
@@ -92,7 +92,7 @@ def generation_model(folder: Path) -> ModelSpec:
     (folder / "hf").mkdir(parents=True, exist_ok=True)
     (folder / "hf" / "config.json").write_text(json.dumps({"model_type": "numpy-tinygen", **spec.config}))
     reference = {f"{p}x{n}": generate_tokens(prompt_ids(p, 1, spec.seed, GENERATION_VOCAB), n) for p, n in sweep(spec)}
-    (folder / "reference-tokens-b1.json").write_text(json.dumps(reference))
+    reference_store(folder / "hf", 1).write_text(json.dumps(reference))
     return ModelSpec(
         name="tinygen", family="tiny", task="generation",
         inputs=(InputSpec("input_ids", (4,), "int64", high=GENERATION_VOCAB),), output_names=("token_ids",),

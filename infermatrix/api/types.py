@@ -20,8 +20,13 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 #: The precisions a case id may carry. ``int8`` is always a calibrated *static*
-#: quantization with the backend's own tool; ``int8-dynamic`` is its own precision.
-KNOWN_PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "int8", "int8-dynamic", "int4")
+#: quantization with the backend's own tool; ``int8-dynamic`` is its own precision;
+#: ``int8-weight-only`` / ``int4-weight-only`` compress a generation model's weights without
+#: calibration (optimum-cli's ``--weight-format``, ONNX Runtime GenAI's builder ``-p``).
+KNOWN_PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "int8", "int8-dynamic", "int8-weight-only",
+                                     "int4-weight-only")
+#: The precisions that compress weights only (no calibration): generation models' alone.
+WEIGHT_ONLY_PRECISIONS: tuple[str, ...] = ("int8-weight-only", "int4-weight-only")
 
 Task = Literal["classification", "embedding", "generation"]
 

@@ -8,7 +8,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 
-from infermatrix.api.types import BackendInfo, Case, ModelSpec, Target
+from infermatrix.api.types import WEIGHT_ONLY_PRECISIONS, BackendInfo, Case, ModelSpec, Target
 
 
 class SelectionError(ValueError):
@@ -92,8 +92,9 @@ def model_rule(model: ModelSpec, target: Target, backend: BackendInfo | None = N
         if backend is not None and target.precision not in backend.generation_precisions:
             return f"{backend.name}: generates in {', '.join(backend.generation_precisions)}"
         return None
-    if target.precision == "int4":
-        return "int4 is weight-only compression for generation models"
+    if target.precision in WEIGHT_ONLY_PRECISIONS:
+        return (f"{target.precision} is weight-only compression for generation models; {model.name} takes int8 "
+                "(calibrated static) or int8-dynamic")
     if target.precision == "int8-dynamic" and not model.linear_heavy:
         return (
             f"int8-dynamic quantizes only Linear/MatMul layers and {model.name} is not Linear-heavy "

@@ -79,9 +79,6 @@ TOLERANCES: dict[str, Tolerance] = {
     "bf16": Tolerance(max_rel_l2=0.25, min_centered_cosine=0.3, min_class_agreement=0.1, min_rel_l2=FLOOR),
     "int8": Tolerance(max_rel_l2=0.5, min_centered_cosine=0.1, min_rel_l2=FLOOR),
     "int8-dynamic": Tolerance(max_rel_l2=0.5, min_centered_cosine=0.5, min_rel_l2=FLOOR),
-    # No forward-model int4 case runs here (OpenVINO's int4 is weight compression for generation
-    # models); kept loose so a user's int4 backend is judged at all.
-    "int4": Tolerance(max_rel_l2=0.8, min_centered_cosine=0.05, min_rel_l2=FLOOR),
 }
 
 #: int8 recipes that keep weights or activations to 7 bits — what each backend chooses on

@@ -195,6 +195,7 @@ def generation_table(generate: list[Row]) -> list[dict[str, Any]]:
     found = []
     for r in sorted(generate, key=lambda r: (r.model, r.side)):
         share = (r.result.accuracy or {}).get("identical_share")
+        prefix = (r.result.accuracy or {}).get("shortest_prefix")  # absent in records from before the prefix gate
         for config, f in (r.result.generate or {}).items():
             # inter-token latencies measured (p50) but too few of them for the p99: n/e
             itl_p99: float | NotEstimable | None = f.get("itl_p99_ms")
@@ -203,7 +204,8 @@ def generation_table(generate: list[Row]) -> list[dict[str, Any]]:
             found.append({"case": r.case_id, "config": config, "ttft_ms": f.get("ttft_ms"),
                           "itl_p50_ms": f.get("itl_p50_ms"), "itl_p99_ms": itl_p99,
                           "decode_tokens_per_s": f.get("decode_tokens_per_s"),
-                          "e2e_tokens_per_s": f.get("e2e_tokens_per_s"), "identical_tokens": share})
+                          "e2e_tokens_per_s": f.get("e2e_tokens_per_s"), "identical_tokens": share,
+                          "shortest_prefix": prefix})
     return found
 
 

@@ -14,7 +14,8 @@ from infermatrix.report.data import Row, rows
 
 #: One colour per precision on every plot, so a glance compares like with like.
 PRECISION_COLORS = {"fp32": "tab:blue", "tf32": "tab:cyan", "bf16": "tab:orange", "fp16": "tab:red",
-                    "int8": "tab:green", "int8-dynamic": "tab:olive", "int4": "tab:purple"}
+                    "int8": "tab:green", "int8-dynamic": "tab:olive",
+                    "int8-weight-only": "tab:brown", "int4-weight-only": "tab:purple"}
 
 
 def _png(figure: Any) -> str:

@@ -113,10 +113,11 @@ def write_summary(path: Path, run: dict[str, Any], table: list[Row], results: li
     generation = generation_table([r for r in table if r.scenario == "generate"])
     if generation:
         lines += ["## Generation", "",
-                  "| case | prompt / new | TTFT ms | decode tok/s | e2e tok/s | identical tokens |",
-                  "|---|---|---|---|---|---|"]
+                  "| case | prompt / new | TTFT ms | decode tok/s | e2e tok/s | identical tokens | shortest prefix |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {g['case']} | {g['config']} | {g['ttft_ms']:.2f} | {g['decode_tokens_per_s'] or 0:.0f} | "
-                  f"{g['e2e_tokens_per_s']:.0f} | {g['identical_tokens']:.3f} |" for g in generation]
+                  f"{g['e2e_tokens_per_s']:.0f} | {_figure(g['identical_tokens'], '.3f')} | "
+                  f"{_figure(g['shortest_prefix'], 'd')} |" for g in generation]
         lines.append("")
     for title, scenario, columns in (("Cold start", "cold-start", COLD_START_COLUMNS),
                                      ("Memory", "memory", MEMORY_COLUMNS)):
@@ -141,6 +142,11 @@ def accuracy_cell(accuracy: Mapping[str, Any]) -> str:
     if rel is None:
         return ""
     return f"{rel:.2g} / {worst:.4f}" if worst is not None else f"{rel:.2g}"
+
+
+def _figure(value: Any, spec: str) -> str:
+    """A figure for a Markdown cell; a dash where the record has none."""
+    return "–" if value is None else format(value, spec)
 
 
 def _table_html(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
@@ -207,9 +213,10 @@ def write_html(path: Path, run: dict[str, Any], table: list[Row], results: list[
         if title.startswith("Generation"):
             sections.append(_table_html(
                 ["case", "prompt / new tokens", "TTFT ms", "ITL p50 ms", "ITL p99 ms", "decode tok/s", "e2e tok/s",
-                 "identical tokens"],
+                 "identical tokens", "shortest prefix"],
                 [(g["case"], g["config"], g["ttft_ms"], g["itl_p50_ms"], g["itl_p99_ms"], g["decode_tokens_per_s"],
-                  g["e2e_tokens_per_s"], g["identical_tokens"]) for g in generation_table(generate)]))
+                  g["e2e_tokens_per_s"], g["identical_tokens"], g["shortest_prefix"])
+                 for g in generation_table(generate)]))
         if title == "int8 against fp32":
             sections.append(_table_html(
                 ["case", "fp32 ms", "int8 ms", "speed-up", "centered cosine (worst sample)", "top-5 class agreement",

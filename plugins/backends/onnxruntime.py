@@ -55,9 +55,12 @@ from infermatrix.machine import isa
 
 NAME = "onnxruntime"
 DEVICES = ("cpu", "cuda", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
-#: Text generation (ONNX Runtime GenAI, its model builder's fp32 and int8 exports).
-GENERATION_PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-weight-only")
+#: Text generation (ONNX Runtime GenAI): its model builder's fp32 export, and its ``-p int8``,
+#: which compresses the weights without calibration (MatMulNBits): weight-only, not ``int8``.
+GENERATION_PRECISIONS = ("fp32", "int8-weight-only")
+#: The GenAI model builder's ``-p`` of each generation precision.
+BUILDER_PRECISION = {"fp32": "fp32", "int8-weight-only": "int8"}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
@@ -77,7 +80,7 @@ def _reason(device: str, precision: str, available: list[str]) -> str | None:
         return "onnxruntime: fp16 has no fast CPU kernels here; fp16 is a cuda/tensorrt precision"
     if precision == "fp16" and importlib.util.find_spec("onnxconverter_common") is None:
         return "onnxruntime: the fp16 graph is made with onnxconverter-common, which is not installed"
-    if precision in ("int8", "int8-dynamic") and device != "cpu":
+    if precision.startswith("int8") and device != "cpu":
         return f"onnxruntime: {precision} on {device} is not a path of this suite yet; see the tensorrt backend"
     return None
 
@@ -344,8 +347,9 @@ def prepare_generation(model: ModelSpec, target: Target, context: PrepareContext
                                    "installed to build it; run the torch environment once")
     times = PrepareTimes()
     started = time.perf_counter()
+    builder = BUILDER_PRECISION[target.precision]
     out = exported(folder, name, [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", "{model}", "-o",
-                                  "{out}", "-p", target.precision, "-e", "cpu", "-c", str(folder.parent / ".ogcache")],
+                                  "{out}", "-p", builder, "-e", "cpu", "-c", str(folder.parent / ".ogcache")],
                    "onnxruntime_genai.models.builder")
     times.convert_s = time.perf_counter() - started
     started = time.perf_counter()
@@ -358,6 +362,9 @@ def prepare_generation(model: ModelSpec, target: Target, context: PrepareContext
     return GenAISession(
         model=loaded, times=times, size_bytes=sum(f.stat().st_size for f in out.glob("*.onnx*")),
         config={"api": "onnxruntime_genai Generator (append_tokens, generate_next_token per token)",
-                "builder_precision": target.precision, "execution_provider": "cpu", "threads": context.threads,
-                "export": str(out), "onnxruntime_genai": og.__version__},
+                "builder_precision": builder, "execution_provider": "cpu", "threads": context.threads,
+                "export": str(out), "onnxruntime_genai": og.__version__,
+                # the builder's -p int8 on CPU: MatMulNBits, 8-bit weights in blocks of 32, no calibration;
+                # its default accuracy_level 4 quantizes activations to int8 inside the kernel
+                "weights": None if builder == "fp32" else "int8 weight-only (MatMulNBits, blocks of 32)"},
     )

@@ -51,13 +51,18 @@ from infermatrix.machine import Isa, isa
 
 NAME = "openvino"
 DEVICES = ("cpu", "gpu", "npu")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
-#: Text generation (OpenVINO GenAI's LLMPipeline): f32 compute, weights f32 or NNCF-compressed.
-GENERATION_PRECISIONS = ("fp32", "int8", "int4")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-weight-only", "int4-weight-only")
+#: Text generation (OpenVINO GenAI's LLMPipeline): f32 compute, weights f32 or compressed by
+#: NNCF without calibration (optimum-cli ``--weight-format int8/int4``): weight-only, not ``int8``.
+GENERATION_PRECISIONS = ("fp32", "int8-weight-only", "int4-weight-only")
 #: The matrix's precision → OpenVINO's inference precision hint.
-PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32", "int4": "f32"}
+PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32", "int8-weight-only": "f32",
+                  "int4-weight-only": "f32"}
 #: The capability a device must report (OPTIMIZATION_CAPABILITIES) for each precision.
-CAPABILITY = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16", "int8": "INT8", "int4": "FP32"}
+CAPABILITY = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16", "int8": "INT8", "int8-weight-only": "FP32",
+              "int4-weight-only": "FP32"}
+#: optimum-cli ``--weight-format`` of each generation precision (int4's group size is added per model).
+WEIGHT_FORMAT = {"fp32": "fp32", "int8-weight-only": "int8", "int4-weight-only": "int4"}
 
 
 @pytest.hookimpl
@@ -106,8 +111,8 @@ def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
                 needs = " (needs avx512_bf16 or AMX)" if precision == "bf16" and name == "CPU" else ""
                 reason = (f"openvino: {name} does not report {CAPABILITY[precision]} "
                           f"(capabilities: {', '.join(capabilities)}){needs}")
-            elif precision in ("int8", "int4") and importlib.util.find_spec("nncf") is None:
-                reason = "openvino: int8 needs nncf (pip install 'infermatrix[openvino]')"
+            elif precision != "fp32" and precision.startswith("int") and importlib.util.find_spec("nncf") is None:
+                reason = f"openvino: {precision} needs nncf (pip install 'infermatrix[openvino]')"
             targets.append(Target(device, precision, reason))
     return targets
 
@@ -392,7 +397,9 @@ def prepare_generation(model: ModelSpec, target: Target, batch_size: int, contex
 
     spec = model.generation
     folder = model_dir(model.name, spec, context.cache_root)
-    fmt = {"fp32": ["fp32"], "int8": ["int8"], "int4": ["int4", "--group-size", str(_group_size(spec.config))]}
+    fmt = [WEIGHT_FORMAT[target.precision]]
+    if fmt == ["int4"]:
+        fmt += ["--group-size", str(_group_size(spec.config))]
     export_name = f"openvino-{target.precision}"
     cli = shutil.which("optimum-cli", path=str(Path(sys.executable).parent)) or shutil.which("optimum-cli")
     if not (folder.parent / export_name / ".complete").exists() and cli is None:
@@ -402,7 +409,7 @@ def prepare_generation(model: ModelSpec, target: Target, batch_size: int, contex
     started = time.perf_counter()
     out = exported(folder, export_name, [cli or "optimum-cli", "export", "openvino", "--model", "{model}", "--task",
                                          "text-generation-with-past", "--weight-format",
-                                         *fmt[target.precision], "{out}"], "optimum-cli export openvino")
+                                         *fmt, "{out}"], "optimum-cli export openvino")
     times.convert_s = time.perf_counter() - started
     # The CPU plugin defaults to bf16 compute and a u8 KV cache on this CPU: say f32 for both,
     # so the precision is the weights' alone (only then do fp32 tokens match torch's).
@@ -420,7 +427,7 @@ def prepare_generation(model: ModelSpec, target: Target, batch_size: int, contex
     return GenAISession(
         pipeline=pipeline, times=times, size_bytes=size,
         config={"api": "openvino_genai.LLMPipeline.generate (token ids in, StreamerBase per token)",
-                "weight_format": " ".join(fmt[target.precision]), "properties": properties, "export": str(out),
+                "weight_format": " ".join(fmt), "properties": properties, "export": str(out),
                 "prefix_caching": False,
                 "openvino_genai": ov_genai.__version__},
     )
