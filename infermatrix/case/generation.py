@@ -34,6 +34,7 @@ from infermatrix.cache import CacheError, CacheWarning, sha256
 from infermatrix.case import language
 from infermatrix.case.language import Training
 from infermatrix.case.runner import Drivable, busy_wait
+from infermatrix.gate.precision import PrecisionReport, check_precision
 from infermatrix.gate.reference import ReferenceUnavailable
 from infermatrix.measure import tails
 
@@ -191,6 +192,10 @@ class Generated:
 
 
 class GenerationSession(Protocol):
+    """A backend's generation path. Optionally, like ``infermatrix.api.types.Session``,
+    ``precision_evidence() -> PrecisionEvidence | None``: what precision its weights and
+    compute are in, read from the backend (``prepare`` checks it before timing)."""
+
     config: Mapping[str, Any]
     times: PrepareTimes
     size_bytes: int | None
@@ -384,12 +389,15 @@ class PreparedGeneration(Drivable):
     rss_before_bytes: int
     extra_info: dict[str, Any] = dataclasses.field(default_factory=dict)
     slowdown: float = 0.0
+    #: the proof of precision (``infermatrix.gate.precision``), as ``runner.PreparedCase.precision``
+    precision: PrecisionReport | None = None
 
     def info(self) -> dict[str, Any]:
         """How the case was prepared (the record adds which case it is, as for ``runner.case_info``)."""
         return {
             "backend_config": dict(self.session.config), "prepare_s": self.prepare_s,
             **self.session.times.as_dict(), "warmup_s": self.warmup_s, "accuracy": self.accuracy.as_dict(),
+            **({"precision_evidence": self.precision.as_dict()} if self.precision is not None else {}),
             "model_size_bytes": self.session.size_bytes, "generation_config": self.spec.key()["config"],
         }
 
@@ -435,7 +443,8 @@ class PreparedGeneration(Drivable):
 
 def prepare(case: Any, prepare_session: Callable[[], GenerationSession | None], cache_root: Path) -> PreparedGeneration:
     """Prepare the session, generate every sweep configuration once (warm-up and compile,
-    untimed) and check those tokens against the torch fp32 reference."""
+    untimed), check those tokens against the torch fp32 reference, and ask the session for
+    its proof of precision (``precision_evidence()``, judged as ``runner.prove_precision``)."""
     import time
 
     from infermatrix.case.runner import timed_prepare
@@ -451,10 +460,12 @@ def prepare(case: Any, prepare_session: Callable[[], GenerationSession | None], 
             got[f"{length}x{new}"] = session.generate(ids, new).tokens
         warmup_s = time.perf_counter() - started
         report = compare_tokens(got, {k: expected[k] for k in got}, case.target.precision)
+        give = getattr(session, "precision_evidence", None)
+        precision = check_precision(case.target.precision, give() if callable(give) else None)
     except BaseException:
         session.close()
         raise
-    return PreparedGeneration(case, session, spec, report, prepare_s, warmup_s, rss_before)
+    return PreparedGeneration(case, session, spec, report, prepare_s, warmup_s, rss_before, precision=precision)
 
 
 def exported(folder: Path, name: str, make: list[str], tool: str) -> Path:

@@ -724,7 +724,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def gate_failure(prepared: Any) -> str | None:
     """What the gates say of a prepared case: its accuracy report and its proof of precision
-    (``precision``, absent on kinds of case that do not prove it yet: generation)."""
+    (``precision``: forward and generation cases prove it; absent on a kind of case that does not)."""
     reports = (prepared.accuracy, getattr(prepared, "precision", None))
     failed = [report.message(prepared.case.id) for report in reports if report is not None and not report.passed]
     return "\n".join(failed) or None

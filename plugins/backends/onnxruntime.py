@@ -291,6 +291,27 @@ def pytest_infermatrix_prepare(
 # ---- text generation (the generate scenario): ONNX Runtime GenAI ---------------------------------
 
 
+def genai_evidence(model: Any) -> PrecisionEvidence:
+    """:func:`graph_evidence` of the GenAI builder's ``model.onnx`` (an ``onnx.ModelProto``,
+    loaded without its external data): MatMulNBits by its ``bits`` (int8/int4 weight-only)
+    against float MatMul; each MatMulNBits' attributes and the embedding's type as facts."""
+    evidence = graph_evidence(model.graph)
+    nbits: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: a.i for a in node.attribute if a.name in ("bits", "block_size", "accuracy_level")}
+            key = ", ".join(f"{k}={v}" for k, v in sorted(attrs.items()))
+            nbits[key] = nbits.get(key, 0) + 1
+    types = {init.name: init.data_type for init in model.graph.initializer}
+    embeddings = [WEIGHT_PRECISION.get(types[n.input[0]], str(types[n.input[0]])) for n in model.graph.node
+                  if n.op_type == "Gather" and n.input and n.input[0] in types]
+    return dataclasses.replace(
+        evidence, unit="graph nodes of the builder's model.onnx",
+        api="onnx.load(model.onnx, load_external_data=False), the graph og.Model loads: compute nodes by operator "
+            "and weight type (MatMulNBits by its bits attribute); onnxruntime_genai shows no optimized graph",
+        facts={**evidence.facts, "matmulnbits_attributes": nbits, "embedding_gather_types": embeddings})
+
+
 @dataclasses.dataclass
 class GenAISession:
     """ONNX Runtime GenAI's token loop: prompt ids appended, one ``generate_next_token`` per token."""
@@ -299,6 +320,14 @@ class GenAISession:
     config: Mapping[str, Any]
     times: PrepareTimes
     size_bytes: int | None
+    export: Path | None = None
+
+    def precision_evidence(self) -> PrecisionEvidence | None:
+        if self.export is None:
+            return None
+        import onnx
+
+        return genai_evidence(onnx.load(str(self.export / "model.onnx"), load_external_data=False))
 
     def generate(self, ids: np.ndarray, new_tokens: int) -> Any:
         import onnxruntime_genai as og
@@ -360,7 +389,7 @@ def prepare_generation(model: ModelSpec, target: Target, context: PrepareContext
     loaded = og.Model(config)
     times.load_s = time.perf_counter() - started
     return GenAISession(
-        model=loaded, times=times, size_bytes=sum(f.stat().st_size for f in out.glob("*.onnx*")),
+        model=loaded, times=times, size_bytes=sum(f.stat().st_size for f in out.glob("*.onnx*")), export=out,
         config={"api": "onnxruntime_genai Generator (append_tokens, generate_next_token per token)",
                 "builder_precision": builder, "execution_provider": "cpu", "threads": context.threads,
                 "export": str(out), "onnxruntime_genai": og.__version__,

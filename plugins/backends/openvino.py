@@ -328,6 +328,54 @@ def pytest_infermatrix_prepare(
 # ---- text generation (the generate scenario): OpenVINO GenAI ------------------------------------
 
 
+#: A weight Constant's element type → the precision a MatMul with that weight is named by.
+WEIGHT_ELEMENT_PRECISION = {"u8": "int8-weight-only", "i8": "int8-weight-only", "u4": "int4-weight-only",
+                            "i4": "int4-weight-only", "f32": "fp32", "f16": "fp16", "bf16": "bf16"}
+#: The ops between a compressed weight's Constant and its MatMul (decompression: Convert,
+#: Subtract zero point, Multiply scale, Reshape groups; a Transpose).
+DECOMPRESSION_OPS = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose")
+
+
+def weight_element_type(node: Any) -> str | None:
+    """The element type of the Constant a weight input comes from (through its decompression
+    subgraph), or None when the input is not a weight (an activation, a Parameter, a state)."""
+    for _ in range(16):
+        kind = node.get_type_name()
+        if kind == "Constant":
+            return str(node.get_output_element_type(0).get_type_name())
+        if kind not in DECOMPRESSION_OPS or node.get_input_size() == 0:
+            return None
+        node = node.input_value(0).get_node()
+    return None
+
+
+def ir_weight_evidence(ops: Iterable[Any]) -> PrecisionEvidence:
+    """Every MatMul with a weight of an OpenVINO model by the element type its weight is stored
+    in (u8/i8: int8-weight-only, u4/i4: int4-weight-only, f32: fp32); embeddings' Gathers as facts."""
+    compute: dict[str, int] = {}
+    matmuls: dict[str, int] = {}
+    gathers: dict[str, int] = {}
+    for op in ops:
+        kind = op.get_type_name()
+        if kind == "MatMul":
+            # a linear layer's weight is the second input (aten::linear → MatMul(x, W, transpose_b))
+            element = weight_element_type(op.input_value(1).get_node())
+            if element is None:
+                continue  # activation x activation (the rotary embedding's positions x inv_freq)
+            ran = WEIGHT_ELEMENT_PRECISION.get(element, element)
+            compute[ran] = compute.get(ran, 0) + 1
+            matmuls[element] = matmuls.get(element, 0) + 1
+        elif kind == "Gather" and op.input_value(0).get_partial_shape().rank.get_length() == 2:
+            element = weight_element_type(op.input_value(0).get_node())
+            if element is not None and element not in ("i32", "i64"):  # an embedding table: a lookup, not compute
+                gathers[element] = gathers.get(element, 0) + 1
+    return PrecisionEvidence(
+        compute=compute, unit="weight MatMuls of the exported IR",
+        api="openvino.Core().read_model of the export LLMPipeline loads (openvino_model.xml): each MatMul's weight "
+            "Constant element type through its decompression ops (LLMPipeline exposes no compiled model)",
+        facts={"matmul_weight_element_types": matmuls, "embedding_gather_element_types": gathers})
+
+
 @dataclasses.dataclass
 class GenAISession:
     """``LLMPipeline.generate`` on token ids, a ``StreamerBase`` stamping each token."""
@@ -336,6 +384,7 @@ class GenAISession:
     config: Mapping[str, Any]
     times: PrepareTimes
     size_bytes: int | None
+    export: Path | None = None
 
     def generate(self, ids: np.ndarray, new_tokens: int) -> Any:
         import openvino as ov
@@ -364,6 +413,16 @@ class GenAISession:
         result = self.pipeline.generate(inputs, settings, streamer)
         return Generated(tokens=[list(t) for t in result.tokens], token_times_s=list(clock.stamps),
                          total_s=clock.elapsed())
+
+    def precision_evidence(self) -> PrecisionEvidence | None:
+        """The weights of the exported IR LLMPipeline compiled: openvino_genai 2026.4's
+        LLMPipeline has no accessor for its compiled model (generate, get_tokenizer,
+        get/set_generation_config, start/finish_chat only), so the export is the evidence."""
+        if self.export is None:
+            return None
+        import openvino as ov
+
+        return ir_weight_evidence(ov.Core().read_model(str(self.export / "openvino_model.xml")).get_ordered_ops())
 
     def close(self) -> None:
         self.pipeline = None
@@ -425,7 +484,7 @@ def prepare_generation(model: ModelSpec, target: Target, batch_size: int, contex
     times.compile_s = time.perf_counter() - started
     size = sum(f.stat().st_size for f in out.glob("openvino_model.*"))
     return GenAISession(
-        pipeline=pipeline, times=times, size_bytes=size,
+        pipeline=pipeline, times=times, size_bytes=size, export=out,
         config={"api": "openvino_genai.LLMPipeline.generate (token ids in, StreamerBase per token)",
                 "weight_format": " ".join(fmt), "properties": properties, "export": str(out),
                 "prefix_caching": False,

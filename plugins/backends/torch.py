@@ -545,6 +545,16 @@ class TorchGeneration:
         tokens = out[:, ids.shape[1]:].cpu().tolist()  # the copy to the host waits for the device
         return Generated(tokens=tokens, token_times_s=list(clock.stamps), total_s=clock.elapsed())
 
+    def precision_evidence(self) -> PrecisionEvidence | None:
+        """The Linear modules' weights of the model ``generate`` runs (bf16 parameters, torchao's
+        int8 tensors: :func:`module_evidence`), and the logits' dtype of a one-token forward."""
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(torch.zeros((1, 1), dtype=torch.long, device=self.device)).logits
+        tf32 = self.device == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
+        return module_evidence(self.model, str(logits.dtype).replace("torch.", ""), tf32)
+
     def close(self) -> None:
         self.model = None
 
