@@ -233,6 +233,9 @@ def test_generate_runs_every_default_case_of_the_tiny_llama_and_each_passes_the_
             else:
                 assert config["itl_p99_ms"] >= config["itl_p50_ms"]
         assert info["isolation"] == "process"
+        proof = info["precision_evidence"]  # read from each backend's export / modules, before timing
+        claimed = case_id.split("-cpu-")[1].removesuffix("-b1")
+        assert proof["status"] == "verified" and proof["passed"] and proof["compute"].get(claimed), (case_id, proof)
     # the precision each backend's compute ran in is recorded, not assumed
     ov_config = results["tinyllama-openvino-cpu-fp32-b1"]["backend_config"]
     assert ov_config["properties"]["KV_CACHE_PRECISION"] == "f32"
