@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from infermatrix.nightly.paired import PairedOutcome, judged, judged_table
 from infermatrix.report.data import (
     COLD_START_COLUMNS,
     LATENCY_TAILS,
@@ -257,7 +258,7 @@ def result_files(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None) -> int:
+def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None, paired: PairedOutcome | None = None) -> int:
     run = merge_runs(result_files(paths))
     table = rows(run)
     results: list[verdicts.Verdict] | None = None
@@ -278,4 +279,22 @@ def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_summary(out / "summary.md", run, table, results, note)
     write_html(out / "index.html", run, table, results, note, history)
+    if paired is not None:
+        add_paired_section(out, paired, results or [])
+        results = [j.verdict for j in judged(results or [], paired)]
     return 1 if any(v.verdict == "regressed" for v in results or []) else 0
+
+
+def add_paired_section(out: Path, paired: PairedOutcome, history_verdicts: list[verdicts.Verdict]) -> None:
+    """The paired verdicts beside the history ones: every case with the mode that judged it
+    (infermatrix.nightly.paired), then the paired comparison's own table and notes."""
+    lines = ["## Verdicts by the mode that judged each case", "",
+             "Paired: timed interleaved against a re-creation of the accepted baseline's environment; "
+             "history: against the stored runs (above).", "",
+             *judged_table(judged(history_verdicts, paired)), "", "## Paired mode", "", *paired.lines(), ""]
+    with (out / "summary.md").open("a") as fh:
+        fh.write("\n".join(["", *lines]))
+    page = (out / "index.html").read_text()
+    section = ("<h2>Verdicts by the mode that judged each case</h2><pre>"
+               + html.escape("\n".join(lines[4:])) + "</pre>")
+    (out / "index.html").write_text(page.replace("</body></html>", section + "</body></html>", 1))
