@@ -16,7 +16,6 @@ import os
 import platform
 import subprocess
 import sys
-import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -265,3 +264,292 @@ def test_a_real_reference_environment_from_a_lock_with_nothing_to_download(tmp_p
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split() == [str(env.path / "venv"), "reference"]  # the renamed venv is whole
     assert refenv.ensure(wanted, repo, tmp_path / "cache").reused
+
+
+# ---- the results store -------------------------------------------------------------------------
+
+
+def a_store(tmp_path: Path, remote: str | None = None, name: str = "repo") -> ResultsStore:
+    repo = tmp_path / name
+    if not repo.exists():
+        make_repo(repo)
+    return ResultsStore(repo, repo / ".infermatrix-results", remote=remote)
+
+
+def test_the_store_is_a_results_branch_and_a_night_is_one_commit(tmp_path: Path) -> None:
+    store = a_store(tmp_path)
+    store.open()
+    assert git(store.repo, "log", "--format=%s", "results") == "results store: nights and accepted baselines"
+    assert git(store.repo, "branch", "--show-current") == "main"  # the checkout itself is untouched
+    run = a_run({MLP: 0.001})
+    commit, accepted = store.record("20261124T021700Z", {"alpha.json": json.dumps(run).encode()},
+                                    {"passed": True, "reasons": []}, run)
+    assert accepted is not None and accepted.parent.name == baselines.fingerprint(MACHINE)
+    assert git(store.repo, "rev-parse", "results") == commit
+    files = git(store.repo, "ls-tree", "-r", "--name-only", "results").splitlines()
+    assert {"README.md", "nights/20261124T021700Z/alpha.json", "nights/20261124T021700Z/status.json",
+            f"baselines/{baselines.fingerprint(MACHINE)}/{accepted.name}"} == set(files)
+    assert len(store.history(baselines.fingerprint(MACHINE))) == 1
+
+
+def test_a_night_that_fails_to_store_leaves_the_branch_as_it_was(tmp_path: Path) -> None:
+    store = a_store(tmp_path)
+    store.open()
+    before = git(store.repo, "rev-parse", "results")
+    broken = a_run({MLP: 0.001})
+    broken["benchmarks"][0]["stats"]["median"] = float("nan")  # refused as a baseline
+    with pytest.raises(StoreError, match="was not stored .*stats.median = nan.* unchanged at"):
+        store.record("20261124T021700Z", {"alpha.json": b"{}"}, {"passed": True}, broken)
+    assert git(store.repo, "rev-parse", "results") == before
+    assert git(store.path, "status", "--porcelain", "--ignored") == ""  # nothing half-written left behind
+
+
+def test_what_a_killed_night_left_uncommitted_is_gone_when_the_next_night_opens(tmp_path: Path) -> None:
+    store = a_store(tmp_path)
+    store.open()
+    half = store.nights_dir / ".20261124T021700Z.tmp"
+    half.mkdir(parents=True)
+    (half / "alpha.json").write_text('{"trunc')
+    (store.path / "README.md").write_text("scribbled\n")
+    store.open()
+    assert not half.exists() and "scribbled" not in (store.path / "README.md").read_text()
+
+
+def test_the_next_night_on_another_runner_finds_the_history_through_the_remote(tmp_path: Path) -> None:
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    first = a_store(tmp_path, "origin", "runner1")
+    git(first.repo, "remote", "add", "origin", str(remote))
+    first.open()  # the remote has no results branch yet: a new one
+    run = a_run({MLP: 0.001})
+    first.record("20261124T021700Z", {"alpha.json": json.dumps(run).encode()}, {"passed": True}, run)
+    first.push()
+    second = a_store(tmp_path, "origin", "runner2")
+    git(second.repo, "remote", "add", "origin", str(remote))
+    second.open()
+    assert len(second.history(baselines.fingerprint(MACHINE))) == 1
+    second.record("20261125T021700Z", {"alpha.json": json.dumps(run).encode()}, {"passed": True}, run)
+    second.push()
+    first.open()  # behind the remote now: brought up to it
+    assert len(first.history(baselines.fingerprint(MACHINE))) == 2
+
+
+# ---- one night ---------------------------------------------------------------------------------
+
+
+class FakeEnvironments:
+    """Benchmark environments as the night's runner sees them: each writes its result file (or
+    not) and answers an exit status; the order they ran in is kept."""
+
+    def __init__(self, script: Mapping[str, tuple[int, dict[str, Any] | None]]) -> None:
+        self.script = dict(script)
+        self.ran: list[str] = []
+        self.args: list[list[str]] = []
+
+    def __call__(self, name: str, pytest_args: Sequence[str], env: Mapping[str, str]) -> int:
+        self.ran.append(name)
+        self.args.append(list(pytest_args))
+        if name not in self.script:
+            raise FileNotFoundError(2, "No such file or directory", "tox")
+        code, run = self.script[name]
+        if run is not None:
+            Path(env["INFERMATRIX_RESULTS"], f"{name}.json").write_text(json.dumps(run))
+        return code
+
+
+def a_night(store: ResultsStore, tmp_path: Path, envs: Sequence[str], **options: Any) -> night.NightConfig:
+    return night.NightConfig(repo=store.repo, envs=list(envs), pytest_args=["--max-time=0.05"],
+                             results_dir=tmp_path / "results", report_dir=tmp_path / "report", store=store,
+                             cache_root=tmp_path / "cache", **options)
+
+
+def status_of(store: ResultsStore) -> dict[str, Any]:
+    """The newest night's status.json as committed on the results branch."""
+    names = git(store.repo, "ls-tree", "-r", "--name-only", "results", "nights").splitlines()
+    newest = sorted(n for n in names if n.endswith("/status.json"))[-1]
+    return dict(json.loads(git(store.repo, "show", f"results:{newest}")))
+
+
+def accepted(store: ResultsStore) -> int:
+    return len(git(store.repo, "ls-tree", "-r", "--name-only", "results", "baselines").split())
+
+
+def test_every_environment_runs_and_a_failed_one_fails_the_night_which_is_stored_but_not_accepted(
+        tmp_path: Path) -> None:
+    store = a_store(tmp_path)
+    envs = FakeEnvironments({"export": (0, None), "alpha": (3, None), "beta": (0, a_run({LINEAR: 0.001}, "beta"))})
+    result = night.run_night(a_night(store, tmp_path, ["alpha", "gamma", "beta"], stamp="n1"), envs, log=print)
+    assert envs.ran == ["export", "alpha", "gamma", "beta"]  # one after another, none skipped after a failure
+    assert result.exit_code == 1 and not result.status.passed
+    assert result.status.failed_envs == ("alpha: exited 3 (internal error)",
+                                         "gamma: could not be run: FileNotFoundError: [Errno 2] No such file or "
+                                         "directory: 'tox'")
+    recorded = status_of(store)
+    assert recorded["passed"] is False and recorded["environments"][3]["name"] == "beta"
+    assert "nights/n1/beta.json" in git(store.repo, "ls-tree", "-r", "--name-only", "results")  # for the record
+    assert accepted(store) == 0  # a failed night never becomes the baseline
+    assert "FAILED" in (tmp_path / "report" / "night.md").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize(("code", "run", "failed"), [
+    (1, a_run({"m9-numpy-cpu-fp32-b1": 0.001}, "beta", failed={f"test_latency[{LINEAR}]": "accuracy check failed"}),
+     True),
+    (0, None, True),  # exit 0 and no results: something went wrong that pytest did not count
+    (4, None, True),  # a usage error
+    (5, None, False),  # pytest's "no tests collected": every case skips on this machine
+    (0, {"machine_info": MACHINE, "benchmarks": "truncated"}, True),
+])
+def test_which_environment_outcomes_fail_the_night(tmp_path: Path, code: int, run: dict[str, Any] | None,
+                                                   failed: bool) -> None:
+    store = a_store(tmp_path)
+    envs = FakeEnvironments({"export": (0, None), "alpha": (0, a_run({MLP: 0.001, "m1-numpy-cpu-fp32-b1": 0.002})),
+                             "beta": (code, run)})
+    result = night.run_night(a_night(store, tmp_path, ["alpha", "beta"]), envs, log=print)
+    assert result.status.passed is not failed and result.exit_code == int(failed)
+    assert accepted(store) == int(not failed)
+    if code == 1:
+        assert result.status.failed_cases == (f"test_latency[{LINEAR}]",)
+
+
+def test_a_failed_cache_fill_fails_the_night(tmp_path: Path) -> None:
+    store = a_store(tmp_path)
+    result = night.run_night(a_night(store, tmp_path, ["alpha"]),
+                             FakeEnvironments({"export": (2, None), "alpha": (0, a_run({MLP: 0.001}))}), log=print)
+    assert result.status.failed_envs == ("export: exited 2 (interrupted)",) and accepted(store) == 0
+
+
+def noisy(rng: np.random.Generator, cases: int = 8, slow: Mapping[int, float] | None = None) -> dict[str, float]:
+    return {f"m{i}-numpy-cpu-fp32-b1": 0.001 * (i + 1) * float(np.exp(rng.normal(0, 0.02))) * (slow or {}).get(i, 1)
+            for i in range(cases)}
+
+
+def test_nights_without_regressions_grow_the_history_and_a_regression_is_never_accepted(tmp_path: Path) -> None:
+    store = a_store(tmp_path)
+    rng = np.random.default_rng(0)
+    for n in range(4):
+        result = night.run_night(a_night(store, tmp_path, ["alpha"], stamp=f"n{n}", paired=False),
+                                 FakeEnvironments({"export": (0, None), "alpha": (0, a_run(noisy(rng)))}), log=print)
+        assert result.exit_code == 0, result.status.reasons()
+        assert accepted(store) == n + 1  # accepted automatically: the next night finds it
+    slowed = night.run_night(a_night(store, tmp_path, ["alpha"], stamp="n4", paired=False),
+                             FakeEnvironments({"export": (0, None), "alpha": (0, a_run(noisy(rng, slow={3: 3.0})))}),
+                             log=print)
+    assert slowed.exit_code == 1 and accepted(store) == 4
+    (regressed,) = slowed.status.regressed
+    assert regressed.startswith("test_latency[m3-numpy-cpu-fp32-b1] (history: ")
+    assert status_of(store)["modes"]["test_latency[m3-numpy-cpu-fp32-b1]"] == "history"
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "regressed" in summary and "test_latency[m3-numpy-cpu-fp32-b1]" in summary
+
+
+def test_the_nightly_command_lists_the_environments_tox_selects(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["nightly", "--repo", str(REPO), "--labels", "cpu-backends", "--list-envs"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {"torch", "onnxruntime", "openvino", "tensorflow", "plaidml"} <= set(listed) and "cuda" not in listed
+
+
+# ---- paired mode -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StandInEnv:
+    """A reference environment without a build: this interpreter and a checkout of the numpy test
+    backend (what ``refenv.ensure`` hands the paired comparison)."""
+
+    lock: lock.EnvLock
+    path: Path
+    python: str = sys.executable
+    reused: bool = True
+    notes: tuple[str, ...] = ()
+
+    @property
+    def rootdir(self) -> Path:
+        return self.path
+
+
+@pytest.fixture
+def numpy_sides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A stand-in ``refenv.ensure`` (its reference checkout names only the numpy backend), and the
+    test backend on every worker's path."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    reference = fake_checkout(tmp_path / "reference-checkout")
+    asked: list[lock.EnvLock] = []
+
+    def ensure(wanted: lock.EnvLock, repo: Path, cache_root: Path, **options: Any) -> StandInEnv:
+        asked.append(wanted)
+        return StandInEnv(wanted, reference)
+
+    ensure.asked = asked  # type: ignore[attr-defined]
+    return ensure
+
+
+def test_paired_mode_finds_a_slowdown_through_real_worker_processes(tmp_path: Path, numpy_sides: Any) -> None:
+    current = fake_checkout(tmp_path / "current")
+    reference_run, current_run = a_run({MLP: 0.001, LINEAR: 0.001}), a_run({MLP: 0.001, LINEAR: 0.001})
+    outcome = paired.run_paired(reference_run, current_run, current, tmp_path / "cache", trials=4, calls=50,
+                                slowdowns={"numpy": 400}, ensure_env=numpy_sides, log=print)
+    assert [w.commit for w in numpy_sides.asked] == [COMMIT]
+    by_case = {v.key: v for v in outcome.verdicts}
+    assert set(by_case) == {f"test_latency[{MLP}]", f"test_latency[{LINEAR}]"}
+    for verdict in by_case.values():
+        assert verdict.verdict == "regressed" and verdict.ratio is not None and verdict.ratio > 2
+        assert "than the reference" in verdict.reason
+    saved = tmp_path / "paired.json"
+    outcome.save(saved)
+    again = paired.PairedOutcome.from_dict(json.loads(saved.read_text()))
+    assert {v.key: v.verdict for v in again.verdicts} == {k: v.verdict for k, v in by_case.items()}
+    assert all(entry["mode"] == "paired" for entry in json.loads(saved.read_text())["verdicts"].values())
+
+
+def test_cases_paired_mode_cannot_judge_fall_back_to_history_mode_and_say_why(tmp_path: Path) -> None:
+    def cannot(wanted: lock.EnvLock, repo: Path, cache_root: Path, **options: Any) -> Any:
+        raise refenv.RefEnvError("reference environment alpha: installing the locked versions failed (exit 1)")
+
+    reference_run = a_run({MLP: 0.001})
+    current_run = a_run({MLP: 0.001, LINEAR: 0.002})
+    outcome = paired.run_paired(reference_run, current_run, tmp_path, tmp_path / "cache", ensure_env=cannot,
+                                log=print)
+    assert outcome.verdicts == []
+    assert "installing the locked versions failed" in outcome.not_judged[f"test_latency[{MLP}]"]
+    assert "recorded no environment for this case" in outcome.not_judged[f"test_latency[{LINEAR}]"]
+    history = [baselines_verdict(f"test_latency[{MLP}]", "unchanged")]
+    (row,) = paired.judged(history, outcome)
+    assert row.mode == "history" and row.verdict.verdict == "unchanged"
+    older = a_run({MLP: 0.001})
+    del older["infermatrix"]["environment"]  # accepted before locks were recorded
+    _, why = paired.plan(older, current_run)
+    assert "accepted before locks were recorded" in why[f"test_latency[{MLP}]"]
+
+
+def baselines_verdict(key: str, verdict: str) -> Any:
+    from infermatrix.results.verdicts import Verdict
+
+    return Verdict(key, verdict, 1.0, (0.9, 1.1), 0.5, 0.5, 0.3, 5, 0.0)
+
+
+def test_a_night_judged_in_paired_mode_fails_on_a_paired_regression_and_says_which_mode_judged(
+        tmp_path: Path, numpy_sides: Any) -> None:
+    store = a_store(tmp_path)
+    fake_checkout(store.repo)  # tonight's side runs from the checkout: the numpy backend only
+    cases = {MLP: 0.001, LINEAR: 0.001}
+    first = night.run_night(a_night(store, tmp_path, ["alpha"], stamp="n1"),
+                            FakeEnvironments({"export": (0, None), "alpha": (0, a_run(cases))}), log=print)
+    assert first.exit_code == 0 and first.paired is None  # nothing to pair against yet
+    envs = FakeEnvironments({"export": (0, None), "alpha": (0, a_run(cases))})
+    slowed = night.run_night(a_night(store, tmp_path, ["alpha"], stamp="n2", trials=4, calls=50,
+                                     slowdowns={"numpy": 400}),
+                             envs, ensure_env=numpy_sides, log=print)
+    assert envs.args[1][-1] == "--inject-slowdown=numpy=400"  # the environment's own pytest is slowed too
+    # the timings in the result files are unchanged: history mode sees nothing, paired mode the slowdown
+    modes = {row.key: (row.mode, row.verdict.verdict, row.history.verdict if row.history else None)
+             for row in slowed.rows}
+    assert modes == {f"test_latency[{MLP}]": ("paired", "regressed", "unchanged"),
+                     f"test_latency[{LINEAR}]": ("paired", "regressed", "unchanged")}
+    assert slowed.exit_code == 1 and accepted(store) == 1
+    assert all("(paired: " in r for r in slowed.status.regressed)
+    stored = status_of(store)
+    assert set(stored["modes"].values()) == {"paired"} and stored["passed"] is False
+    assert "paired.json" in git(store.repo, "ls-tree", "-r", "--name-only", "results", "nights/n2")
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "## Verdicts by the mode that judged each case" in summary and "| regressed | paired |" in summary
+    assert "| regressed | paired |" in (tmp_path / "report" / "night.md").read_text()

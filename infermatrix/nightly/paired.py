@@ -177,7 +177,7 @@ def run_paired(reference_run: Mapping[str, Any], current_run: Mapping[str, Any],
                 continue
             outcome.environment_of[case.name] = env_name
     verdicts = ab.judge_paired(ratios, policy) if ratios else []
-    outcome.verdicts = [dataclasses.replace(v, reason=v.reason.replace("B than A", "than the reference"))
+    outcome.verdicts = [dataclasses.replace(v, reason=v.reason.replace(": B than A", " than the reference"))
                         for v in verdicts]
     outcome.trial_ratios = ratios
     return outcome
