@@ -553,3 +553,28 @@ def test_a_night_judged_in_paired_mode_fails_on_a_paired_regression_and_says_whi
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "## Verdicts by the mode that judged each case" in summary and "| regressed | paired |" in summary
     assert "| regressed | paired |" in (tmp_path / "report" / "night.md").read_text()
+
+
+def test_benchmark_compare_paired_judges_a_pytest_run_on_the_paired_ratio(
+        suite: pytest.Pytester, tmp_path: Path, numpy_sides: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_repo(suite.path, {"marker.txt": "x\n"})
+    fake_checkout(suite.path)  # tonight's side: this checkout, whose plugin list names the numpy backend
+    monkeypatch.setattr(refenv, "ensure", numpy_sides)
+    store = f"--infermatrix-baselines={tmp_path / 'baselines'}"
+    common = [*FAST, "--precisions=fp32", "--devices=cpu", store]
+    assert suite.runpytest(*common, "--accept-baseline").ret == 0
+    result = suite.runpytest(*common, "--benchmark-compare", "--benchmark-compare-paired", "--paired-trials=3",
+                             "--paired-calls=30", "--inject-slowdown=numpy=400")
+    output = result.stdout.str()
+    assert result.ret == 1, output[-3000:]
+    assert "infermatrix: paired mode against" in output and "ratio = tonight / reference" in output
+    assert f"| regressed | paired | test_latency[{MLP}] |" in output
+    assert [w.name for w in numpy_sides.asked] == ["local"]
+    # without a lock in the newest baseline (accepted before locks were recorded) it says so
+    (baseline,) = (tmp_path / "baselines").rglob("*.json")
+    older = json.loads(baseline.read_text())
+    del older["infermatrix"]["environment"]
+    baseline.write_text(json.dumps(older))
+    result = suite.runpytest(*common, "--benchmark-compare", "--benchmark-compare-paired")
+    result.stdout.fnmatch_lines(["*paired mode not possible: *recorded no environment (accepted before locks were "
+                                 "recorded)*history mode judged every case"])
