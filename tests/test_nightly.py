@@ -14,6 +14,7 @@ import ensurepip
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -578,3 +579,58 @@ def test_benchmark_compare_paired_judges_a_pytest_run_on_the_paired_ratio(
     result = suite.runpytest(*common, "--benchmark-compare", "--benchmark-compare-paired")
     result.stdout.fnmatch_lines(["*paired mode not possible: *recorded no environment (accepted before locks were "
                                  "recorded)*history mode judged every case"])
+
+
+def test_a_runner_without_a_git_identity_still_records_the_night(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store = a_store(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for name in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL"):
+        monkeypatch.delenv(name, raising=False)
+    store.open()
+    store.record("n1", {}, {"passed": False, "reasons": ["environment alpha: exited 3"]}, None)
+    log = subprocess.run(["git", "log", "-1", "--format=%an|%s%n%b", "results"], cwd=store.repo, capture_output=True,
+                         text=True).stdout
+    assert log.startswith("infermatrix nightly|night n1: failed, not accepted")
+    assert "- environment alpha: exited 3" in log
+
+
+# ---- the workflow and make ---------------------------------------------------------------------
+
+
+def workflow_jobs() -> dict[str, str]:
+    """The nightly workflow's jobs, each as its text."""
+    text = (REPO / ".github" / "workflows" / "nightly.yml").read_text()
+    body = text[text.index("\njobs:\n") + len("\njobs:\n"):]
+    parts = re.split(r"^  ([A-Za-z0-9_-]+):\n", body, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_the_workflow_times_every_environment_on_one_benchmark_runner_and_hosted_runners_judge_nothing() -> None:
+    jobs = workflow_jobs()
+    assert [name for name, job in jobs.items() if "infermatrix nightly --labels" in job] == ["bench"]
+    bench = jobs["bench"]
+    assert "runs-on: [self-hosted, linux, infermatrix-bench]" in bench
+    assert re.search(r"concurrency:\n\s+group: infermatrix-bench\n\s+cancel-in-progress: false", bench)
+    assert "strategy:" not in bench and "matrix:" not in bench  # not spread over runners
+    assert "--remote origin" in bench and "contents: write" in bench and "fetch-depth: 0" in bench
+    for name, job in jobs.items():
+        if name != "bench":
+            assert "self-hosted" not in job and "ubuntu-latest" in job
+            for judging in ("--benchmark-compare", "--accept-baseline", "infermatrix report", "infermatrix nightly"):
+                assert judging not in job, (name, judging)
+    assert "infermatrix-bench" in (REPO / ".github" / "actionlint.yaml").read_text()
+
+
+def test_make_nightly_and_tox_nightly_run_the_python_entry_point() -> None:
+    make = subprocess.run(["make", "-n", "nightly", f"PY={sys.executable}", "NIGHTLY_ARGS=--models resnet18"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert make.returncode == 0, make.stderr
+    assert re.search(rf"{re.escape(sys.executable)} -m infermatrix nightly --labels cpu-backends(,gpu-backends)? +"
+                     r"-- --models resnet18$", make.stdout, re.MULTILINE), make.stdout
+    tox_ini = (REPO / "tox.ini").read_text()
+    section = tox_ini[tox_ini.index("[testenv:nightly]"):tox_ini.index("[testenv:test]")]
+    assert "python -m infermatrix nightly --repo {tox_root} --labels cpu-backends -- {posargs}" in section
+    assert "\n    - " not in section  # no command whose failure is ignored

@@ -63,6 +63,7 @@ class ResultsStore:
     branch: str = BRANCH
     #: fetch from and push to this remote; None: a local branch only (``make nightly``)
     remote: str | None = None
+    _identity: dict[str, str] | None = dataclasses.field(default=None, init=False, repr=False)
 
     @property
     def baselines_dir(self) -> Path:
@@ -76,12 +77,7 @@ class ResultsStore:
 
     def _git(self, *args: str, cwd: Path | None = None, check: bool = True,
              input: str = "") -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-        # A runner often has no identity configured: commits need one.
-        env.setdefault("GIT_AUTHOR_NAME", "infermatrix nightly")
-        env.setdefault("GIT_AUTHOR_EMAIL", "infermatrix-nightly@localhost")
-        env.setdefault("GIT_COMMITTER_NAME", env["GIT_AUTHOR_NAME"])
-        env.setdefault("GIT_COMMITTER_EMAIL", env["GIT_AUTHOR_EMAIL"])
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", **self._fallback_identity()}
         try:
             proc = subprocess.run(["git", *args], cwd=cwd or self.repo, capture_output=True, text=True, env=env,
                                   timeout=600, input=input)
@@ -93,6 +89,21 @@ class ResultsStore:
             raise StoreError(f"git {' '.join(args)} failed (exit {proc.returncode}): "
                              f"{(proc.stderr or proc.stdout).strip()[-800:]}")
         return proc
+
+    def _fallback_identity(self) -> dict[str, str]:
+        """A committer where git has none configured (a fresh runner, a container): commits need one.
+        A configured identity, or one in the environment, is left alone."""
+        if self._identity is None:
+            try:
+                configured = subprocess.run(["git", "config", "user.email"], cwd=self.repo, capture_output=True,
+                                            text=True, input="", timeout=60).stdout.strip()
+            except (OSError, subprocess.TimeoutExpired):
+                configured = ""
+            fallback = {"GIT_AUTHOR_NAME": "infermatrix nightly", "GIT_AUTHOR_EMAIL": "infermatrix-nightly@localhost",
+                        "GIT_COMMITTER_NAME": "infermatrix nightly",
+                        "GIT_COMMITTER_EMAIL": "infermatrix-nightly@localhost"}
+            self._identity = {} if configured else {k: v for k, v in fallback.items() if k not in os.environ}
+        return self._identity
 
     def _rev(self, ref: str) -> str | None:
         proc = self._git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
