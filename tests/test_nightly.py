@@ -634,3 +634,57 @@ def test_make_nightly_and_tox_nightly_run_the_python_entry_point() -> None:
     section = tox_ini[tox_ini.index("[testenv:nightly]"):tox_ini.index("[testenv:test]")]
     assert "python -m infermatrix nightly --repo {tox_root} --labels cpu-backends -- {posargs}" in section
     assert "\n    - " not in section  # no command whose failure is ignored
+
+
+NIGHT_TOX_INI = """
+[tox]
+requires = tox>=4
+[testenv]
+skip_install = true
+pass_env = *
+allowlist_externals = {env:NIGHT_PYTHON}
+[testenv:export]
+commands = {env:NIGHT_PYTHON} -c "pass"
+[testenv:good]
+labels = cpu-backends
+commands = {env:NIGHT_PYTHON} -m pytest test_latency.py -p no:cacheprovider --min-rounds=3 --min-time=0.01 \
+    --max-time=0.05 --precisions=fp32 --benchmark-json={env:INFERMATRIX_RESULTS}{/}good.json {posargs}
+[testenv:broken]
+labels = cpu-backends
+commands = {env:NIGHT_PYTHON} -c "import sys; sys.exit(3)"
+"""
+
+
+@pytest.mark.skipif(subprocess.run([sys.executable, "-m", "tox", "--version"], capture_output=True).returncode != 0,
+                    reason="tox is not installed (pip install 'infermatrix[test]')")
+def test_the_nightly_command_runs_real_tox_environments_and_its_exit_status_is_the_nights(tmp_path: Path) -> None:
+    """``python -m infermatrix nightly`` as make and the workflow call it, on real tox environments
+    of a small project (the numpy test backend; the environments reuse this interpreter)."""
+    repo = fake_checkout(tmp_path / "project")
+    (repo / "tox.ini").write_text(NIGHT_TOX_INI)
+    (repo / "conftest.py").write_text('pytest_plugins = ["infermatrix.pytest_plugin.plugin", "numpy_backend"]\n')
+    (repo / "test_latency.py").write_text((REPO / "suites" / "test_latency.py").read_text())
+    (repo / ".gitignore").write_text(".tox/\nresults/\nreport/\n.infermatrix-results/\n.infermatrix-cache/\n")
+    make_repo(repo, {"README.md": "project\n"})
+    env = {**os.environ, "NIGHT_PYTHON": sys.executable, "INFERMATRIX_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)])}
+
+    def nightly(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "infermatrix", "nightly", "--labels", "cpu-backends", *args],
+                              cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+
+    failed = nightly()
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
+    assert "| broken | 3 | FAILED: exited 3 (internal error) |" in failed.stdout
+    assert "| good | 0 | ok |" in failed.stdout  # ran after the broken one
+    assert "not accepted as a baseline" in failed.stdout
+    passed = nightly("--envs", "good")
+    assert passed.returncode == 0, passed.stdout[-3000:] + passed.stderr[-3000:]
+    assert "accepted as baselines/" in passed.stdout
+    log = git(repo, "log", "--format=%s", "refs/heads/results").splitlines()
+    assert log[0].endswith(": passed, accepted as the newest baseline") and log[1].endswith(": failed, not accepted")
+    (baseline,) = git(repo, "ls-tree", "-r", "--name-only", "refs/heads/results", "baselines").split()
+    stored = json.loads(git(repo, "show", f"refs/heads/results:{baseline}"))
+    good = lock.environments(stored)["good"]
+    assert good.commit == git(repo, "rev-parse", "HEAD") and good.executable == sys.executable
+    assert (repo / "report" / "index.html").is_file() and (repo / "report" / "night.md").is_file()
