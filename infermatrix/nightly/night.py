@@ -245,7 +245,8 @@ def run_night(config: NightConfig, runner: EnvRunner, *, ensure_env: Callable[..
         _report(config, files, outcome, problems, log)
     status = night_status(outcomes, run, rows, problems)
     result = NightResult(status, outcomes, rows, outcome)
-    night_md = "\n".join(night_lines(config, result, history)) + "\n"
+    accept = run if status.passed and run is not None and run["benchmarks"] else None
+    night_md = "\n".join(night_lines(config, result, history, accept is not None)) + "\n"
     (config.report_dir / "night.md").write_text(night_md)
     if outcome is not None:
         outcome.save(config.report_dir / "paired.json")
@@ -263,7 +264,6 @@ def run_night(config: NightConfig, runner: EnvRunner, *, ensure_env: Callable[..
     record = {**status.as_dict(), "night": config.stamp, "environments": [o.as_dict() for o in outcomes],
               "commit": _commit_of(run), "modes": {j.key: j.mode for j in rows},
               "verdicts": {j.key: {**j.verdict.as_dict(), "mode": j.mode} for j in rows}}
-    accept = run if status.passed and run is not None and run["benchmarks"] else None
     try:
         result.commit, result.accepted = config.store.record(config.stamp, stored, record, accept)
         result.stored = True
@@ -329,13 +329,16 @@ def _commit_of(run: Mapping[str, Any] | None) -> str | None:
     return ", ".join(sorted(commits)) or None
 
 
-def night_lines(config: NightConfig, result: NightResult, history: Sequence[Mapping[str, Any]]) -> list[str]:
+def night_lines(config: NightConfig, result: NightResult, history: Sequence[Mapping[str, Any]],
+                accepting: bool) -> list[str]:
     """``night.md``: the status first, then each environment, then the verdicts with their modes."""
     status = result.status
     head = "PASSED" if status.passed else "FAILED"
     lines = [f"# infermatrix nightly {config.stamp}: {head}", ""]
     if status.passed:
-        lines.append("No failed environment, no failed case, no regression: accepted as the newest baseline.")
+        lines.append("No failed environment, no failed case, no regression: "
+                     + ("accepted as the newest baseline." if accepting else "but nothing was timed, so nothing "
+                        "to accept."))
     else:
         lines.append("Not accepted as a baseline, because of:")
         lines += [f"- {reason}" for reason in status.reasons()]
@@ -350,6 +353,12 @@ def night_lines(config: NightConfig, result: NightResult, history: Sequence[Mapp
                      + ("Paired mode: see below." if result.paired else "Paired mode: off tonight (no reference "
                                                                          "environment recorded, or --no-paired)."))
         lines += ["", *paired_mode.judged_table(result.rows)]
+        machine = [j.key for j in result.rows if j.mode == paired_mode.MODE_PAIRED and j.history is not None
+                   and j.history.verdict == "regressed" and j.verdict.verdict != "regressed"]
+        if machine:
+            lines += ["", f"History mode flags {len(machine)} case(s) that paired mode found not regressed "
+                      f"({', '.join(machine[:5])}{', …' if len(machine) > 5 else ''}): both sides of a pair ran "
+                      "on tonight's machine, so the machine (or its load) changed, not the software."]
     if result.paired is not None:
         lines += ["", "## Paired mode", "", *result.paired.lines()]
     return lines
