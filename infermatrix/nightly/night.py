@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -53,8 +54,6 @@ def tox_command() -> list[str]:
 
 def tox_runner(repo: Path, tox: Sequence[str] | None = None) -> EnvRunner:
     """``tox -e NAME -- ARGS`` in ``repo``, its output passed through as it comes."""
-    import os
-
     command = list(tox or tox_command())
 
     def run(name: str, pytest_args: Sequence[str], env: Mapping[str, str]) -> int:
