@@ -553,6 +553,8 @@ def test_a_night_judged_in_paired_mode_fails_on_a_paired_regression_and_says_whi
     assert "paired.json" in git(store.repo, "ls-tree", "-r", "--name-only", "results", "nights/n2")
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "## Verdicts by the mode that judged each case" in summary and "| regressed | paired |" in summary
+    assert "**By the mode that judged each case: 2 regressed** (2 judged in paired mode" in summary.split("##")[0]
+    assert "By the mode that judged each case: 2 regressed" in (tmp_path / "report" / "index.html").read_text()
     assert "| regressed | paired |" in (tmp_path / "report" / "night.md").read_text()
 
 

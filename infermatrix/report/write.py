@@ -292,9 +292,18 @@ def add_paired_section(out: Path, paired: PairedOutcome, history_verdicts: list[
              "Paired: timed interleaved against a re-creation of the accepted baseline's environment; "
              "history: against the stored runs (above).", "",
              *judged_table(judged(history_verdicts, paired)), "", "## Paired mode", "", *paired.lines(), ""]
-    with (out / "summary.md").open("a") as fh:
-        fh.write("\n".join(["", *lines]))
+    rows = judged(history_verdicts, paired)
+    regressed = sum(j.verdict.verdict == "regressed" for j in rows)
+    head = (f"**By the mode that judged each case: {regressed} regressed** ({len(paired.verdicts)} judged in paired "
+            f"mode, {len(rows) - len(paired.verdicts)} in history mode; table below)")
+    summary = (out / "summary.md").read_text().splitlines()
+    first = next((i for i, line in enumerate(summary) if line.startswith("**")), 1)
+    summary[first + 1:first + 1] = ["", head]
+    (out / "summary.md").write_text("\n".join([*summary, "", *lines]))
     page = (out / "index.html").read_text()
     section = ("<h2>Verdicts by the mode that judged each case</h2><pre>"
                + html.escape("\n".join(lines[4:])) + "</pre>")
-    (out / "index.html").write_text(page.replace("</body></html>", section + "</body></html>", 1))
+    page = page.replace("</body></html>", section + "</body></html>", 1)
+    page = page.replace("<h1>infermatrix report</h1>", "<h1>infermatrix report</h1><p><b>"
+                        + html.escape(head.replace("**", "")) + "</b></p>", 1)
+    (out / "index.html").write_text(page)
