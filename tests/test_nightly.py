@@ -690,3 +690,18 @@ def test_the_nightly_command_runs_real_tox_environments_and_its_exit_status_is_t
     good = lock.environments(stored)["good"]
     assert good.commit == git(repo, "rev-parse", "HEAD") and good.executable == sys.executable
     assert (repo / "report" / "index.html").is_file() and (repo / "report" / "night.md").is_file()
+
+
+def test_a_fault_of_paired_mode_fails_the_night_but_the_night_is_still_stored(tmp_path: Path) -> None:
+    store = a_store(tmp_path)
+    envs = {"export": (0, None), "alpha": (0, a_run({MLP: 0.001}))}
+    assert night.run_night(a_night(store, tmp_path, ["alpha"], stamp="n1"), FakeEnvironments(envs),
+                           log=print).exit_code == 0
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    result = night.run_night(a_night(store, tmp_path, ["alpha"], stamp="n2"), FakeEnvironments(envs),
+                             ensure_env=broken, log=print)
+    assert result.exit_code == 1 and result.stored and accepted(store) == 1
+    assert result.status.problems == ("paired mode failed: KeyError: 'a bug'",)

@@ -235,7 +235,11 @@ def run_night(config: NightConfig, runner: EnvRunner, *, ensure_env: Callable[..
         history_verdicts = verdicts.judge(history, run)
     outcome = None
     if run is not None and history and config.paired:
-        outcome = _paired(config, history[-1], run, ensure_env, log)
+        try:
+            outcome = _paired(config, history[-1], run, ensure_env, log)
+        except Exception as exc:  # a fault of the harness: the night fails, and is still stored
+            problems.append(f"paired mode failed: {type(exc).__name__}: {exc}")
+            log(f"infermatrix nightly: paired mode failed: {type(exc).__name__}: {exc}")
     rows = paired_mode.judged(history_verdicts, outcome)
     config.report_dir.mkdir(parents=True, exist_ok=True)
     for leftover in ("summary.md", "index.html", "night.md", "paired.json"):
@@ -315,6 +319,9 @@ def _report(config: NightConfig, files: Sequence[Path], outcome: paired_mode.Pai
         build(files, config.report_dir, config.store.baselines_dir, paired=outcome)
     except (ReportError, baselines.BaselineError, OSError) as exc:
         problems.append(f"the report could not be written: {exc}")
+        log(f"infermatrix nightly: the report could not be written: {exc}")
+    except Exception as exc:  # a fault of the report itself: the night fails, and is still stored
+        problems.append(f"the report could not be written: {type(exc).__name__}: {exc}")
         log(f"infermatrix nightly: the report could not be written: {exc}")
 
 
