@@ -61,18 +61,23 @@ test: venv-test $(PLAIDML_VENV)/.installed browser emulator
 	INFERMATRIX_PLAIDML_PYTHON=$(PLAIDML_PY) $(PY) -m pytest tests $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected (exit 5)"; exit 0; fi; exit $$rc
 
-# The nightly off GitHub: every backend environment this machine supports (each its own
-# tox environment), then the report (report/summary.md, report/index.html) judged against
-# baselines/. NIGHTLY_ARGS go to every environment's pytest, e.g. NIGHTLY_ARGS="--models resnet18".
-# The environments are chosen by their tox label, not named here, so tox.ini stays the one
-# list of backends; the GPU ones only where an NVIDIA driver is.
+# The nightly off GitHub, the same Python entry point the workflow runs (docs/nightly.md):
+# every backend environment this machine supports (each its own tox environment, chosen by its
+# tox label, so tox.ini stays the one list of backends; the GPU ones only where an NVIDIA driver
+# is), one after another, after the cache fill; then the verdicts (history mode against the
+# results branch, paired mode against a re-creation of the accepted baseline's environments),
+# the report (report/night.md, summary.md, index.html), and the night committed to the local
+# branch `results` (checked out at .infermatrix-results/), accepted as the newest baseline only
+# when no environment or case failed and nothing regressed. Its exit status is the night's.
+# NIGHTLY_ARGS go to every environment's pytest, e.g. NIGHTLY_ARGS="--models resnet18";
+# NIGHTLY_OPTS to the nightly itself, e.g. NIGHTLY_OPTS="--no-paired" or "--remote origin".
 NIGHTLY_ARGS ?=
+NIGHTLY_OPTS ?=
 NIGHTLY_LABELS := cpu-backends$(if $(shell command -v nvidia-smi), gpu-backends,)
+empty :=
+space := $(empty) $(empty)
 nightly: venv-test
-	rm -rf results && mkdir -p results
-	$(PY) -m tox -e export -- $(NIGHTLY_ARGS)
-	-$(PY) -m tox run -m $(NIGHTLY_LABELS) -- $(NIGHTLY_ARGS)  # one after the other: never time two at once
-	$(PY) -m tox -e report
+	$(PY) -m infermatrix nightly --labels $(subst $(space),$(comma),$(strip $(NIGHTLY_LABELS))) $(NIGHTLY_OPTS) -- $(NIGHTLY_ARGS)
 
 # The environments `make nightly` would run here, one a line, as tox selects them. It needs
 # only tox: `make print-nightly-envs PY=python3` where .venv is not set up.

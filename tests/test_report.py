@@ -167,9 +167,8 @@ def test_the_nightly_workflow_passes_actionlint() -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     workflow = (REPO / ".github" / "workflows" / "nightly.yml").read_text()
-    for env in ("torch", "tensorflow", "plaidml", "onnxruntime", "openvino", "cuda", "tensorrt"):
-        assert re.search(rf"\b{env}\b", workflow), env  # one job per tox environment
-    assert "GITHUB_STEP_SUMMARY" in workflow and "tox -e report" in workflow
+    # the night itself is Python (python -m infermatrix nightly, tests/test_nightly.py), not YAML
+    assert "GITHUB_STEP_SUMMARY" in workflow and "python -m infermatrix nightly" in workflow
 
 
 def test_long_runs_say_which_case_runs_and_how_many_are_left(

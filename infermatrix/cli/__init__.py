@@ -17,6 +17,9 @@ COMMANDS = {
     "accept": ("accept", "store a run as the newest baseline of its machine"),
     "report": ("report", "merge a run's result files into summary.md and index.html"),
     "ab": ("ab", "paired A/B comparison of two sides (environments, checkouts, configurations)"),
+    "nightly": ("nightly", "one night: every environment in turn, judged, stored on the results branch"),
+    "nightly-paired": ("nightly_paired", "pair a run's cases against a re-creation of the accepted baseline's "
+                       "environment"),
     "sidebyside": ("sidebyside", "backends side by side, interleaved in one process"),
     "overhead": ("overhead", "the harness's cost per timed call"),
     "detector": ("detector", "how well the verdicts detect changes on this machine"),

@@ -26,7 +26,7 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +50,16 @@ class Side:
     rootdir: Path
     threads: int | None
     inject_slowdown: float
+    #: added to the worker's environment (e.g. the shared cache for a side whose rootdir has none)
+    environment: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def start(self, case_id: str) -> subprocess.Popen[str]:
         cmd = [self.python, "-m", worker_module(self.rootdir), "--rootdir", str(self.rootdir), "--case", case_id,
                "--inject-slowdown", str(self.inject_slowdown)]
         if self.threads:
             cmd += ["--threads", str(self.threads)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.rootdir), os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, **self.environment,
+               "PYTHONPATH": os.pathsep.join([str(self.rootdir), os.environ.get("PYTHONPATH", "")])}
         return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True, cwd=self.rootdir, env=env)
 

@@ -121,10 +121,43 @@ def _compare(session: pytest.Session, run: dict[str, Any], directory: Path, mach
     if changes:
         lines.append("versions differ from the newest baseline: " + "; ".join(changes))
     lines.extend(verdicts.table(results).splitlines())
+    if config.getoption("--benchmark-compare-paired", default=False):
+        results = _compare_paired(config, history[-1], paths[-1], run, results, lines)
     regressed = [v for v in results if v.verdict == "regressed"]
     if regressed and config.getoption("--regression-fails") == "yes":
         lines.append(f"infermatrix: {len(regressed)} case(s) regressed: failing the session")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _compare_paired(config: pytest.Config, reference: dict[str, Any], source: Path, run: dict[str, Any],
+                    history_verdicts: list[verdicts.Verdict], lines: list[str]) -> list[verdicts.Verdict]:
+    """``--benchmark-compare-paired``: this run's latency cases timed interleaved against a
+    re-creation of the newest baseline's environment (infermatrix.nightly.paired). Returns every
+    case's verdict by the mode that judged it."""
+    from infermatrix.nightly import lock, paired
+    from infermatrix.pytest_plugin.plugin import matrix_key
+
+    try:
+        recorded = lock.environments(reference, str(source))
+    except lock.LockError as exc:
+        recorded, why = {}, str(exc)
+    else:
+        why = f"{source} recorded no environment (accepted before locks were recorded): accept a run again"
+    if not recorded:
+        lines.append(f"infermatrix: paired mode not possible: {why}; history mode judged every case")
+        return history_verdicts
+    state = config.stash[matrix_key]
+    lines.append(f"infermatrix: paired mode against {source} (re-creating its environment: the first time this "
+                 "installs its packages)")
+    outcome = paired.run_paired(reference, run, config.rootpath, state.cache_root,
+                                trials=config.getoption("--paired-trials"), calls=config.getoption("--paired-calls"),
+                                slowdowns={b: f * 100 for b, f in state.slowdowns.items()},
+                                reference_source=str(source), log=lambda line: None)
+    rows = paired.judged(history_verdicts, outcome)
+    lines.extend(outcome.lines())
+    lines.append("infermatrix verdicts by the mode that judged each case:")
+    lines.extend(paired.judged_table(rows))
+    return [row.verdict for row in rows]
 
 
 def report(terminalreporter: Any, config: pytest.Config) -> None:

@@ -39,6 +39,7 @@ from infermatrix.isolation.worker import PrepareRequest
 from infermatrix.machine import machine_summary
 from infermatrix.measure import tails
 from infermatrix.measure.timing import TimingPolicy, mark_untimed
+from infermatrix.nightly import lock
 from infermatrix.results import record
 
 ENTRY_POINT_GROUP = host.ENTRY_POINT_GROUP
@@ -153,6 +154,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="store this run as the newest baseline of this machine (atomic; history kept)")
     group.addoption("--baseline-machine", metavar="FINGERPRINT",
                     help="compare against another machine's baselines (refused unless named here)")
+    group.addoption("--benchmark-compare-paired", action="store_true", default=False,
+                    help="with --benchmark-compare: also time each latency case interleaved against a re-creation "
+                    "of the newest baseline's environment (its recorded package versions and commit, cached by the "
+                    "lock's hash) and judge it on the paired ratio (docs/nightly.md)")
+    group.addoption("--paired-trials", type=int, default=12, metavar="N",
+                    help="with --benchmark-compare-paired: interleaved trials per case (default: 12)")
+    group.addoption("--paired-calls", type=int, default=20, metavar="N",
+                    help="with --benchmark-compare-paired: calls per side per trial (default: 20)")
     group.addoption("--regression-fails", choices=("yes", "no"), default="yes",
                     help="with --benchmark-compare: fail the session when a case regressed (default: yes)")
     group.addoption("--throughput-time", type=float, default=2.0,
@@ -188,6 +197,8 @@ NUMBER_RULES: dict[str, tuple[Any, str]] = {
     "--throughput-time": (lambda v: v > 0, "give a number of seconds above 0"),
     "--tail-max-time": (lambda v: v > 0, "give a number of seconds above 0"),
     "--case-timeout": (lambda v: v > 0, "give a number of seconds above 0"),
+    "--paired-trials": (lambda v: v >= 2, "give 2 trials or more (a paired verdict needs their spread)"),
+    "--paired-calls": (lambda v: v >= 1, "give 1 call or more per side per trial"),
     "--accuracy-samples": (lambda v: v >= accuracy.MIN_SAMPLES,
                            f"give {accuracy.MIN_SAMPLES} samples or more (the gate compares each sample's output with "
                            "the others'; default 32)"),
@@ -690,6 +701,10 @@ def pytest_benchmark_update_json(config: pytest.Config, output_json: dict[str, A
     state = config.stash.get(matrix_key, None)
     if state is not None:
         output_json["infermatrix"] = {"failed": dict(state.failed)}
+        # What re-creates this environment (exact versions, the commit): an accepted baseline
+        # then says what the paired nightly compares against (infermatrix.nightly.lock).
+        output_json["infermatrix"]["environment"] = lock.capture(config.rootpath,
+                                                                 lock.run_case_ids(output_json)).as_dict()
 
 
 @pytest.hookimpl(trylast=True)

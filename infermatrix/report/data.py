@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from infermatrix.nightly.lock import merge_environments
 from infermatrix.results import CaseResult, RecordError, baselines
 
 
@@ -94,7 +95,10 @@ def merge_runs(paths: Sequence[Path]) -> dict[str, Any]:
             benchmarks.append(bench)
         failed.update((run.get("infermatrix") or {}).get("failed") or {})
     machine_info.setdefault("infermatrix", {})["backends"] = merged_backends
-    return {"machine_info": machine_info, "benchmarks": benchmarks, "infermatrix": {"failed": failed},
+    # one lock per environment: what re-creates each of them for the paired nightly
+    environments = merge_environments(runs)
+    return {"machine_info": machine_info, "benchmarks": benchmarks,
+            "infermatrix": {"failed": failed, "environments": environments},
             "datetime": max(str(run.get("datetime", "")) for _, run in runs), "sources": [str(p) for p in paths]}
 
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from infermatrix.nightly.paired import PairedOutcome, judged, judged_table
 from infermatrix.report.data import (
     COLD_START_COLUMNS,
     LATENCY_TAILS,
@@ -264,7 +265,7 @@ def result_files(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None) -> int:
+def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None, paired: PairedOutcome | None = None) -> int:
     run = merge_runs(result_files(paths))
     table = rows(run)
     results: list[verdicts.Verdict] | None = None
@@ -285,4 +286,31 @@ def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_summary(out / "summary.md", run, table, results, note)
     write_html(out / "index.html", run, table, results, note, history)
+    if paired is not None:
+        add_paired_section(out, paired, results or [])
+        results = [j.verdict for j in judged(results or [], paired)]
     return 1 if any(v.verdict == "regressed" for v in results or []) else 0
+
+
+def add_paired_section(out: Path, paired: PairedOutcome, history_verdicts: list[verdicts.Verdict]) -> None:
+    """The paired verdicts beside the history ones: every case with the mode that judged it
+    (infermatrix.nightly.paired), then the paired comparison's own table and notes."""
+    lines = ["## Verdicts by the mode that judged each case", "",
+             "Paired: timed interleaved against a re-creation of the accepted baseline's environment; "
+             "history: against the stored runs (above).", "",
+             *judged_table(judged(history_verdicts, paired)), "", "## Paired mode", "", *paired.lines(), ""]
+    rows = judged(history_verdicts, paired)
+    regressed = sum(j.verdict.verdict == "regressed" for j in rows)
+    head = (f"**By the mode that judged each case: {regressed} regressed** ({len(paired.verdicts)} judged in paired "
+            f"mode, {len(rows) - len(paired.verdicts)} in history mode; table below)")
+    summary = (out / "summary.md").read_text().splitlines()
+    first = next((i for i, line in enumerate(summary) if line.startswith("**")), 1)
+    summary[first + 1:first + 1] = ["", head]
+    (out / "summary.md").write_text("\n".join([*summary, "", *lines]))
+    page = (out / "index.html").read_text()
+    section = ("<h2>Verdicts by the mode that judged each case</h2><pre>"
+               + html.escape("\n".join(lines[4:])) + "</pre>")
+    page = page.replace("</body></html>", section + "</body></html>", 1)
+    page = page.replace("<h1>infermatrix report</h1>", "<h1>infermatrix report</h1><p><b>"
+                        + html.escape(head.replace("**", "")) + "</b></p>", 1)
+    (out / "index.html").write_text(page)
