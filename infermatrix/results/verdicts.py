@@ -568,7 +568,7 @@ def assess_cases(history: Sequence[Mapping[str, CaseRun]], current: Mapping[str,
     estimates, history_count, noise = _estimates(series, current, policy, len(inferred))
     probe_cases = [s for s in series.values() if s.source == "probe"]
     machine = _machine_level(estimates, probe_cases, inferred, inferred_drift, offsets, math.sqrt(noise.variance),
-                             policy)
+                             policy, len(levels_now))
 
     verdicts: list[Verdict] = []
     for key in keys:
@@ -701,7 +701,7 @@ def _shared_noise(series: Mapping[str, _Series], sigma2: Mapping[str, float]) ->
 
 def _machine_level(estimates: Sequence[Estimate], probe_cases: Sequence[_Series],
                    inferred: Sequence[_Series], inferred_drift: float, offsets: Sequence[float], shared_sd: float,
-                   policy: Policy) -> MachineLevel:
+                   policy: Policy, probed_now: int) -> MachineLevel:
     notes = []
     by_key = {e.key: e for e in estimates}
     probe_shift = common_shift = None
@@ -711,8 +711,9 @@ def _machine_level(estimates: Sequence[Estimate], probe_cases: Sequence[_Series]
         notes.append(f"machine level from the reference probe: {math.exp(probe_shift):.3f}x the history's; "
                      f"the cases' common shift after it (cross-check, not taken out): {math.exp(common_shift):.3f}x")
     if inferred:
-        why = ("no probe recorded in this run or its history" if not probe_cases else
-               f"{len(inferred)} case(s) without probe readings of the same identity in enough history runs")
+        why = (f"{len(inferred)} case(s) without probe readings of the same identity in this run and at least "
+               f"{policy.min_probe_history} history runs" if probed_now else
+               "no probe recorded in this run")
         notes.append(f"machine drift inferred from the cases ({why}): {math.exp(inferred_drift):.3f}x taken out — "
                      "a change that moves every one of those cases alike is taken out with it")
         seen = max((abs(o) for o in offsets), default=0.0)
