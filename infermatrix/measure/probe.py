@@ -20,8 +20,13 @@ Under ``--isolation=none`` the case lives in pytest's process, and the identity 
 
 What could still move the probe besides the machine: numpy and its BLAS (their versions,
 the BLAS's kernel choice and thread count are the probe's identity; readings of different
-identities are never compared) and the BLAS thread count (pinned with threadpoolctl to the
-run's ``--threads``, the threads the cases use, so contention on those cores shows).
+identities are never compared). The product runs on one thread (pinned with threadpoolctl):
+a multi-threaded BLAS on a machine shared with other work stalls whenever one of its threads
+is descheduled — in this project's own tests, on a 2-core machine another job kept busy, a
+2-thread probe read 2.6x apart between two runs while the cases it stood for did not move.
+One thread reads the core's speed and the memory system, which every case shares; what
+contention does to multi-threaded cases beyond that shows as the cases' common shift after
+the probe (reported) and as the noise the cases share (carried by the group verdicts).
 
 Cost: one reading is 1 untimed + 5 timed products of 384×384 float32 (113 MFLOP each)
 and 1 untimed + 3 timed copies of 32 MiB — about 15–30 ms on the project's 2-core
@@ -79,7 +84,7 @@ def blas_facts() -> dict[str, Any]:
 class MachineProbe:
     """One run's probe: the buffers made once, then :meth:`measure` before each case."""
 
-    def __init__(self, threads: int, beside: str, spec: ProbeSpec | None = None) -> None:
+    def __init__(self, threads: int = 1, beside: str = "worker", spec: ProbeSpec | None = None) -> None:
         self.spec = spec or ProbeSpec()
         self.threads = threads
         rng = np.random.default_rng(0)

@@ -552,7 +552,7 @@ def probe_reading(state: InfermatrixState, benchmark: Any) -> dict[str, Any] | N
     if not state.probe_enabled or getattr(benchmark, "disabled", False):
         return None
     if state.probe is None:
-        state.probe = MachineProbe(state.options.threads, "worker" if state.pool is not None else "same process")
+        state.probe = MachineProbe(1, "worker" if state.pool is not None else "same process")
     return state.probe.measure()
 
 

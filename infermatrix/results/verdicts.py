@@ -329,24 +329,25 @@ def _noncentrality(df: float, crit: float, power: float) -> float:
     return float(optimize.brentq(lambda ncp: float(stats.nct.sf(crit, df, ncp)) - power, crit - 1, crit + 80))
 
 
-def _tails(e: Estimate, tests: int, alpha: float, power: float) -> tuple[float, float, float, float]:
-    """p-value, 95% half-width, the flagging threshold (two-sided alpha/tests) and the power
-    quantile, all on the log scale."""
-
+def _tails(e: Estimate, tests: int, alpha: float, power: float, min_effect: float) -> tuple[float, float, float]:
+    """p-value, 95% half-width and the detectable change, all on the log scale. The change must
+    pass two bars with probability ``power``: the flagging threshold (two-sided alpha/tests)
+    and ``min_effect``. For the threshold, whose test divides by the estimated standard error,
+    a t estimate needs the noncentral t; for ``min_effect``, a fixed bar, Student's t quantile."""
     if e.spread is None:  # the p-value is computed by decide for all such estimates at once
         crit = _t_isf(alpha / (2 * tests), e.df)
-        return (math.nan, _t_isf(0.025, e.df) * e.scale, crit * e.scale,
-                (_noncentrality(e.df, crit, power) - crit) * e.scale)
+        detect = max(_noncentrality(e.df, crit, power), math.log1p(min_effect) / e.scale + _t_isf(1 - power, e.df))
+        return math.nan, _t_isf(0.025, e.df) * e.scale, detect * e.scale
     spread = e.spread
-    return (min(1.0, 2 * spread.sf(abs(e.log_ratio))), spread.upper(0.025), spread.upper(alpha / (2 * tests)),
-            spread.upper(1 - power))
+    shift = spread.upper(1 - power)
+    detect = max(spread.upper(alpha / (2 * tests)), math.log1p(min_effect)) + shift
+    return min(1.0, 2 * spread.sf(abs(e.log_ratio))), spread.upper(0.025), detect
 
 
 def detectable_change(scale: float, df: float, tests: int, alpha: float, power: float, min_effect: float) -> float:
     """The slowdown (as a share: 0.12 = 12%) flagged with probability ``power`` when it is the
     only change among ``tests`` judged by Benjamini–Hochberg at ``alpha`` (see :func:`decide`)."""
-    _, _, crit, shift = _tails(Estimate("", 0.0, scale, df), tests, alpha, power)
-    return math.expm1(max(crit, math.log1p(min_effect)) + shift)
+    return math.expm1(_tails(Estimate("", 0.0, scale, df), tests, alpha, power, min_effect)[2])
 
 
 def decide(estimates: Sequence[Estimate], policy: Policy, alpha: float | None = None) -> list[Decision]:
@@ -365,7 +366,7 @@ def decide(estimates: Sequence[Estimate], policy: Policy, alpha: float | None = 
     from scipy import stats  # slow to import: only when there is something to judge
 
     alpha = policy.alpha if alpha is None else alpha
-    tails = [_tails(e, len(estimates), alpha, policy.power) for e in estimates]
+    tails = [_tails(e, len(estimates), alpha, policy.power, policy.min_effect) for e in estimates]
     plain = [i for i, e in enumerate(estimates) if e.spread is None]
     p_values = np.array([t[0] for t in tails])
     if plain:  # Student's t for all of them at once (scipy's per-call cost dominates otherwise)
@@ -373,14 +374,14 @@ def decide(estimates: Sequence[Estimate], policy: Policy, alpha: float | None = 
         p_values[plain] = 2 * stats.t.sf(np.abs([e.log_ratio / e.scale for e in chosen]), [e.df for e in chosen])
     q_values = stats.false_discovery_control(p_values, method="bh")
     decisions = []
-    for e, (p, half, crit, shift), q in zip(estimates, tails, q_values, strict=True):
+    for e, (p, half, detect), q in zip(estimates, tails, q_values, strict=True):
         ratio = math.exp(e.log_ratio)
         verdict, reason = "unchanged", ""
         if q < alpha and ratio >= 1 + policy.min_effect:
             verdict, reason = "regressed", f"{(ratio - 1) * 100:.1f}% slower (q={q:.3g})"
         elif q < alpha and ratio <= 1 / (1 + policy.min_effect):
             verdict, reason = "improved", f"{(1 - ratio) * 100:.1f}% faster (q={q:.3g})"
-        mdc = math.expm1(max(crit, math.log1p(policy.min_effect)) + shift)
+        mdc = math.expm1(detect)
         decisions.append(Decision(e.key, verdict, ratio, (math.exp(e.log_ratio - half), math.exp(e.log_ratio + half)),
                                   float(p), float(q), mdc, reason))
     return decisions
@@ -857,7 +858,7 @@ def table(verdicts: Sequence[Verdict], groups: Sequence[GroupVerdict] = (),
         for g in sorted(groups, key=_group_order):
             also = f" (= {', '.join(g.same_as)})" if g.same_as else ""
             lines.append(f"| {g.verdict} | {g.key}{also} | {g.mode} | {len(g.cases)} | {g.ratio:.3f} | "
-                         f"{g.ci95[0]:.2f}–{g.ci95[1]:.2f} | {g.q_value:.3g} | {g.min_detectable_change * 100:.0f}% | "
+                         f"{g.ci95[0]:.2f}–{g.ci95[1]:.2f} | {g.q_value:.3g} | {_share(g.min_detectable_change)} | "
                          f"{g.reason} |")
         lines.append("")
     lines += ["| verdict | case | mode | ratio | 95% CI | q | detectable | runs | note |",
@@ -866,7 +867,7 @@ def table(verdicts: Sequence[Verdict], groups: Sequence[GroupVerdict] = (),
         ratio = f"{v.ratio:.3f}" if v.ratio is not None else "–"
         ci = f"{v.ci95[0]:.2f}–{v.ci95[1]:.2f}" if v.ci95 else "–"
         q = f"{v.q_value:.3g}" if v.q_value is not None else "–"
-        mdc = f"{v.min_detectable_change * 100:.0f}%" if v.min_detectable_change is not None else "–"
+        mdc = _share(v.min_detectable_change) if v.min_detectable_change is not None else "–"
         mode = v.mode + (f" ({v.drift_source})" if v.drift_source else "")
         lines.append(f"| {v.verdict} | {v.key} | {mode} | {ratio} | {ci} | {q} | {mdc} | {v.history_runs} | "
                      f"{v.reason} |")
@@ -879,3 +880,8 @@ def table(verdicts: Sequence[Verdict], groups: Sequence[GroupVerdict] = (),
     if machine is not None:
         lines += [f"- {note}" for note in machine.notes]
     return "\n".join(lines)
+
+
+def _share(change: float) -> str:
+    """A detectable change as the table shows it: beyond 10x it is "> 999%" (nothing it vouches for)."""
+    return f"{change * 100:.0f}%" if change < 9.995 else "> 999%"
