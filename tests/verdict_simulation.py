@@ -146,5 +146,5 @@ def simulate(history_runs: int, tries: int, seed: int, machine: Machine = Machin
 
 
 if __name__ == "__main__":
-    for runs, seed in ((5, 5), (12, 12)):
-        print(simulate(runs, 300, seed).line(runs), flush=True)
+    for runs, seed in ((5, 5), (5, 55), (12, 12), (12, 99)):
+        print(f"seed {seed}: " + simulate(runs, 300, seed).line(runs), flush=True)

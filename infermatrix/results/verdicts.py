@@ -486,7 +486,8 @@ def prior_spread(variances: Sequence[float], dfs: Sequence[float], policy: Polic
     e_mean = float(np.mean(e))
     e_var = float(np.var(e, ddof=1) - np.mean(polygamma(1, d / 2)))
     d0 = 2 * _trigamma_inverse(e_var) if e_var > 0 else math.inf
-    d0 = min(d0, policy.max_prior_df)
+    # the common spread cannot be worth more runs than the cases it was estimated from hold
+    d0 = min(d0, policy.max_prior_df, float(np.sum(d)))
     s0 = math.exp(e_mean + float(digamma(d0 / 2)) - math.log(d0 / 2))
     return s0, d0
 
