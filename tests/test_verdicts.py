@@ -319,7 +319,7 @@ def test_benchmark_compare_flags_an_injected_slowdown(suite: pytest.Pytester, tm
     slowed = suite.runpytest(*common, "--benchmark-compare", "--inject-slowdown", "numpy=2000")
     slowed.stdout.fnmatch_lines(["*infermatrix verdicts against 3 baseline run(s)*",
                                  "*| regressed | test_latency[[]tinymlp-numpy-cpu-fp32-b1]*",
-                                 "*case(s) regressed: failing the session*"])
+                                 "*case(s)*regressed: failing the session*"])
     assert slowed.ret == pytest.ExitCode.TESTS_FAILED
     relaxed = suite.runpytest(*common, "--benchmark-compare", "--inject-slowdown", "numpy=2000",
                               "--regression-fails=no")
