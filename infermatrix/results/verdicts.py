@@ -188,6 +188,23 @@ class Summary:
     def table(self) -> str:
         return table(self.cases, self.groups, self.machine)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Summary:
+        """A Summary back from :meth:`as_dict`'s JSON (e.g. a paired judgement saved by the nightly)."""
+        def fields(kind: Any, item: Mapping[str, Any]) -> dict[str, Any]:
+            names = {f.name for f in dataclasses.fields(kind)}
+            return {k: v for k, v in item.items() if k in names}
+
+        cases = tuple(Verdict(**{**fields(Verdict, v), "ci95": tuple(v["ci95"]) if v.get("ci95") else None})
+                      for v in data.get("cases") or [])
+        groups = tuple(GroupVerdict(**{**fields(GroupVerdict, g), "ci95": tuple(g["ci95"]), "cases": tuple(g["cases"]),
+                                       "same_as": tuple(g.get("same_as") or ())})
+                       for g in data.get("groups") or [])
+        machine = data.get("machine")
+        level = MachineLevel(**{**fields(MachineLevel, machine), "notes": tuple(machine.get("notes") or ())}) \
+            if machine else None
+        return cls(cases, groups, level)
+
 
 def combine(*summaries: Summary) -> Summary:
     """Several judgements of one night side by side (e.g. history and paired): every row keeps
@@ -374,7 +391,7 @@ def decide(estimates: Sequence[Estimate], policy: Policy, alpha: float | None = 
         p_values[plain] = 2 * stats.t.sf(np.abs([e.log_ratio / e.scale for e in chosen]), [e.df for e in chosen])
     q_values = stats.false_discovery_control(p_values, method="bh")
     decisions = []
-    for e, (p, half, detect), q in zip(estimates, tails, q_values, strict=True):
+    for e, (_, half, detect), p, q in zip(estimates, tails, p_values, q_values, strict=True):
         ratio = math.exp(e.log_ratio)
         verdict, reason = "unchanged", ""
         if q < alpha and ratio >= 1 + policy.min_effect:
