@@ -549,6 +549,8 @@ def assess_cases(history: Sequence[Mapping[str, CaseRun]], current: Mapping[str,
     levels_then = [probe_levels(run, policy.probe_window_s) for run in history]
 
     series: dict[str, _Series] = {}
+    #: every judged case's log ratio with the history's levels inferred from the cases (the fallback's view)
+    inferred_ratio: dict[str, float] = {}
     for key in keys:
         if key not in current or key in failed:
             continue
@@ -556,6 +558,8 @@ def assess_cases(history: Sequence[Mapping[str, CaseRun]], current: Mapping[str,
         if not present:
             continue
         log_now = math.log(current[key].median_s)
+        inferred_ratio[key] = log_now - statistics.fmean(math.log(history[i][key].median_s) - offsets[i]
+                                                         for i in present)
         probed = [i for i in present if key in levels_now and levels_then[i].get(key, ("", 0.0))[0]
                   == levels_now[key][0]]
         if key in levels_now and len(probed) >= policy.min_probe_history:
@@ -567,15 +571,16 @@ def assess_cases(history: Sequence[Mapping[str, CaseRun]], current: Mapping[str,
             then = {i: math.log(history[i][key].median_s) - offsets[i] for i in present}
             series[key] = _Series(key, "cases", then, log_now, 0.0, current[key].repeat_logs)
 
-    # The cases judged without the probe: the machine's drift is inferred from them (their
-    # median log ratio, re-estimated without the cases far from it, so that real regressions in
-    # many cases do not pull it), as before the probe existed.
+    # The cases judged without the probe: the machine's drift is inferred from the cases (the
+    # median log ratio of every judged case, re-estimated without the cases far from it, so that
+    # real regressions in many cases do not pull it), as before the probe existed.
     inferred = [s for s in series.values() if s.source == "cases"]
     spreads = [float(np.std(list(s.history.values()), ddof=1)) for s in series.values() if len(s.history) >= 2]
     pooled = float(np.median(spreads)) if spreads else policy.noise_floor * 5
     inferred_drift = 0.0
-    if len(inferred) >= 5:
-        values = np.array([s.now - float(np.mean(list(s.history.values()))) for s in inferred])
+    drift_cases = len(inferred_ratio) if inferred and len(inferred_ratio) >= 5 else 0
+    if drift_cases:
+        values = np.array(list(inferred_ratio.values()))
         inferred_drift = float(np.median(values))
         bulk = values[np.abs(values - inferred_drift) <= 3 * max(pooled, policy.noise_floor)]
         if len(bulk) >= 5:
@@ -584,7 +589,7 @@ def assess_cases(history: Sequence[Mapping[str, CaseRun]], current: Mapping[str,
         s.now -= inferred_drift
         s.drift = inferred_drift
 
-    estimates, history_count, noise = _estimates(series, current, policy, len(inferred))
+    estimates, history_count, noise = _estimates(series, current, policy, drift_cases)
     probe_cases = [s for s in series.values() if s.source == "probe"]
     machine = _machine_level(estimates, probe_cases, inferred, inferred_drift, offsets, math.sqrt(noise.variance),
                              policy, len(levels_now))
@@ -661,7 +666,8 @@ class SharedNoise:
 def _estimates(series: Mapping[str, _Series], current: Mapping[str, CaseRun], policy: Policy,
                inferred_count: int) -> tuple[list[Estimate], dict[str, int], SharedNoise]:
     """Each case's log ratio, standard error (moderated spread) and degrees of freedom; the
-    history runs behind each; and the run-wide shared noise."""
+    history runs behind each; and the run-wide shared noise. ``inferred_count``: the cases the
+    inferred drift is a median of (0: none was taken out)."""
     variances, dfs = {}, {}
     for key, s in series.items():
         values = list(s.history.values())
@@ -690,7 +696,8 @@ def _estimates(series: Mapping[str, _Series], current: Mapping[str, CaseRun], po
         factor = 1 / max(1, len(s.repeats)) + 1 / k
         # The case's spread already holds the shared noise of its history's runs; the drift
         # inferred from the cases (a median over them) adds an error they all share.
-        drift_error = math.pi / 2 * sigma2[key] * factor / inferred_count if s.source == "cases" else 0.0
+        drift_error = (math.pi / 2 * sigma2[key] * factor / inferred_count
+                       if s.source == "cases" and inferred_count else 0.0)
         scale = math.sqrt(sigma2[key] * factor + drift_error)
         log_ratio = s.now - float(np.mean(list(s.history.values())))
         estimates.append(Estimate(key, log_ratio, scale, df_of[key], noise.variance * factor + drift_error,
