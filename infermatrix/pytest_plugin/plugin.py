@@ -521,6 +521,7 @@ def infermatrix_prepared(
     if measured is None:
         raise pytest.UsageError(f"{request.node.nodeid}: infermatrix_prepared is for scenario tests "
                                 f"(a suites/ module with pytestmark = SCENARIO.mark())")
+    reading_due = probe_due(state, benchmark)  # its buffers exist before any case is prepared (memory deltas)
     prepared = cases.take(case.id)
     if prepared is None:
         # tmp_path_factory, not tmp_path: pytest's tmp_path teardown raises KeyError when a
@@ -534,9 +535,8 @@ def infermatrix_prepared(
         benchmark.extra_info["injected_slowdown"] = prepared.slowdown
     benchmark.extra_info.update(prepared.info())
     benchmark.extra_info["isolation"] = "process" if state.pool is not None else "none"
-    reading = probe_reading(state, benchmark)
-    if reading is not None:
-        benchmark.extra_info["machine_probe"] = reading
+    if reading_due is not None:
+        benchmark.extra_info["machine_probe"] = reading_due.measure()
     yield prepared
     prepared.record_memory(config.hook)
     benchmark.extra_info.update(prepared.extra_info)
@@ -545,15 +545,17 @@ def infermatrix_prepared(
     record.write(benchmark, case, measured.name)
 
 
-def probe_reading(state: InfermatrixState, benchmark: Any) -> dict[str, Any] | None:
-    """The reference probe, timed right before the case's rounds (infermatrix.measure.probe):
-    in pytest's process, where no backend is loaded under --isolation=process and the worker
-    waits idle on its pipe. None when it is off or nothing will be timed."""
+def probe_due(state: InfermatrixState, benchmark: Any) -> MachineProbe | None:
+    """The reference probe to read right before this test's rounds (infermatrix.measure.probe),
+    made on first use: it runs in pytest's process, where no backend is loaded under
+    --isolation=process and the worker waits idle on its pipe. None when it is off or nothing
+    will be timed. Made before the case is prepared, so that under --isolation=none its
+    buffers are not counted in the first case's memory."""
     if not state.probe_enabled or getattr(benchmark, "disabled", False):
         return None
     if state.probe is None:
         state.probe = MachineProbe(1, "worker" if state.pool is not None else "same process")
-    return state.probe.measure()
+    return state.probe
 
 
 def prepare_case(state: InfermatrixState, case: Case, kind: CaseKind, workdir: Path) -> Prepared:
