@@ -350,19 +350,3 @@ def test_repeated_processes_shrink_what_can_be_detected() -> None:
     smaller = sum(v.min_detectable_change < mdc[v.key] for v in repeated)
     assert smaller >= 15, f"only {smaller} of 20 cases gained from 5 repeats"
 
-
-def test_the_report_shows_verdicts_of_another_mode_and_fails_on_them(tmp_path: Path) -> None:
-    """The nightly's paired judgement, saved as Summary.as_dict(), joins the report's tables."""
-    from infermatrix.cli.report import main as report
-
-    ids = {f"test_latency[{m}-numpy-cpu-fp32-b1]": f"{m}-numpy-cpu-fp32-b1" for m in ("tinymlp", "tinylinear")}
-    run = tmp_path / "run.json"
-    run.write_text(json.dumps(fake_run({key: 1e-3 for key in ids}, case_ids=ids)))
-    trials = {key: [1.2, 1.21, 1.19, 1.2, 1.22, 1.18] for key in ids}
-    (tmp_path / "paired.json").write_text(json.dumps(verdicts.paired(trials).as_dict()))
-    out = tmp_path / "report"
-    assert report([str(run), "--verdicts", str(tmp_path / "paired.json"), "--out", str(out)]) == 1
-    summary = (out / "summary.md").read_text()
-    assert "| regressed | test_latency[tinymlp-numpy-cpu-fp32-b1] | paired |" in summary
-    assert "| regressed | backend=numpy" in summary and "Also judged in paired mode" in summary
-    assert report([str(run), "--verdicts", str(tmp_path / "nothere.json"), "--out", str(out)]) == 2

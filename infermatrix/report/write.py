@@ -280,10 +280,8 @@ def result_files(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None,
-          extra: Sequence[verdicts.Summary] = ()) -> int:
-    """Write summary.md and index.html; the exit status (see the module). ``extra``: more verdicts
-    of this run (another mode: paired), shown beside the history ones and counted in the status."""
+def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None) -> int:
+    """Write summary.md and index.html; the exit status (see the module)."""
     run = merge_runs(result_files(paths))
     table = rows(run)
     results: verdicts.Summary | None = None
@@ -301,10 +299,6 @@ def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None,
         else:
             note = (f"No baseline for machine {machine} in {baseline_dir}: nothing judged "
                     "(accept one with python -m infermatrix accept RESULT.json).")
-    if extra:
-        results = verdicts.combine(*([results] if results is not None else []), *extra)
-        modes = sorted({v.mode for s in extra for v in s.cases})
-        note += f" Also judged in {', '.join(modes) or 'another'} mode (given with --verdicts)."
     out.mkdir(parents=True, exist_ok=True)
     write_summary(out / "summary.md", run, table, results, note)
     write_html(out / "index.html", run, table, results, note, history)
