@@ -24,7 +24,10 @@ def test_paired_verdicts_on_synthetic_trials() -> None:
     assert all(results[k].verdict == "regressed" for k in slow)
     # 95% intervals: most, not necessarily all, of ten cover the true ratio
     assert sum(results[k].ci95[0] < 1.10 < results[k].ci95[1] for k in slow) >= 8
-    assert all(results[k].min_detectable_change < 0.05 + 1e-9 for k in same)
+    # what is stated is flagged with 95% probability: the 5% smallest change called, plus the
+    # margin by which an estimate that noisy must clear it (under 2% at 2% noise and 12 trials)
+    assert all(0.05 < results[k].min_detectable_change < 0.07 for k in same)
+    assert all(results[k].mode == "paired" for k in results)
 
 
 def fake_checkout(root: Path) -> None:

@@ -492,8 +492,9 @@ def test_when_every_case_fails_the_json_is_still_written_with_the_failures(
                                                          "test_throughput[tinymlp-nan-cpu-fp32-b1]"]
     assert "NaN or Inf" in written["infermatrix"]["failed"]["test_latency[tinymlp-nan-cpu-fp32-b1]"]
     assert written["machine_info"]["infermatrix"]["backends"]["nan"]  # a complete result file
-    # a report step that runs anyway shows the failures, not an earlier run's numbers
-    assert cli(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    # a report step that runs anyway shows the failures, not an earlier run's numbers, and fails
+    # the night: a failed case is a regression (docs/verdicts.md), judged against baselines or not
+    assert cli(["report", str(out), "--out", str(tmp_path / "report")]) == 1
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "test_latency[tinymlp-nan-cpu-fp32-b1]" in summary and "0.002" not in summary
 

@@ -58,8 +58,17 @@ def test_the_report_merges_environments_and_puts_regressions_first(runs: dict[st
     summary = (out / "summary.md").read_text()
     assert summary.startswith("# infermatrix report")
     verdict_rows = [line for line in summary.splitlines() if line.startswith("| ") and "test_" in line]
-    assert verdict_rows[0].startswith("| regressed | test_latency[tinymlp-numpy-cpu-fp32-b1]"), verdict_rows[:3]
+    assert verdict_rows[0].startswith("| regressed | test_latency[tinymlp-numpy-cpu-fp32-b1] | history (probe) |"), \
+        verdict_rows[:3]
+    # groups first, then cases; each row says the mode that judged it and what it could detect
+    lines = summary.splitlines()
+    groups_at = lines.index("| verdict | group | mode | cases | ratio | 95% CI | q | detectable | note |")
+    cases_at = lines.index("| verdict | case | mode | ratio | 95% CI | q | detectable | runs | note |")
+    assert groups_at < cases_at
+    assert any(line.startswith("| ") and "backend=numpy" in line and "| history |" in line and "%" in line
+               for line in lines[groups_at:cases_at])
     assert "CPU: " in summary and "machine fingerprint: " in summary and "numpy " in summary
+    assert "reference probe (slow.json): numpy " in summary and "readings" in summary
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") >= 4  # latency, heatmap, throughput, trends
     assert not re.search(r"""(src|href)=["']https?://""", page)  # self-contained: nothing fetched
@@ -75,6 +84,17 @@ def test_without_regressions_the_report_passes_and_without_baselines_it_says_so(
     assert "No baselines given" in (tmp_path / "a" / "summary.md").read_text()
     assert report([str(runs["fp32"]), "--baseline", str(tmp_path / "empty"), "--out", str(tmp_path / "b")]) == 0
     assert "No baseline for machine" in (tmp_path / "b" / "summary.md").read_text()
+
+
+def test_a_failed_case_fails_the_report_with_or_without_baselines(runs: dict[str, Path], tmp_path: Path) -> None:
+    failing = json.loads(runs["fp32"].read_text())
+    failing["infermatrix"]["failed"] = {"test_latency[tinymlp-numpy-cpu-fp32-b8]": "the worker died (SIGSEGV)"}
+    (tmp_path / "failing.json").write_text(json.dumps(failing))
+    assert report([str(tmp_path / "failing.json"), "--out", str(tmp_path / "a")]) == 1
+    assert report([str(tmp_path / "failing.json"), "--baseline", str(runs["baselines"]),
+                   "--out", str(tmp_path / "b")]) == 1
+    summary = (tmp_path / "b" / "summary.md").read_text()
+    assert "| failed | test_latency[tinymlp-numpy-cpu-fp32-b8] |" in summary and "SIGSEGV" in summary
 
 
 def test_bad_report_inputs_name_the_file(runs: dict[str, Path], tmp_path: Path,

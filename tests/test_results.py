@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import FAST
+from helpers import FAST, schema_violations
 
 
 def run_json(suite: pytest.Pytester, *options: str) -> tuple[pytest.RunResult, dict]:
@@ -73,3 +73,27 @@ def test_result_json_carries_latency_accuracy_config_and_machine(suite: pytest.P
     assert machine["cpu_physical_cores"] >= 1 and machine["cpu_model"]
     assert machine["backends"]["ghost"]["available"] is False
     assert machine["backends"]["numpy"]["version"] == np.__version__
+
+
+def test_each_case_carries_the_reference_probe_read_right_before_it(suite: pytest.Pytester) -> None:
+    result, data = run_json(suite, "--backends", "numpy", "--precisions", "fp32", "--devices", "cpu")
+    assert result.ret == 0
+    probe = data["infermatrix"]["probe"]
+    assert probe["enabled"] and probe["readings"] == len(data["benchmarks"]) >= 2
+    identity = probe["identity"]
+    assert identity["numpy"] == np.__version__ and identity["threads"] >= 1 and identity["beside"] == "worker"
+    assert 0 < probe["seconds"] < 10 and probe["per_reading_ms"] > 0  # its cost, as this run paid it
+    times = []
+    for bench in data["benchmarks"]:
+        reading = bench["extra_info"]["machine_probe"]
+        assert reading["key"] == probe["key"] and len(reading["matmul_ms"]) == identity["matmul_rounds"]
+        assert len(reading["copy_ms"]) == identity["copy_rounds"]
+        assert all(t > 0 for t in reading["matmul_ms"] + reading["copy_ms"])
+        assert schema_violations(bench["extra_info"]) == []
+        times.append(reading["time"])
+    assert len(set(times)) == len(times)  # one reading per case, interleaved with them
+
+    result, data = run_json(suite, "--backends", "numpy", "--precisions", "fp32", "--devices", "cpu",
+                            "--machine-probe=off")
+    assert data["infermatrix"]["probe"] == {"enabled": False, "why": "--machine-probe=off"}
+    assert all("machine_probe" not in bench["extra_info"] for bench in data["benchmarks"])

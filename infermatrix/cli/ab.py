@@ -12,8 +12,9 @@ both sides run a short block of calls, in random order, and the trial's ratio is
 median over A's. Machine drift and level jumps hit both sides of a trial alike, so the
 ratios are steady where separate runs are not (two interleaved sessions agreed to
 ±1–3% here, against ~17% between processes). Per case, a one-sample t-test on the log
-ratios; Benjamini–Hochberg across cases; the same verdicts, table, JSON and exit code
-as ``compare``.
+ratios; Benjamini–Hochberg across cases; the cases' groups (backend, precision, model, device)
+pooled the same way as in ``compare``; the same verdicts (``mode`` "paired"), tables and exit
+code as ``compare``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
@@ -30,10 +30,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from infermatrix.measure.paired import interleaved_blocks
-from infermatrix.results.verdicts import Estimate, Policy, Verdict, decide, table
+from infermatrix.results.verdicts import Policy, Verdict, paired
 
 
 def worker_module(rootdir: Path) -> str:
@@ -107,21 +105,8 @@ def measure_case(case_id: str, a: Side, b: Side, trials: int, calls: int, seed: 
 
 def judge_paired(ratios_by_case: dict[str, list[float]], policy: Policy | None = None) -> list[Verdict]:
     """Each case's per-trial ratios B/A, judged by the same rule as the history verdicts
-    (``verdicts.decide``): the mean log ratio against its standard error, BH across cases."""
-    policy = policy or Policy()
-    estimates = []
-    for key in sorted(ratios_by_case):
-        logs = np.log(ratios_by_case[key])
-        n = len(logs)
-        sd = max(float(np.std(logs, ddof=1)), 1e-4) if n > 1 else math.inf
-        estimates.append(Estimate(key, float(np.mean(logs)), sd / math.sqrt(n), max(1, n - 1)))
-    found = [Verdict(d.key, d.verdict, d.ratio, d.ci95, d.p_value, d.q_value, d.min_detectable_change,
-                     len(ratios_by_case[d.key]), None, d.reason.replace("slower", "slower: B than A")
-                     .replace("faster", "faster: B than A"))
-             for d in decide(estimates, policy)]
-    order = {"regressed": 0, "improved": 1, "unchanged": 2}
-    found.sort(key=lambda v: (order.get(v.verdict, 3), v.key))
-    return found
+    (``verdicts.paired``): the mean log ratio against its standard error, BH across cases."""
+    return list(paired(ratios_by_case, policy).cases)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,12 +168,12 @@ def run_sides(args: argparse.Namespace, sides: list[Side]) -> int:
         except RuntimeError as exc:
             print(f"error: {case_id}: {exc}", file=sys.stderr)
             return 2
-    results = judge_paired(ratios, Policy(alpha=args.alpha, min_effect=args.min_effect))
+    summary = paired(ratios, Policy(alpha=args.alpha, min_effect=args.min_effect))
     if args.json:
-        print(json.dumps({v.key: {**v.as_dict(), "trial_ratios": ratios[v.key]} for v in results}, indent=2))
+        print(json.dumps({v.key: {**v.as_dict(), "trial_ratios": ratios[v.key]} for v in summary.cases}, indent=2))
     else:
-        print(table(results))
-    return 1 if any(v.verdict == "regressed" for v in results) else 0
+        print(summary.table())
+    return summary.exit_status()
 
 
 if __name__ == "__main__":

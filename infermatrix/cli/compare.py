@@ -1,4 +1,8 @@
-"""``python -m infermatrix compare BASELINE... CURRENT``: judge the last run against the runs before it."""
+"""``python -m infermatrix compare BASELINE... CURRENT``: judge the last run against the runs before it.
+
+Exit status: 0; 1 when a case or a group regressed or a case failed (a failed case is a
+regression: docs/verdicts.md); 2 for bad input.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,12 @@ from infermatrix.results import baselines, verdicts
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infermatrix compare", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="BASELINE... CURRENT (pytest-benchmark JSON)")
-    parser.add_argument("--json", action="store_true", help="print verdicts as JSON")
-    parser.add_argument("--alpha", type=float, default=verdicts.Policy.alpha, help="false discovery rate")
+    parser.add_argument("--json", action="store_true",
+                        help="print the judgement as JSON: exit_status, counts, groups, cases, machine")
+    parser.add_argument("--alpha", type=float, default=verdicts.Policy.alpha,
+                        help="false discovery rate across the cases")
+    parser.add_argument("--group-alpha", type=float, default=verdicts.Policy.group_alpha,
+                        help="false discovery rate across the groups (backends, precisions, models, devices)")
     parser.add_argument("--min-effect", type=float, default=verdicts.Policy.min_effect,
                         help="smallest change called a regression (fraction, default 0.05)")
     parser.add_argument("--allow-other-machine", action="store_true",
@@ -35,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the runs come from different machines ({', '.join(sorted(machines))}); "
               "their timings are not comparable — pass --allow-other-machine to compare anyway", file=sys.stderr)
         return 2
-    results = verdicts.judge(runs[:-1], runs[-1], verdicts.Policy(alpha=args.alpha, min_effect=args.min_effect))
+    policy = verdicts.Policy(alpha=args.alpha, group_alpha=args.group_alpha, min_effect=args.min_effect)
+    summary = verdicts.assess(runs[:-1], runs[-1], policy)
     changes = baselines.version_changes(runs[-2], runs[-1])
-    if changes and not args.json:
-        print("versions differ from the newest baseline: " + "; ".join(changes))
     if args.json:
-        print(json.dumps({v.key: v.as_dict() for v in results}, indent=2))
+        print(json.dumps(summary.as_dict(), indent=2))
     else:
-        print(verdicts.table(results))
-    return 1 if any(v.verdict == "regressed" for v in results) else 0
+        if changes:
+            print("versions differ from the newest baseline: " + "; ".join(changes))
+        print(summary.table())
+    return summary.exit_status()

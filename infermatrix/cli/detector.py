@@ -4,10 +4,11 @@ Two measurements on real runs (not a timed unit test):
 
 nightly  ``--runs`` separate pytest runs of a small latency matrix (``--models``, ``--backends``), unchanged; then
          leave-one-out: each run judged against the others as history (A/A false
-         positives), and runs with ``--inject-slowdown`` at 10% and 20% on one backend
-         judged against all unchanged runs (recall on that backend's cases, false
-         positives on the rest). pytest-benchmark's own ``median:10%`` rule (last
-         unchanged run vs each run) is scored on the same runs for comparison.
+         positives, nights with a group flagged), and runs with ``--inject-slowdown`` at
+         ``--slowdowns`` (10, 15, 20%) on one backend judged against all unchanged runs
+         (recall on that backend's cases, its group verdict, false positives on the rest).
+         pytest-benchmark's own ``median:10%`` rule (last unchanged run vs each run) is
+         scored on the same runs for comparison.
 paired   ``python -m infermatrix ab`` on every case of the matrix, A/A and with a 10%
          slowdown injected into side B, ``--repeats`` times: recall and false positives.
 
@@ -66,26 +67,34 @@ def median_rule(old: dict[str, Any], new: dict[str, Any], threshold: float = 0.1
             for b in new["benchmarks"] if b["name"] in before}
 
 
-def nightly(rootdir: Path, runs: int, folder: Path, cases: Matrix) -> dict[str, Any]:
+def nightly(rootdir: Path, runs: int, folder: Path, cases: Matrix,
+            slowdowns: tuple[int, ...] = (10, 15, 20)) -> dict[str, Any]:
     unchanged = [pytest_run(rootdir, folder / f"aa-{i}.json", [], cases) for i in range(runs)]
     aa_flags = aa_total = 0
+    aa_group_nights = 0
     rule_flags = rule_total = 0
     mdcs = []
+    group_mdcs = []
     for i in range(runs):
         history = [r for j, r in enumerate(unchanged) if j != i]
-        results = verdicts.judge(history, unchanged[i])
+        summary = verdicts.assess(history, unchanged[i])
+        results = summary.cases
         aa_flags += sum(v.verdict in ("regressed", "improved") for v in results)
         aa_total += len(results)
+        aa_group_nights += any(g.verdict != "unchanged" for g in summary.groups)
         mdcs += [v.min_detectable_change for v in results if v.min_detectable_change is not None]
+        group_mdcs += [g.min_detectable_change for g in summary.groups if g.key == f"backend={cases.slowed}"]
         if i > 0:
             flags = median_rule(unchanged[i - 1], unchanged[i])
             rule_flags += sum(flags.values())
             rule_total += len(flags)
     injected = {}
-    for percent in (10, 20):
+    for percent in slowdowns:
         run = pytest_run(rootdir, folder / f"slow{percent}.json",
                          ["--inject-slowdown", f"{cases.slowed}={percent}"], cases)
-        results = verdicts.judge(unchanged, run)
+        summary = verdicts.assess(unchanged, run)
+        results = summary.cases
+        group = next((g for g in summary.groups if g.key == f"backend={cases.slowed}"), None)
         slowed = [v for v in results if f"-{cases.slowed}-" in v.key]
         others = [v for v in results if f"-{cases.slowed}-" not in v.key]
         rule = median_rule(unchanged[-1], run)
@@ -97,11 +106,19 @@ def nightly(rootdir: Path, runs: int, folder: Path, cases: Matrix) -> dict[str, 
             "false_positives_other_backend": sum(v.verdict in ("regressed", "improved") for v in others) / len(others),
             "median_rule_recall": float(np.mean([rule[v.key] for v in slowed if v.key in rule])),
             "median_rule_false_positives": float(np.mean([rule[v.key] for v in others if v.key in rule])),
+            # the slowed backend as a group (docs/verdicts.md): its verdict, ratio and detectable change
+            "group": None if group is None else {"verdict": group.verdict, "ratio": group.ratio,
+                                                 "min_detectable_change": group.min_detectable_change},
+            "other_groups_flagged": [g.key for g in summary.groups if g.verdict != "unchanged"
+                                     and g.key != f"backend={cases.slowed}"],
+            "machine": summary.machine.as_dict() if summary.machine else None,
         }
     return {
         "history_runs": runs - 1,
         "aa_false_positive_rate": aa_flags / aa_total,
         "median_min_detectable_change": float(np.median(mdcs)),
+        "aa_nights_with_a_group_flagged": aa_group_nights,
+        "median_group_min_detectable_change": float(np.median(group_mdcs)) if group_mdcs else None,
         "median_rule_aa_false_positive_rate": rule_flags / max(1, rule_total),
         "injected": injected,
     }
@@ -139,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", required=True,
                         help="comma list, e.g. onnxruntime,openvino; the nightly part slows the first one")
     parser.add_argument("--precisions", default="fp32,int8", help="comma list (default: fp32,int8)")
+    parser.add_argument("--slowdowns", default="10,15,20",
+                        help="percent slowdowns injected into the first backend, one run each (default: 10,15,20)")
     args = parser.parse_args(argv)
     rootdir = args.rootdir.resolve()
     matrix = Matrix(args.models, args.backends, args.precisions)
@@ -151,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             summary["paired"] = paired(rootdir, args.repeats, cases)
             print(json.dumps(summary, indent=2), flush=True)
         if args.only in (None, "nightly"):
-            summary["nightly"] = nightly(rootdir, args.runs, folder, matrix)
+            summary["nightly"] = nightly(rootdir, args.runs, folder, matrix,
+                                         tuple(int(p) for p in args.slowdowns.split(",") if p.strip()))
     print(json.dumps(summary, indent=2))
     return 0
 

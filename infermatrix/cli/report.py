@@ -1,6 +1,7 @@
 """``python -m infermatrix report RESULTS... [--baseline DIR] --out DIR``: summary.md and index.html of one run.
 
-Exit status: 0, or 1 when a case regressed (so a nightly job fails), 2 for bad input.
+Exit status: 0; 1 when a case or group regressed or a case failed (a failed case is a regression,
+with or without baselines), so a nightly job fails; 2 for bad input.
 """
 
 from __future__ import annotations

@@ -80,9 +80,10 @@ def run_isolated(config: pytest.Config, fresh: FreshRun, framework_module: str,
     with tempfile.TemporaryDirectory(prefix="infermatrix-isolated-") as tmp:
         out = Path(tmp) / "result.json"
         # --isolation=none: this process is already the case's own; a worker would hide its memory and imports.
+        # --machine-probe=off: the probe's buffers would count in the process's memory, its work in cold start.
         cmd = [
             sys.executable, "-m", "pytest", fresh.node, "-q", "-p", "no:cacheprovider", f"--rootdir={config.rootpath}",
-            f"--benchmark-json={out}", *fresh.select, "--isolation=none", *timing_args,
+            f"--benchmark-json={out}", *fresh.select, "--isolation=none", "--machine-probe=off", *timing_args,
             *_passthrough_options(config),
         ]
         started = time.perf_counter()

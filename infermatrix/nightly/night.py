@@ -151,12 +151,12 @@ class NightStatus:
 
 
 def night_status(envs: Sequence[EnvOutcome], run: Mapping[str, Any] | None, rows: Sequence[paired_mode.Judged],
-                 problems: Sequence[str] = ()) -> NightStatus:
-    """The night's status from its parts (see the module)."""
+                 problems: Sequence[str] = (), regressed_groups: Sequence[str] = ()) -> NightStatus:
+    """The night's status from its parts (see the module); a regressed group counts as a regression."""
     failed_cases = sorted(set((run or {}).get("infermatrix", {}).get("failed") or {})
                           | {j.key for j in rows if j.verdict.verdict == "failed"})
     regressed = sorted(f"{j.key} ({j.mode}: {j.verdict.reason or 'slower'})" for j in rows
-                       if j.verdict.verdict == "regressed")
+                       if j.verdict.verdict == "regressed") + list(regressed_groups)
     return NightStatus(tuple(f"{e.name}: {e.problem}" for e in envs if e.failed), tuple(failed_cases),
                        tuple(regressed), tuple(problems))
 
@@ -218,6 +218,7 @@ def run_night(config: NightConfig, runner: EnvRunner, *, ensure_env: Callable[..
     files = [o.result for o in outcomes if o.result is not None]
     run: dict[str, Any] | None = None
     history_verdicts: list[verdicts.Verdict] = []
+    regressed_groups: list[str] = []
     history: list[dict[str, Any]] = []
     if files:
         from infermatrix.report.data import ReportError, merge_runs
@@ -232,7 +233,10 @@ def run_night(config: NightConfig, runner: EnvRunner, *, ensure_env: Callable[..
             history = config.store.history(machine)
         except baselines.BaselineError as exc:
             problems.append(f"the stored history does not read: {exc}")
-        history_verdicts = verdicts.judge(history, run)
+        judgement = verdicts.assess(history, run)
+        history_verdicts = list(judgement.cases)
+        # a group regressed (every case of a backend a little slower) fails the night like a case
+        regressed_groups = [f"group {g.key} (history: {g.reason or 'slower'})" for g in judgement.regressed_groups]
     outcome = None
     if run is not None and history and config.paired:
         try:
@@ -246,7 +250,7 @@ def run_night(config: NightConfig, runner: EnvRunner, *, ensure_env: Callable[..
         (config.report_dir / leftover).unlink(missing_ok=True)
     if run is not None:
         _report(config, files, outcome, problems, log)
-    status = night_status(outcomes, run, rows, problems)
+    status = night_status(outcomes, run, rows, problems, regressed_groups)
     result = NightResult(status, outcomes, rows, outcome)
     accept = run if status.passed and run is not None and run["benchmarks"] else None
     night_md = "\n".join(night_lines(config, result, history, accept is not None)) + "\n"

@@ -2,8 +2,10 @@
 
 Runs after pytest-benchmark has finished the session: builds this run's JSON through
 pytest-benchmark's own hooks (so it is exactly what ``--benchmark-json`` would write),
-judges it against ``baselines/<fingerprint>/`` (infermatrix.results.verdicts), prints the table,
-fails the session on a regression (``--regression-fails``), and with
+judges it against ``baselines/<fingerprint>/`` (infermatrix.results.verdicts), prints the tables
+(groups, then cases), fails the session on a case's or a group's regression (``--regression-fails``;
+a failed case fails it in any case), keeps the judgement in ``config.stash[outcome_key].summary``
+for other plugins, and with
 ``--accept-baseline`` files the run as the newest baseline. It also writes
 ``--benchmark-json`` where pytest-benchmark would not (no case timed), so a stale file
 never passes for this run.
@@ -25,6 +27,9 @@ outcome_key = pytest.StashKey["CompareOutcome"]()
 @dataclasses.dataclass
 class CompareOutcome:
     lines: list[str]
+    #: the judgement of this run against the baselines (None: nothing was compared); other
+    #: plugins read it from ``config.stash[outcome_key]`` after the session
+    summary: verdicts.Summary | None = None
 
 
 def run_json(config: pytest.Config, benchmarks: list[Any]) -> dict[str, Any]:
@@ -115,18 +120,27 @@ def _compare(session: pytest.Session, run: dict[str, Any], directory: Path, mach
         lines.append(f"infermatrix: cannot compare: {exc}")
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
         return
-    results = verdicts.judge(history, run)
+    summary = verdicts.assess(history, run)
+    config.stash[outcome_key].summary = summary
     lines.append(f"infermatrix verdicts against {len(paths)} baseline run(s) of {wanted}:")
     changes = baselines.version_changes(history[-1], run)
     if changes:
         lines.append("versions differ from the newest baseline: " + "; ".join(changes))
-    lines.extend(verdicts.table(results).splitlines())
+    lines.extend(summary.table().splitlines())
+    regressed, groups, failed = summary.regressed, summary.regressed_groups, summary.failed
     if config.getoption("--benchmark-compare-paired", default=False):
-        results = _compare_paired(config, history[-1], paths[-1], run, results, lines)
-    regressed = [v for v in results if v.verdict == "regressed"]
-    if regressed and config.getoption("--regression-fails") == "yes":
-        lines.append(f"infermatrix: {len(regressed)} case(s) regressed: failing the session")
+        # each case by the mode that judged it: paired where the paired comparison could
+        by_mode = _compare_paired(config, history[-1], paths[-1], run, list(summary.cases), lines)
+        regressed = [v for v in by_mode if v.verdict == "regressed"]
+    if (regressed or groups) and config.getoption("--regression-fails") == "yes":
+        what = [f"{len(regressed)} case(s)"] * bool(regressed) + [f"{len(groups)} group(s)"] * bool(groups)
+        lines.append(f"infermatrix: {' and '.join(what)} regressed: failing the session")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if failed:
+        # their tests failed already, so the session fails; said here so the verdicts read whole
+        lines.append(f"infermatrix: {len(failed)} case(s) failed: a failed case is a regression")
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _compare_paired(config: pytest.Config, reference: dict[str, Any], source: Path, run: dict[str, Any],

@@ -38,6 +38,7 @@ from infermatrix.isolation.pool import DEFAULT_CASE_TIMEOUT_S, RemoteCase, Worke
 from infermatrix.isolation.worker import PrepareRequest
 from infermatrix.machine import machine_summary
 from infermatrix.measure import tails
+from infermatrix.measure.probe import MachineProbe
 from infermatrix.measure.timing import TimingPolicy, mark_untimed
 from infermatrix.nightly import lock
 from infermatrix.results import record
@@ -65,6 +66,9 @@ class InfermatrixState:
     progress: Progress | None = None
     #: benchmark name -> why it failed, recorded in the result JSON for the verdicts
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: the reference probe (--machine-probe=on), made on first use
+    probe: MachineProbe | None = None
+    probe_enabled: bool = True
     _entries: list[matrix.MatrixEntry] | None = None
     _cases: dict[str, Case] | None = None
 
@@ -163,7 +167,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--paired-calls", type=int, default=20, metavar="N",
                     help="with --benchmark-compare-paired: calls per side per trial (default: 20)")
     group.addoption("--regression-fails", choices=("yes", "no"), default="yes",
-                    help="with --benchmark-compare: fail the session when a case regressed (default: yes)")
+                    help="with --benchmark-compare: fail the session when a case or group regressed (default: yes)")
+    group.addoption("--machine-probe", choices=("on", "off"), default="on",
+                    help="time a fixed reference workload (numpy matmul + memory copy, ~15-30 ms) right before "
+                    "each case, so the verdicts measure the machine's level instead of inferring it from the "
+                    "cases (default: on)")
     group.addoption("--throughput-time", type=float, default=2.0,
                     help="seconds each throughput configuration is timed (default: 2)")
     group.addoption("--isolation", choices=("process", "none"), default="process",
@@ -386,6 +394,7 @@ def pytest_configure(config: pytest.Config) -> None:
         scenarios=scenarios,
         slowdowns=slowdowns,
         pool=pool,
+        probe_enabled=config.getoption("--machine-probe") == "on",
     )
 
 
@@ -523,6 +532,7 @@ def infermatrix_prepared(
     if measured is None:
         raise pytest.UsageError(f"{request.node.nodeid}: infermatrix_prepared is for scenario tests "
                                 f"(a suites/ module with pytestmark = SCENARIO.mark())")
+    reading_due = probe_due(state, benchmark)  # its buffers exist before any case is prepared (memory deltas)
     prepared = cases.take(case.id)
     if prepared is None:
         # tmp_path_factory, not tmp_path: pytest's tmp_path teardown raises KeyError when a
@@ -536,12 +546,27 @@ def infermatrix_prepared(
         benchmark.extra_info["injected_slowdown"] = prepared.slowdown
     benchmark.extra_info.update(prepared.info())
     benchmark.extra_info["isolation"] = "process" if state.pool is not None else "none"
+    if reading_due is not None:
+        benchmark.extra_info["machine_probe"] = reading_due.measure()
     yield prepared
     prepared.record_memory(config.hook)
     benchmark.extra_info.update(prepared.extra_info)
     # The figures gathered above become the case's typed record; the scenario comes from the
     # module's marker, so a test that failed before measuring still says what it was.
     record.write(benchmark, case, measured.name)
+
+
+def probe_due(state: InfermatrixState, benchmark: Any) -> MachineProbe | None:
+    """The reference probe to read right before this test's rounds (infermatrix.measure.probe),
+    made on first use: it runs in pytest's process, where no backend is loaded under
+    --isolation=process and the worker waits idle on its pipe. None when it is off or nothing
+    will be timed. Made before the case is prepared, so that under --isolation=none its
+    buffers are not counted in the first case's memory."""
+    if not state.probe_enabled or getattr(benchmark, "disabled", False):
+        return None
+    if state.probe is None:
+        state.probe = MachineProbe(1, "worker" if state.pool is not None else "same process")
+    return state.probe
 
 
 def prepare_case(state: InfermatrixState, case: Case, kind: CaseKind, workdir: Path) -> Prepared:
@@ -700,7 +725,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_benchmark_update_json(config: pytest.Config, output_json: dict[str, Any]) -> None:
     state = config.stash.get(matrix_key, None)
     if state is not None:
-        output_json["infermatrix"] = {"failed": dict(state.failed)}
+        probe: dict[str, Any] = (state.probe.summary() if state.probe is not None else
+                                 {"enabled": state.probe_enabled, "readings": 0} if state.probe_enabled else
+                                 {"enabled": False, "why": "--machine-probe=off"})
+        output_json["infermatrix"] = {"failed": dict(state.failed), "probe": probe}
         # What re-creates this environment (exact versions, the commit): an accepted baseline
         # then says what the paired nightly compares against (infermatrix.nightly.lock).
         output_json["infermatrix"]["environment"] = lock.capture(config.rootpath,

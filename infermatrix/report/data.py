@@ -82,6 +82,7 @@ def merge_runs(paths: Sequence[Path]) -> dict[str, Any]:
     merged_backends: dict[str, Any] = {}
     benchmarks: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
+    probes: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
     for path, run in runs:
         for name, info in ((run["machine_info"].get("infermatrix") or {}).get("backends") or {}).items():
@@ -94,11 +95,15 @@ def merge_runs(paths: Sequence[Path]) -> dict[str, Any]:
             seen[bench["name"]] = path
             benchmarks.append(bench)
         failed.update((run.get("infermatrix") or {}).get("failed") or {})
+        probe = (run.get("infermatrix") or {}).get("probe")
+        if probe is not None:
+            probes.append({"source": str(path), **probe})
     machine_info.setdefault("infermatrix", {})["backends"] = merged_backends
     # one lock per environment: what re-creates each of them for the paired nightly
     environments = merge_environments(runs)
     return {"machine_info": machine_info, "benchmarks": benchmarks,
-            "infermatrix": {"failed": failed, "environments": environments},
+            # each environment's probe: its identity (numpy, BLAS) and cost, as that run recorded it
+            "infermatrix": {"failed": failed, "environments": environments, "probes": probes},
             "datetime": max(str(run.get("datetime", "")) for _, run in runs), "sources": [str(p) for p in paths]}
 
 

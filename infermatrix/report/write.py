@@ -4,8 +4,10 @@ Merges the result JSON of every per-backend environment of one run (each a
 pytest-benchmark file written with ``--benchmark-json``), judges it against the stored
 baselines of its machine when asked, and writes:
 
-- ``summary.md``: short enough for a CI job summary — the verdicts (regressions first),
-  generation, cold-start and memory figures, failed cases and why, the machine;
+- ``summary.md``: short enough for a CI job summary — the verdicts (groups first, then cases,
+  regressions first, each row with the mode that judged it and its detectable change),
+  generation, cold-start and memory figures, failed cases and why, the machine and its
+  reference probe;
 - ``index.html``: one self-contained page (plots embedded as PNG data, no network needed):
   latency per model by backend and precision, a backend x backend speed-up heatmap per
   model, throughput against batch size, int8 against fp32 (speed-up, accuracy, size),
@@ -13,7 +15,8 @@ baselines of its machine when asked, and writes:
   scenario's result: each is read as an ``infermatrix.results.CaseResult``), and the
   machine and versions behind the numbers.
 
-Exit status: 0, or 1 when a case regressed (so a nightly job fails), 2 for bad input.
+Exit status (``build``): 0; 1 when a case or group regressed or a case failed — judged or not:
+a failed case is a regression (docs/verdicts.md) — so a nightly job fails; 2 for bad input.
 """
 
 from __future__ import annotations
@@ -69,7 +72,27 @@ def machine_lines(run: dict[str, Any]) -> list[str]:
                 if b.get("available")]
     if versions:
         lines.append("backends: " + ", ".join(versions))
+    lines += probe_lines(run)
     return lines
+
+
+def probe_lines(run: dict[str, Any]) -> list[str]:
+    """The reference probe of each environment's run: what it was (numpy, BLAS, threads) and its cost."""
+    found = []
+    for probe in (run.get("infermatrix") or {}).get("probes") or []:
+        where = Path(str(probe.get("source", ""))).name
+        if not probe.get("enabled", False):
+            found.append(f"reference probe ({where}): off ({probe.get('why', 'not recorded')})")
+            continue
+        identity = probe.get("identity") or {}
+        blas = identity.get("blas") or {}
+        loaded: dict[str, Any] = next(iter(identity.get("blas_loaded") or []), {})
+        found.append(
+            f"reference probe ({where}): numpy {identity.get('numpy', '?')}, {blas.get('name', 'BLAS')} "
+            f"{blas.get('version', '')} {loaded.get('architecture') or ''}".rstrip()
+            + f", {identity.get('threads', '?')} thread(s); {probe.get('readings', 0)} readings, "
+            f"{probe.get('seconds', 0):.2f} s in all ({probe.get('per_reading_ms') or 0:.0f} ms each)")
+    return found
 
 
 def isa_line(im: dict[str, Any]) -> str:
@@ -91,20 +114,20 @@ def isa_line(im: dict[str, Any]) -> str:
             f"{f' (oneDNN capped at {cap})' if cap else ''}{f'; caches: {cache_text}' if cache_text else ''}")
 
 
-def verdict_lines(results: list[verdicts.Verdict]) -> list[str]:
-    order = {"regressed": 0, "failed": 1, "improved": 2, "new": 3, "missing": 4, "unchanged": 5}
-    ordered = sorted(results, key=lambda v: (order.get(v.verdict, 9), v.key))
-    return verdicts.table(ordered).splitlines()
+def verdict_lines(results: verdicts.Summary) -> list[str]:
+    """Groups first, then cases; each regressions first (``Summary.table``)."""
+    return results.table().splitlines()
 
 
-def write_summary(path: Path, run: dict[str, Any], table: list[Row], results: list[verdicts.Verdict] | None,
+def write_summary(path: Path, run: dict[str, Any], table: list[Row], results: verdicts.Summary | None,
                   baseline_note: str) -> None:
     failed = run["infermatrix"]["failed"]
-    regressed = [v for v in results or [] if v.verdict == "regressed"]
     lines = ["# infermatrix report", ""]
     head = f"{len({r.case_id for r in table})} case(s) timed, {len(failed)} failed"
     if results is not None:
-        head += f", {len(regressed)} regressed"
+        head += f", {len(results.regressed)} regressed"
+        if results.groups:
+            head += f", {len(results.regressed_groups)} of {len(results.groups)} group(s) regressed"
     lines += [f"**{head}** — run of {run.get('datetime') or 'unknown time'}", ""]
     lines += ["## Verdicts", ""]
     if results is None:
@@ -181,7 +204,7 @@ IMAGE_CHECK = ("window.addEventListener('load',function(){var i=[].slice.call(do
                ".length+'/'+i.length;});")
 
 
-def write_html(path: Path, run: dict[str, Any], table: list[Row], results: list[verdicts.Verdict] | None,
+def write_html(path: Path, run: dict[str, Any], table: list[Row], results: verdicts.Summary | None,
                baseline_note: str, history: list[dict[str, Any]]) -> None:
     import matplotlib
 
@@ -266,9 +289,10 @@ def result_files(paths: Sequence[Path]) -> list[Path]:
 
 
 def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None, paired: PairedOutcome | None = None) -> int:
+    """Write summary.md and index.html (with the paired verdicts when given); the exit status (see the module)."""
     run = merge_runs(result_files(paths))
     table = rows(run)
-    results: list[verdicts.Verdict] | None = None
+    results: verdicts.Summary | None = None
     history: list[dict[str, Any]] = []
     machine = baselines.fingerprint(run["machine_info"])
     if baseline_dir is None:
@@ -276,7 +300,7 @@ def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None, paired: P
     else:
         history = baselines.load_history(baseline_dir, machine)
         if history:
-            results = verdicts.judge(history, run)
+            results = verdicts.assess(history, run)
             changes = baselines.version_changes(history[-1], run)
             note = (f"Against {len(history)} stored run(s) of machine {machine} in {baseline_dir}."
                     + (f" Versions differ from the newest baseline: {'; '.join(changes)}." if changes else ""))
@@ -286,10 +310,13 @@ def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None, paired: P
     out.mkdir(parents=True, exist_ok=True)
     write_summary(out / "summary.md", run, table, results, note)
     write_html(out / "index.html", run, table, results, note, history)
+    status = exit_status(run, results)
     if paired is not None:
-        add_paired_section(out, paired, results or [])
-        results = [j.verdict for j in judged(results or [], paired)]
-    return 1 if any(v.verdict == "regressed" for v in results or []) else 0
+        history_verdicts = list(results.cases) if results is not None else []
+        add_paired_section(out, paired, history_verdicts)
+        if any(j.verdict.verdict == "regressed" for j in judged(history_verdicts, paired)):
+            status = 1
+    return status
 
 
 def add_paired_section(out: Path, paired: PairedOutcome, history_verdicts: list[verdicts.Verdict]) -> None:
@@ -314,3 +341,10 @@ def add_paired_section(out: Path, paired: PairedOutcome, history_verdicts: list[
     page = page.replace("<h1>infermatrix report</h1>", "<h1>infermatrix report</h1><p><b>"
                         + html.escape(head.replace("**", "")) + "</b></p>", 1)
     (out / "index.html").write_text(page)
+
+
+def exit_status(run: dict[str, Any], results: verdicts.Summary | None) -> int:
+    """1 when a case or group regressed or a case failed (judged against baselines or not), else 0."""
+    if run["infermatrix"]["failed"]:
+        return 1
+    return results.exit_status() if results is not None else 0

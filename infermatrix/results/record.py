@@ -86,6 +86,9 @@ class CaseResult:
     flops_per_sample: int | None = None
     #: "process" (a worker process ran the case) or "none" (pytest's own process)
     isolation: str | None = None
+    #: the reference probe's reading right before the case was timed (infermatrix.measure.probe):
+    #: "key" (the probe's identity), "time" (Unix seconds), "matmul_ms" and "copy_ms" (its rounds)
+    machine_probe: Mapping[str, Any] | None = None
 
     # ---- preparation, seconds (cold-start's phases; in-process scenarios record them too) ----
     prepare_s: float | None = None
