@@ -81,6 +81,14 @@ class Isa:
             return "avx_vnni" in self.flags
         return False
 
+    @property
+    def onednn_bf16(self) -> bool:
+        """Native bf16 arithmetic for oneDNN's kernels: the CPU has it (AVX512-BF16, AMX-BF16, or
+        Arm's BF16) and ``ONEDNN_MAX_CPU_ISA``, when set, does not cap oneDNN below it (under
+        the cap OpenVINO still reports BF16 from CPUID, then cannot build a bf16 kernel)."""
+        cap = ONEDNN_ISA_LEVEL.get((self.onednn_max_cpu_isa or "DEFAULT").upper(), 99)
+        return bool({"avx512_bf16", "amx_bf16", "bf16"} & self.flags) and cap >= ONEDNN_ISA_LEVEL["AVX512_CORE_BF16"]
+
     def int8_kernel(self, onednn: bool = False) -> str:
         """The int8 dot product a backend's kernels will use, for its recorded config."""
         if self.onednn_int8_vnni if onednn else self.int8_vnni:

@@ -261,3 +261,13 @@ def test_openvino_int8_under_an_avx2_cap_takes_the_7bit_recipe(tmp_path: Path) -
     assert seen["proof"]["passed"] and seen["proof"]["compute"] == {"int8": 4}, seen["proof"]
     conv_kernels = seen["proof"]["facts"]["compute_primitives"]["Convolution"]
     assert all("avx2" in kernel and "avx512" not in kernel for kernel in conv_kernels), conv_kernels
+
+
+def test_a_onednn_cap_below_bf16_takes_native_bf16_away() -> None:
+    """Under ONEDNN_MAX_CPU_ISA=AVX2 OpenVINO still reports BF16 from CPUID, then cannot build a
+    bf16 kernel: the bf16 cases of the oneDNN backends are skips there, as on a CPU without bf16."""
+    flags = AVX512_VNNI  # with avx512_bf16
+    assert Isa(flags).onednn_bf16
+    assert not Isa(flags, "AVX2").onednn_bf16 and not Isa(flags, "AVX512_CORE_VNNI").onednn_bf16
+    assert Isa(flags, "AVX512_CORE_BF16").onednn_bf16
+    assert not Isa(AVX2_ONLY).onednn_bf16

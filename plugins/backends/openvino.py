@@ -111,6 +111,9 @@ def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
                 needs = " (needs avx512_bf16 or AMX)" if precision == "bf16" and name == "CPU" else ""
                 reason = (f"openvino: {name} does not report {CAPABILITY[precision]} "
                           f"(capabilities: {', '.join(capabilities)}){needs}")
+            elif precision == "bf16" and name == "CPU" and not isa().onednn_bf16:
+                reason = (f"openvino: the CPU plugin's oneDNN is capped below bf16 "
+                          f"(ONEDNN_MAX_CPU_ISA={isa().onednn_max_cpu_isa}), though the CPU reports BF16")
             elif precision != "fp32" and precision.startswith("int") and importlib.util.find_spec("nncf") is None:
                 reason = f"openvino: {precision} needs nncf (pip install 'infermatrix[openvino]')"
             targets.append(Target(device, precision, reason))

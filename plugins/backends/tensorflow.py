@@ -75,12 +75,14 @@ def _keras3_problem() -> str | None:
 def pytest_infermatrix_targets(backend: BackendInfo) -> list[Target] | None:
     if backend.name not in NAMES:
         return None
-    from infermatrix.machine import cpu_supports_bf16
+    from infermatrix.machine import cpu_supports_bf16, isa
 
     problem = _keras3_problem()
     if problem:
         return [Target(d, p, problem) for d in DEVICES for p in PRECISIONS]
     bf16 = None if cpu_supports_bf16() else "tensorflow: bf16 on CPU needs avx512_bf16 or AMX"
+    if bf16 is None and not isa().onednn_bf16:  # TensorFlow's CPU convolutions are oneDNN's
+        bf16 = f"tensorflow: its oneDNN kernels are capped below bf16 (ONEDNN_MAX_CPU_ISA={isa().onednn_max_cpu_isa})"
     if backend.name == "tensorflow-xla":
         bf16 = ("tensorflow-xla: XLA:CPU computes bf16 convolutions and matrix multiplications in f32 (its "
                 "optimized HLO converts the bf16 operands to f32; measured with TensorFlow 2.21): not a bf16 case")

@@ -85,6 +85,9 @@ def _cpu_reason(backend: str, precision: str) -> str | None:
         return f"{backend}: CUDA graphs are a CUDA feature; see torch-compile for the compiled CPU path"
     if precision == "bf16" and not cpu_supports_bf16():
         return f"{backend}: bf16 needs a CPU with avx512_bf16 or AMX (this CPU would emulate it)"
+    if precision == "bf16" and not isa().onednn_bf16:
+        return (f"{backend}: bf16 needs oneDNN's bf16 kernels, and "
+                f"ONEDNN_MAX_CPU_ISA={isa().onednn_max_cpu_isa} caps them")
     if precision == "fp16":
         return f"{backend}: fp16 on cpu has no native kernels here; fp16 is a cuda precision"
     if precision == "tf32":
