@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import tempfile
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -120,6 +123,23 @@ FLOAT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedMatMu
 WEIGHT_PRECISION = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64"}
 
 
+#: The child process of ``OrtSession.precision_evidence``: a session like the timed one that
+#: writes its optimized graph, read back as evidence and printed as JSON.
+EVIDENCE_CHILD = """
+import json, sys, tempfile
+from pathlib import Path
+import onnx, onnxruntime as ort
+from plugins.backends.onnxruntime import graph_evidence, session_options
+path, threads, provider = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+options = session_options(threads)
+options.log_severity_level = 3  # its warning that the file is specific to this machine is known
+with tempfile.TemporaryDirectory(prefix="infermatrix-ort-optimized-") as folder:
+    options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+    ort.InferenceSession(path, sess_options=options, providers=[provider])
+    print(json.dumps(graph_evidence(onnx.load(options.optimized_model_filepath).graph).as_dict()))
+"""
+
+
 def graph_evidence(graph: Any) -> PrecisionEvidence:
     """The compute nodes of an (optimized) ONNX graph by the precision they run in; ``graph``
     is an ``onnx.GraphProto``."""
@@ -171,19 +191,20 @@ class OrtSession:
 
     def precision_evidence(self) -> PrecisionEvidence | None:
         """The graph ONNX Runtime runs, after its optimizations: written by a second session made
-        from the same file with the same options (the timed session is left as it is)."""
-        import onnx
-        import onnxruntime as ort
-
+        from the same file with the same options (the timed session is left as it is), in a
+        child process — a second session and the optimized graph read back would otherwise stay
+        in this process's peak RSS, which the memory scenario reports as the case's."""
         if self.path is None or self.provider == "TensorrtExecutionProvider":
             return None  # TensorRT's compiled partitions cannot be written back as a graph
-        options = session_options(self.config["intra_op_num_threads"])
-        options.log_severity_level = 3  # its warning that the file is specific to this machine is known
-        with tempfile.TemporaryDirectory(prefix="infermatrix-ort-optimized-") as folder:
-            options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
-            ort.InferenceSession(str(self.path), sess_options=options, providers=[self.provider])
-            graph = onnx.load(options.optimized_model_filepath).graph
-        return graph_evidence(graph)
+        done = subprocess.run(
+            [sys.executable, "-c", EVIDENCE_CHILD, str(self.path), str(self.config["intra_op_num_threads"]),
+             self.provider],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"onnxruntime: reading the optimized graph of {self.path} failed "
+                               f"(exit {done.returncode}): {done.stderr.strip()[-1500:]}")
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+        return PrecisionEvidence(found["compute"], found["unit"], found["api"], found["facts"])
 
     def throughput_configs(self, inputs: Arrays, threads: int) -> list[Any]:
         """Parallel runs: ``requests`` threads share one session (``run`` is thread-safe
