@@ -20,4 +20,6 @@ BUILTIN_PLUGINS = (
     "plugins.backends.onnxruntime",
     "plugins.backends.openvino",
     "plugins.backends.tensorrt",
+    "plugins.backends.vllm",
+    "plugins.backends.openai_endpoint",
 )

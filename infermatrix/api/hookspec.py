@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         Target,
     )
     from infermatrix.case.generation import GenerationSession
+    from infermatrix.serving.case import ServerSession
 
 hookspec = pytest.hookspec
 
@@ -104,6 +105,24 @@ def pytest_infermatrix_prepare_generation(
     folder ``model.generation`` describes, in ``target.precision``; the core generates
     the sweep once untimed and checks the tokens against torch's fp32 greedy tokens.
     Return None for a backend that is not yours.
+
+    Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def pytest_infermatrix_prepare_server(
+    backend: BackendInfo, model: ModelSpec, target: Target, batch_size: int, context: PrepareContext
+) -> ServerSession | None:
+    """Return a :class:`~infermatrix.serving.case.ServerSession` for one served case (a
+    generation model on a backend announced with ``server=True``; the ``serve`` scenario).
+
+    Start the server on the model folder ``model.generation`` describes, in
+    ``target.precision``, through :class:`infermatrix.serving.process.ServerProcess` (free
+    port, health check with a timeout, its log kept, stopped and reaped by ``close()`` and
+    on any exit), or reach one the user runs. The core checks the server's greedy tokens
+    against torch's fp32 tokens before any load is timed. Return None for a backend that
+    is not yours.
 
     Stops at first non-None result.
     """

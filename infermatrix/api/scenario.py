@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 
 if TYPE_CHECKING:
-    from infermatrix.api.types import Case, ModelSpec, RunOptions
+    from infermatrix.api.types import BackendInfo, Case, ModelSpec, RunOptions
 
 #: The marker a scenario module's tests carry (its argument: the module's ``Scenario``).
 MARKER = "infermatrix_scenario"
@@ -29,14 +29,15 @@ MARKER = "infermatrix_scenario"
 class CaseKind:
     """How a case of one kind of model is made ready, and what it is checked against.
 
-    ``accepts`` picks the models (by their forms); ``fill_cache`` makes the shared
+    ``accepts`` picks the cases (a model by its forms, and the backend: a server backend's
+    cases are served cases); ``fill_cache`` makes the shared
     references in pytest's process before a worker prepares the case (raising
     ``ReferenceUnavailable`` with what to do); ``prepare_hook`` names the hook that
     returns the backend's session; ``prepare`` makes, warms and checks the prepared case.
     """
 
     name: str
-    accepts: Callable[[ModelSpec], bool]
+    accepts: Callable[[ModelSpec, BackendInfo], bool]
     fill_cache: Callable[[Case, RunOptions, int], None]
     prepare_hook: str
     prepare: Callable[..., Prepared]

@@ -206,6 +206,9 @@ class BackendInfo:
     forms: tuple[str, ...] = (FORM_TORCH,)
     #: Precisions the backend generates text in (its ``generation`` form); empty: it does not.
     generation_precisions: tuple[str, ...] = ()
+    #: Its session is a server (``pytest_infermatrix_prepare_server``): its cases are served
+    #: cases (the ``serve`` scenario), never in-process generation.
+    server: bool = False
 
     def __post_init__(self) -> None:
         if not self.available and not self.reason:

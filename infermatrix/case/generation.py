@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from infermatrix.api.scenario import CaseKind
-from infermatrix.api.types import FORM_GENERATION, ModelSpec, PrepareTimes, RunOptions
+from infermatrix.api.types import FORM_GENERATION, BackendInfo, ModelSpec, PrepareTimes, RunOptions
 from infermatrix.cache import CacheError, CacheWarning, sha256
 from infermatrix.case import language
 from infermatrix.case.language import Training
@@ -557,6 +557,11 @@ def is_generation_model(model: ModelSpec) -> bool:
     return FORM_GENERATION in model.forms
 
 
+def is_generation_case(model: ModelSpec, backend: BackendInfo) -> bool:
+    """In-process generation: a generation model on a backend that is not a server."""
+    return is_generation_model(model) and not backend.server
+
+
 #: Text generation: models with a generation form, prepared by ``pytest_infermatrix_prepare_generation``.
-GENERATION = CaseKind("generation", accepts=is_generation_model, fill_cache=fill_generation_cache,
+GENERATION = CaseKind("generation", accepts=is_generation_case, fill_cache=fill_generation_cache,
                       prepare_hook="pytest_infermatrix_prepare_generation", prepare=prepare_generation)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from infermatrix.api.scenario import CaseKind, Scenario
-from infermatrix.api.types import FORM_GENERATION, Arrays, Case, MemoryReport, ModelSpec, RunOptions, Session
+from infermatrix.api.types import FORM_GENERATION, Arrays, BackendInfo, Case, MemoryReport, ModelSpec, RunOptions, Session
 from infermatrix.gate import reference
 from infermatrix.gate.accuracy import AccuracyReport, compare_outputs
 from infermatrix.gate.precision import PrecisionReport, check_precision
@@ -298,7 +298,11 @@ def is_forward_model(model: ModelSpec) -> bool:
     return FORM_GENERATION not in model.forms
 
 
+def is_forward_case(model: ModelSpec, backend: BackendInfo) -> bool:
+    return is_forward_model(model) and not backend.server
+
+
 #: Tensor in, tensor out: every model that has no generation form. (Module-level functions
 #: only: the kind travels to the worker by pickle.)
-FORWARD = CaseKind("forward", accepts=is_forward_model, fill_cache=fill_forward_cache,
+FORWARD = CaseKind("forward", accepts=is_forward_case, fill_cache=fill_forward_cache,
                    prepare_hook="pytest_infermatrix_prepare", prepare=prepare_forward)

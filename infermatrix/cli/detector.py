@@ -40,6 +40,8 @@ class Matrix:
     models: str
     backends: str
     precisions: str
+    #: what every run adds (``--repeats``, the timing budget): the nightly's own settings
+    run_args: tuple[str, ...] = ()
 
     @property
     def slowed(self) -> str:
@@ -55,7 +57,7 @@ def pytest_run(rootdir: Path, out: Path, extra: list[str], cases: Matrix) -> dic
     cmd = [sys.executable, "-m", "pytest", "suites/test_latency.py", "-q", "-p", "no:cacheprovider",
            "--models", cases.models, "--backends", cases.backends, "--devices", "cpu",
            "--precisions", cases.precisions,
-           "--batch-sizes", "1", "--scenarios", "latency", f"--benchmark-json={out}", *extra]
+           "--batch-sizes", "1", "--scenarios", "latency", f"--benchmark-json={out}", *cases.run_args, *extra]
     subprocess.run(cmd, cwd=rootdir, check=True, capture_output=True, text=True)
     return dict(json.loads(out.read_text()))
 
@@ -156,11 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", required=True,
                         help="comma list, e.g. onnxruntime,openvino; the nightly part slows the first one")
     parser.add_argument("--precisions", default="fp32,int8", help="comma list (default: fp32,int8)")
+    parser.add_argument("--repeats-per-run", type=int, default=0, metavar="N",
+                        help="time each case in N fresh processes per run too (pytest's --repeats; default 0)")
+    parser.add_argument("--run-args", default="", metavar="ARGS",
+                        help="more pytest options for every run, e.g. '--min-time 0.3 --max-time 1'")
     parser.add_argument("--slowdowns", default="10,15,20",
                         help="percent slowdowns injected into the first backend, one run each (default: 10,15,20)")
     args = parser.parse_args(argv)
     rootdir = args.rootdir.resolve()
-    matrix = Matrix(args.models, args.backends, args.precisions)
+    run_args = (*(["--repeats", str(args.repeats_per_run)] if args.repeats_per_run else []), *args.run_args.split())
+    matrix = Matrix(args.models, args.backends, args.precisions, tuple(run_args))
     cases = matrix.case_ids()
     summary: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -187,6 +187,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--generate-config", action="append", default=[], metavar="MODEL:KEY=VALUE",
                     help="generate: change the config a generation model is built from (seeded weights), e.g. "
                     "tinyllama:num_hidden_layers=8; real weights come from --model-weights MODEL=HF_FOLDER")
+    group.addoption("--serve-concurrency", default="1,2,4,8", metavar="N,...",
+                    help="serve: requests in flight at each closed-loop load point (default 1,2,4,8)")
+    group.addoption("--serve-rates", default="", metavar="R,...",
+                    help="serve: Poisson arrival rates (requests/s) of open-loop load points (default: none)")
+    group.addoption("--serve-requests", type=int, default=32, metavar="N",
+                    help="serve: requests timed at each load point (default 32)")
+    group.addoption("--serve-warmup", type=int, default=4, metavar="N",
+                    help="serve: requests run before each load point, never counted (default 4)")
+    group.addoption("--serve-input-lengths", default="16:64", metavar="LOW:HIGH",
+                    help="serve: prompt lengths in tokens, seeded uniform (default 16:64)")
+    group.addoption("--serve-output-lengths", default="32:64", metavar="LOW:HIGH",
+                    help="serve: generated tokens per request, seeded uniform (default 32:64)")
+    group.addoption("--slo", default=None, metavar="ttft=MS,tpot=MS",
+                    help="serve: service-level objectives for goodput (milliseconds; ttft, tpot, e2e), e.g. "
+                    "ttft=200,tpot=50")
     group.addoption("--warm-cache", action="store_true", default=False,
                     help="fill the cache (seeded weights, fp32 references, FLOP counts, ONNX exports) for the "
                     "selected cases, so environments without torch can run them; use with --collect-only")
@@ -207,6 +222,8 @@ NUMBER_RULES: dict[str, tuple[Any, str]] = {
     "--case-timeout": (lambda v: v > 0, "give a number of seconds above 0"),
     "--paired-trials": (lambda v: v >= 2, "give 2 trials or more (a paired verdict needs their spread)"),
     "--paired-calls": (lambda v: v >= 1, "give 1 call or more per side per trial"),
+    "--serve-requests": (lambda v: v >= 1, "give 1 request or more per load point"),
+    "--serve-warmup": (lambda v: v >= 0, "give 0 or more warm-up requests"),
     "--accuracy-samples": (lambda v: v >= accuracy.MIN_SAMPLES,
                            f"give {accuracy.MIN_SAMPLES} samples or more (the gate compares each sample's output with "
                            "the others'; default 32)"),
@@ -221,6 +238,13 @@ def check_numbers(config: pytest.Config) -> None:
             continue
         if not math.isfinite(value) or not sensible(value):
             raise pytest.UsageError(f"{option} {value:g}: {advice}")
+    from infermatrix.serving.case import ServeLoad
+    from infermatrix.serving.client import SloError
+
+    try:
+        ServeLoad.from_options(config.getoption)
+    except (ValueError, SloError) as exc:
+        raise pytest.UsageError(str(exc)) from None
     min_time, max_time = config.getoption("--min-time"), config.getoption("--max-time")
     if max_time < min_time:
         raise pytest.UsageError(f"--max-time {max_time:g} is below --min-time {min_time:g}: give a time budget of at "
@@ -465,10 +489,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(str(exc)) from None
     # Parameters are the plain case ids (they serialize into pytest-benchmark's JSON);
     # the ``infermatrix_case`` fixture maps an id to its Case.
-    # Each scenario takes the models of its kind of case (forward or generation).
+    # Each scenario takes the cases of its kind (forward, generation, served).
     measured = scenario.of_item(metafunc.definition)
     if measured is not None:
-        entries = [e for e in entries if measured.kind.accepts(e.case.model)]
+        entries = [e for e in entries if measured.kind.accepts(e.case.model, e.case.backend)]
     params = [
         pytest.param(e.case.id, id=e.case.id, marks=[pytest.mark.skip(reason=e.skip_reason)] if e.skip_reason else [])
         for e in entries
