@@ -250,3 +250,46 @@ def markdown_table(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> lis
             *("| " + " | ".join(cell(v) for v in line) + " |" for line in body)]
 
 
+
+
+def serving_table(serve: list[Row]) -> list[dict[str, Any]]:
+    """Every served case's load points: throughput, latency percentiles, goodput; the knee marked."""
+    found = []
+    for r in sorted(serve, key=lambda r: (r.model, r.side)):
+        figures = r.result.serve or {}
+        knee = figures.get("knee")
+        for index, p in enumerate(figures.get("points") or []):
+            point = f"concurrency {p['concurrency']}" if "concurrency" in p else f"rate {p.get('rate')}/s"
+            found.append({"case": r.case_id, "model": r.model, "point": point, "knee": index == knee,
+                          "request_throughput": p.get("request_throughput"),
+                          "output_tokens_per_s": p.get("output_tokens_per_s"),
+                          "ttft_p50_ms": (p.get("ttft_ms") or {}).get("p50"),
+                          "ttft_p99_ms": (p.get("ttft_ms") or {}).get("p99"),
+                          "tpot_p50_ms": (p.get("tpot_ms") or {}).get("p50"),
+                          "tpot_p99_ms": (p.get("tpot_ms") or {}).get("p99"),
+                          "e2e_p50_ms": (p.get("e2e_ms") or {}).get("p50"),
+                          "goodput": p.get("goodput"), "requests": p.get("requests"),
+                          "client_cpu_share": p.get("client_cpu_share")})
+    return found
+
+
+def served_beside_generate(serve: list[Row], generate: list[Row]) -> list[dict[str, Any]]:
+    """Per generation model and precision: each in-process backend's generate figures (first
+    sweep configuration) beside each server's at concurrency 1 — one request at a time, the
+    comparable load — so what serving costs (HTTP, scheduling, detokenizing) shows."""
+    found = []
+    models = sorted({r.model for r in serve})
+    for model in models:
+        for r in sorted((g for g in generate if g.model == model), key=lambda g: g.side):
+            found.append({"model": model, "how": f"in process: {r.backend}", "case": r.case_id,
+                          "precision": r.precision, "ttft_ms": r.result.ttft_ms,
+                          "per_token_ms": r.result.itl_p50_ms, "tokens_per_s": r.result.decode_tokens_per_s})
+        for r in sorted((s for s in serve if s.model == model), key=lambda s: s.side):
+            first = next((p for p in (r.result.serve or {}).get("points") or [] if p.get("concurrency") == 1), None)
+            if first is None:
+                continue
+            tpot = (first.get("tpot_ms") or {}).get("p50")
+            found.append({"model": model, "how": f"served: {r.backend}, 1 request in flight", "case": r.case_id,
+                          "precision": r.precision, "ttft_ms": (first.get("ttft_ms") or {}).get("p50"),
+                          "per_token_ms": tpot, "tokens_per_s": 1e3 / tpot if tpot else None})
+    return found

@@ -171,3 +171,44 @@ def plot_trends(history: list[dict[str, Any]], current: dict[str, Any]) -> list[
     return plots
 
 
+
+
+def plot_serving(serve: list[Row], generate: list[Row]) -> list[tuple[str, str]]:
+    """Per generation model: latency against throughput, one curve per served case over its
+    concurrency points (the knee ringed), Poisson-rate points as crosses; the in-process
+    backends' per-token latency at batch 1 as dashed lines for comparison."""
+    import matplotlib.pyplot as plt
+
+    plots = []
+    for model in sorted({r.model for r in serve}):
+        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        for r in sorted((s for s in serve if s.model == model), key=lambda s: s.side):
+            figures = r.result.serve or {}
+            points = figures.get("points") or []
+            for axes, key in ((left, "tpot_ms"), (right, "ttft_ms")):
+                curve = [p for p in points if "concurrency" in p and (p.get(key) or {}).get("p50") is not None]
+                line = axes.plot([p["output_tokens_per_s"] for p in curve], [p[key]["p50"] for p in curve],
+                                 marker="o", label=r.side)[0]
+                for p in curve:
+                    axes.annotate(str(p["concurrency"]), (p["output_tokens_per_s"], p[key]["p50"]),
+                                  fontsize="x-small", textcoords="offset points", xytext=(3, 3))
+                knee = figures.get("knee")
+                if knee is not None and knee < len(points) and (points[knee].get(key) or {}).get("p50") is not None:
+                    axes.scatter([points[knee]["output_tokens_per_s"]], [points[knee][key]["p50"]], s=160,
+                                 facecolors="none", edgecolors=line.get_color(), linewidths=1.5)
+                rated = [p for p in points if "rate" in p and (p.get(key) or {}).get("p50") is not None]
+                if rated:
+                    axes.scatter([p["output_tokens_per_s"] for p in rated], [p[key]["p50"] for p in rated],
+                                 marker="x", color=line.get_color())
+        for g in sorted((g for g in generate if g.model == model and g.result.itl_p50_ms), key=lambda g: g.side):
+            left.axhline(g.result.itl_p50_ms or 0, linestyle="--", linewidth=0.8, color="gray")
+            left.annotate(f"in process: {g.side}", (0, g.result.itl_p50_ms or 0), fontsize="xx-small",
+                          color="gray", xycoords=("axes fraction", "data"))
+        left.set_ylabel("time per output token p50 (ms)")
+        right.set_ylabel("time to first token p50 (ms)")
+        for axes in (left, right):
+            axes.set_xlabel("output tokens/s (all requests)")
+            axes.legend(fontsize="x-small")
+        figure.suptitle(f"{model}: served latency against throughput (numbers: requests in flight; ring: knee)")
+        plots.append((f"Serving — {model}", _png(figure)))
+    return plots

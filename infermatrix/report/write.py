@@ -36,6 +36,8 @@ from infermatrix.report.data import (
     Row,
     figure_table,
     generation_table,
+    served_beside_generate,
+    serving_table,
     int8_table,
     latency_table,
     markdown_table,
@@ -45,6 +47,7 @@ from infermatrix.report.data import (
 )
 from infermatrix.report.plots import (
     plot_generation,
+    plot_serving,
     plot_int8,
     plot_latency,
     plot_speedup_heatmaps,
@@ -143,6 +146,7 @@ def write_summary(path: Path, run: dict[str, Any], table: list[Row], results: ve
                   f"{g['e2e_tokens_per_s']:.0f} | {_figure(g['identical_tokens'], '.3f')} | "
                   f"{_figure(g['shortest_prefix'], 'd')} |" for g in generation]
         lines.append("")
+    lines += serving_lines([r for r in table if r.scenario == "serve"], [r for r in table if r.scenario == "generate"])
     for title, scenario, columns in (("Cold start", "cold-start", COLD_START_COLUMNS),
                                      ("Memory", "memory", MEMORY_COLUMNS)):
         chosen = [r for r in table if r.scenario == scenario]
@@ -212,6 +216,7 @@ def write_html(path: Path, run: dict[str, Any], table: list[Row], results: verdi
     latency = [r for r in table if r.scenario == "latency"]
     throughput = [r for r in table if r.scenario == "throughput"]
     generate = [r for r in table if r.scenario == "generate"]
+    serve = [r for r in table if r.scenario == "serve"]
     int8 = int8_table(latency)
     sections: list[str] = []
     sections.append("<h2>Verdicts</h2><p>" + html.escape(baseline_note) + "</p>")
@@ -224,6 +229,7 @@ def write_html(path: Path, run: dict[str, Any], table: list[Row], results: verdi
     figures = (("Latency", plot_latency(latency)), ("Speed-up between backends", plot_speedup_heatmaps(latency)),
                ("Throughput against batch size", plot_throughput(throughput)), ("int8 against fp32", plot_int8(int8)),
                ("Generation: time to first token and tokens/s", plot_generation(generate)),
+               ("Serving: latency against throughput", plot_serving(serve, generate)),
                ("Trends", plot_trends(history, run)))
     for title, plots in figures:
         if not plots:
@@ -241,6 +247,9 @@ def write_html(path: Path, run: dict[str, Any], table: list[Row], results: verdi
                 [(g["case"], g["config"], g["ttft_ms"], g["itl_p50_ms"], g["itl_p99_ms"], g["decode_tokens_per_s"],
                   g["e2e_tokens_per_s"], g["identical_tokens"], g["shortest_prefix"])
                  for g in generation_table(generate)]))
+        if title.startswith("Serving"):
+            sections.append(_table_html(list(SERVING_HEADERS), serving_cells(serve)))
+            sections.append(_table_html(list(BESIDE_HEADERS), beside_cells(serve, generate)))
         if title == "int8 against fp32":
             sections.append(_table_html(
                 ["case", "fp32 ms", "int8 ms", "speed-up", "centered cosine (worst sample)", "top-5 class agreement",
@@ -348,3 +357,36 @@ def exit_status(run: dict[str, Any], results: verdicts.Summary | None) -> int:
     if run["infermatrix"]["failed"]:
         return 1
     return results.exit_status() if results is not None else 0
+
+
+SERVING_HEADERS = ("case", "load point", "req/s", "output tok/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms",
+                   "TPOT p99 ms", "E2E p50 ms", "goodput req/s", "client CPU share")
+BESIDE_HEADERS = ("model", "how", "case", "TTFT ms", "per token ms (p50)", "tokens/s")
+
+
+def serving_cells(serve: list[Row]) -> list[tuple[Any, ...]]:
+    return [(t["case"], t["point"] + (" (knee)" if t["knee"] else ""), t["request_throughput"],
+             t["output_tokens_per_s"], t["ttft_p50_ms"], t["ttft_p99_ms"], t["tpot_p50_ms"], t["tpot_p99_ms"],
+             t["e2e_p50_ms"], t["goodput"], t["client_cpu_share"]) for t in serving_table(serve)]
+
+
+def beside_cells(serve: list[Row], generate: list[Row]) -> list[tuple[Any, ...]]:
+    return [(b["model"], b["how"], b["case"], b["ttft_ms"], b["per_token_ms"], b["tokens_per_s"])
+            for b in served_beside_generate(serve, generate)]
+
+
+def serving_lines(serve: list[Row], generate: list[Row]) -> list[str]:
+    """The serving section of summary.md: every load point, then served beside in-process."""
+    if not serve:
+        return []
+
+    def cell(value: Any) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else ("–" if value is None else str(value))
+
+    lines = ["## Serving", "", "| " + " | ".join(SERVING_HEADERS) + " |", "|" + "---|" * len(SERVING_HEADERS)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in serving_cells(serve)]
+    beside = beside_cells(serve, generate)
+    if beside:
+        lines += ["", "| " + " | ".join(BESIDE_HEADERS) + " |", "|" + "---|" * len(BESIDE_HEADERS)]
+        lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in beside]
+    return [*lines, ""]

@@ -138,6 +138,9 @@ class CaseResult:
     generate: Mapping[str, Mapping[str, float]] | None = None
     generate_primary: str | None = None
 
+    # ---- serve (infermatrix.serving): load points, the curve's knee, the client's floor, the load ----
+    serve: Mapping[str, Any] | None = None
+
     #: everything else the scenario recorded, written back at the top level of extra_info
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
