@@ -26,6 +26,18 @@ def make_app(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from aiohttp import web
 
     lock = asyncio.Lock()
+    seen = {"completions": 0}
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
+
+    def text_of(token: int) -> str:
+        return f" {token}" if tokenizer is None else tokenizer.decode([token])
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(seen)
 
     async def health(request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -35,6 +47,7 @@ def make_app(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        seen["completions"] += 1
         if args.mode == "fail":
             return web.Response(status=500, text="broken on purpose")
         ids = [int(t) for t in body["prompt"]]
@@ -50,7 +63,7 @@ def make_app(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             for index, token in enumerate(tokens):
                 if index:
                     await asyncio.sleep(args.tpot_ms / 1e3)
-                choice = {"index": 0, "text": f" {token}"}
+                choice = {"index": 0, "text": text_of(token)}
                 if args.mode != "no-ids" and body.get("return_token_ids"):
                     choice["token_ids"] = [token]
                 await response.write(b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n")
@@ -61,7 +74,7 @@ def make_app(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         return response
 
     app = web.Application()
-    app.add_routes([web.get("/health", health), web.get("/v1/models", models),
+    app.add_routes([web.get("/health", health), web.get("/v1/models", models), web.get("/stats", stats),
                     web.post("/v1/completions", completions)])
     return app
 
@@ -77,8 +90,14 @@ def main() -> None:
     parser.add_argument("--model", default="tinyllama")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vocab", type=int, default=2000)
+    parser.add_argument("--pid-file", default=None, help="write this process's pid here once serving")
+    parser.add_argument("--tokenizer", default=None, help="a model folder: its tokenizer writes the text")
     args = parser.parse_args()
-    web.run_app(make_app(args), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    if args.pid_file:
+        import os
+
+        Path(args.pid_file).write_text(str(os.getpid()))
+    web.run_app(make_app(args), host="127.0.0.1", port=args.port, print=None, access_log=None, shutdown_timeout=1)
 
 
 if __name__ == "__main__":

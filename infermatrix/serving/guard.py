@@ -40,14 +40,17 @@ def _die_with_parent() -> None:
         pass  # not Linux: the parent poll below still notices
 
 
-def stop_group(pgid: int, grace_s: float = GRACE_S) -> None:
-    """SIGTERM to a process group; SIGKILL to whatever of it is left after ``grace_s``."""
+def stop_group(leader: subprocess.Popen[bytes], grace_s: float = GRACE_S) -> None:
+    """SIGTERM to the leader's process group; SIGKILL to whatever of it is left after ``grace_s``.
+    The leader is reaped as it goes (an unreaped zombie would keep its group "alive")."""
+    pgid = leader.pid
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
+        leader.poll()
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
@@ -87,7 +90,7 @@ def main(argv: list[str]) -> int:
                     break
                 time.sleep(0.1)
         finally:
-            stop_group(server.pid)
+            stop_group(server)
             server.wait()
     return 0
 

@@ -46,7 +46,7 @@ def make_app() -> Any:
 def main(argv: list[str]) -> int:
     from aiohttp import web
 
-    web.run_app(make_app(), host="127.0.0.1", port=int(argv[0]), print=None, access_log=None)
+    web.run_app(make_app(), host="127.0.0.1", port=int(argv[0]), print=None, access_log=None, shutdown_timeout=1)
     return 0
 
 
