@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from infermatrix.api.scenario import CaseKind, Scenario
-from infermatrix.api.types import FORM_GENERATION, Arrays, BackendInfo, Case, MemoryReport, ModelSpec, RunOptions, Session
+from infermatrix.api.types import (
+    FORM_GENERATION,
+    Arrays,
+    BackendInfo,
+    Case,
+    MemoryReport,
+    ModelSpec,
+    RunOptions,
+    Session,
+)
 from infermatrix.gate import reference
 from infermatrix.gate.accuracy import AccuracyReport, compare_outputs
 from infermatrix.gate.precision import PrecisionReport, check_precision

@@ -126,6 +126,77 @@ def nightly(rootdir: Path, runs: int, folder: Path, cases: Matrix,
     }
 
 
+def with_processes(run: dict[str, Any], processes: int) -> dict[str, Any]:
+    """``run`` as if each case had been timed in ``processes`` fresh processes only (the first
+    ones of its ``--repeats``); 0: the in-process median alone (a run without ``--repeats``)."""
+    benchmarks = []
+    for bench in run["benchmarks"]:
+        info = dict(bench.get("extra_info") or {})
+        medians = info.pop("repeat_medians_ms", None)
+        if processes and medians:
+            if len(medians) < processes:
+                raise ValueError(f"{bench['name']}: {len(medians)} fresh processes recorded, {processes} asked for")
+            info["repeat_medians_ms"] = medians[:processes]
+        benchmarks.append({**bench, "extra_info": info})
+    return {**run, "benchmarks": benchmarks}
+
+
+def slowed(run: dict[str, Any], backend: str, percent: float) -> dict[str, Any]:
+    """``run`` with every case of ``backend`` ``percent`` slower: its median and each fresh
+    process's median scaled, as ``--inject-slowdown`` would (it busy-waits that share of every
+    timed call; the real injected runs check that the two agree)."""
+    factor = 1 + percent / 100
+    benchmarks = []
+    for bench in run["benchmarks"]:
+        info = dict(bench.get("extra_info") or {})
+        stats = dict(bench["stats"])
+        if info.get("backend") == backend:
+            stats["median"] = stats["median"] * factor
+            if info.get("repeat_medians_ms"):
+                info["repeat_medians_ms"] = [m * factor for m in info["repeat_medians_ms"]]
+        benchmarks.append({**bench, "stats": stats, "extra_info": info})
+    return {**run, "benchmarks": benchmarks}
+
+
+def analyse(runs: list[dict[str, Any]], backend: str, processes: int,
+            slowdowns: tuple[float, ...] = (10, 15, 20)) -> dict[str, Any]:
+    """Leave-one-out over stored unchanged runs: each judged against the others (A/A), and the
+    same held-out run with ``backend`` slowed after the fact (one try per run and slowdown):
+    how often each slowed case and the backend's group are flagged."""
+    runs = [with_processes(r, processes) for r in runs]
+    aa_flags = aa_total = aa_group_nights = 0
+    mdcs: list[float] = []
+    group_mdcs: list[float] = []
+    hits: dict[float, list[int]] = {p: [0, 0, 0, 0] for p in slowdowns}  # cases flagged, cases, groups, tries
+    for i, run in enumerate(runs):
+        history = [r for j, r in enumerate(runs) if j != i]
+        summary = verdicts.assess(history, run)
+        aa_flags += sum(v.verdict in ("regressed", "improved") for v in summary.cases)
+        aa_total += len(summary.cases)
+        aa_group_nights += any(g.verdict != "unchanged" for g in summary.groups)
+        mdcs += [v.min_detectable_change for v in summary.cases if v.min_detectable_change is not None]
+        group_mdcs += [g.min_detectable_change for g in summary.groups if g.key == f"backend={backend}"]
+        for percent in slowdowns:
+            judged = verdicts.assess(history, slowed(run, backend, percent))
+            cases = [v for v in judged.cases if f"-{backend}-" in v.key]
+            group = next((g for g in judged.groups if g.key == f"backend={backend}"), None)
+            counts = hits[percent]
+            counts[0] += sum(v.verdict == "regressed" for v in cases)
+            counts[1] += len(cases)
+            counts[2] += group is not None and group.verdict == "regressed"
+            counts[3] += 1
+    return {
+        "processes_per_case": processes, "runs": len(runs), "history_runs": len(runs) - 1,
+        "aa_case_verdicts": aa_total, "aa_flagged": aa_flags, "aa_false_positive_rate": aa_flags / max(1, aa_total),
+        "aa_nights_with_a_group_flagged": aa_group_nights,
+        "median_min_detectable_change": float(np.median(mdcs)) if mdcs else None,
+        "median_group_min_detectable_change": float(np.median(group_mdcs)) if group_mdcs else None,
+        "slowed": {f"{p:g}%": {"cases_flagged": f"{c[0]} of {c[1]}", "case_recall": c[0] / max(1, c[1]),
+                               "group_flagged": f"{c[2]} of {c[3]}", "group_recall": c[2] / max(1, c[3])}
+                   for p, c in hits.items()},
+    }
+
+
 def paired(rootdir: Path, repeats: int, cases: list[str]) -> dict[str, Any]:
     a = ab.Side("a", sys.executable, rootdir, None, 0.0)
     b_same = ab.Side("b", sys.executable, rootdir, None, 0.0)
@@ -162,9 +233,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="time each case in N fresh processes per run too (pytest's --repeats; default 0)")
     parser.add_argument("--run-args", default="", metavar="ARGS",
                         help="more pytest options for every run, e.g. '--min-time 0.3 --max-time 1'")
+    parser.add_argument("--analyse", type=Path, default=None, metavar="DIR",
+                        help="judge the unchanged runs stored in DIR (aa-*.json from --out) again, leave-one-out, "
+                        "with the first backend slowed after the fact; no new runs")
+    parser.add_argument("--processes", default="0", metavar="N,...",
+                        help="with --analyse: judge as if each case had N fresh processes (0: in-process only)")
     parser.add_argument("--slowdowns", default="10,15,20",
                         help="percent slowdowns injected into the first backend, one run each (default: 10,15,20)")
     args = parser.parse_args(argv)
+    if args.analyse is not None:
+        stored = [json.loads(p.read_text()) for p in sorted(args.analyse.glob("aa-*.json"),
+                                                             key=lambda p: int(p.stem.split("-")[1]))]
+        if len(stored) < 3:
+            parser.error(f"--analyse {args.analyse}: {len(stored)} aa-*.json run(s); at least 3 are needed")
+        slowdowns = tuple(float(p) for p in args.slowdowns.split(",") if p.strip())
+        backend = args.backends.split(",")[0]
+        print(json.dumps([analyse(stored, backend, int(n), slowdowns) for n in args.processes.split(",")], indent=2))
+        return 0
     rootdir = args.rootdir.resolve()
     run_args = (*(["--repeats", str(args.repeats_per_run)] if args.repeats_per_run else []), *args.run_args.split())
     matrix = Matrix(args.models, args.backends, args.precisions, tuple(run_args))

@@ -37,6 +37,7 @@ from infermatrix.api.announce import announce_backend
 from infermatrix.api.types import (
     FORM_GENERATION,
     BackendInfo,
+    Command,
     ModelSpec,
     PrepareContext,
     PrepareTimes,
@@ -73,6 +74,17 @@ def pytest_infermatrix_targets(backend: BackendInfo, options: RunOptions) -> lis
 
     bf16 = None if cpu_supports_bf16() else "vllm: bf16 on the CPU needs AVX512-BF16 or AMX here"
     return [Target("cpu", "fp32"), Target("cpu", "bf16", bf16)]
+
+
+@pytest.hookimpl
+def pytest_infermatrix_commands() -> list[Command]:
+    def fidelity(argv: list[str]) -> int:
+        from plugins.backends import vllm_fidelity
+
+        return vllm_fidelity.main(argv)
+
+    return [Command("serve-fidelity", "the suite's serving figures against vLLM's own benchmark (vllm bench "
+                    "serve), interleaved on one vLLM server", fidelity)]
 
 
 @dataclasses.dataclass
@@ -121,8 +133,7 @@ def pytest_infermatrix_prepare_server(backend: BackendInfo, model: ModelSpec, ta
     max_len = int(spec.config.get("max_position_embeddings", 2048))
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
                "--served-model-name", model.name, "--dtype", DTYPE[target.precision],
-               "--max-model-len", str(max_len), "--host", "127.0.0.1", "--port", str(port), "--seed", "0",
-               "--disable-log-requests"]
+               "--max-model-len", str(max_len), "--host", "127.0.0.1", "--port", str(port), "--seed", "0"]
     kv_gib = float(context.options.option("vllm_kv_cache_gib", 1.0))
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": f"{kv_gib:g}",
            # vLLM's CPU backend binds its OpenMP threads to cores; bind exactly --threads of them
