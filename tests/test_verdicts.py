@@ -350,3 +350,51 @@ def test_repeated_processes_shrink_what_can_be_detected() -> None:
     smaller = sum(v.min_detectable_change < mdc[v.key] for v in repeated)
     assert smaller >= 15, f"only {smaller} of 20 cases gained from 5 repeats"
 
+
+
+def process_runs(rng: np.random.Generator, cases: int, runs: int, processes: int, level: float = 0.16,
+                 run_sd: float = 0.03, drift: float = 0.1, slow: float = 0.0, slowed: int = 0) -> list[dict]:
+    """Runs whose every case was timed in ``processes`` fresh processes (``--repeats``), each
+    process sitting at one of two levels (±``level``, as measured here) plus a little noise
+    of the run itself; in the last run the first ``slowed`` cases slowed by ``slow`` (log)."""
+    base = {f"case{i}": float(np.exp(rng.uniform(-7, -2))) for i in range(cases)}
+    made = []
+    for index in range(runs):
+        machine = rng.uniform(-drift, drift)
+        medians, repeats = {}, {}
+        for number, (key, value) in enumerate(base.items()):
+            shift = machine + rng.normal(0, run_sd) + (slow if index == runs - 1 and number < slowed else 0.0)
+            logs = [math.log(value) + shift + (level if rng.random() < 0.5 else -level) for _ in range(processes)]
+            repeats[key] = [math.exp(v) * 1e3 for v in logs]
+            medians[key] = float(np.exp(np.mean(logs)))
+        data = fake_run(medians)
+        for bench in data["benchmarks"]:
+            bench["extra_info"]["repeat_medians_ms"] = repeats[bench["name"]]
+        made.append(data)
+    return made
+
+
+def test_when_every_run_averages_the_same_processes_their_values_alone_give_the_spread() -> None:
+    """--repeats 3 every night: a case's value is the mean of 3 processes, each at one of two
+    levels ±16% apart. The spread between the 3 (~16%) is not the spread of their mean
+    between nights (~16/sqrt(3)%): judged by the history's values, unchanged nights are rarely
+    flagged and what each case can detect shrinks against one process a night."""
+    flagged = total = 0
+    mdc = {1: [], 3: []}
+    for seed in range(12):
+        for processes in (1, 3):
+            rng = np.random.default_rng(seed)
+            runs = process_runs(rng, cases=18, runs=7, processes=processes)
+            judged = verdicts.judge(runs[:-1], runs[-1])
+            mdc[processes] += [v.min_detectable_change for v in judged]
+            if processes == 3:
+                flagged += sum(v.verdict != "unchanged" for v in judged)
+                total += len(judged)
+    assert flagged / total <= 0.02, f"{flagged} of {total} unchanged case verdicts flagged"
+    assert np.median(mdc[3]) < 0.75 * np.median(mdc[1]), (np.median(mdc[3]), np.median(mdc[1]))
+    # and a 70% slowdown of 6 cases (no probe here: a slowdown of all would be the drift) is seen
+    rng = np.random.default_rng(99)
+    runs = process_runs(rng, cases=18, runs=7, processes=3, slow=math.log(1.7), slowed=6)
+    judged = verdicts.judge(runs[:-1], runs[-1])
+    assert sum(v.verdict == "regressed" for v in judged) >= 5
+    assert sum(v.verdict != "unchanged" for v in judged if int(v.key.removeprefix("case")) >= 6) == 0

@@ -522,6 +522,14 @@ class _Series:
     now: float
     drift: float
     repeats: tuple[float, ...]
+    #: how many fresh processes each history run's value averages (0: the in-process median alone)
+    history_processes: tuple[int, ...] = ()
+
+    @property
+    def like_history(self) -> bool:
+        """Every history run's value averages as many fresh processes as this run's (``--repeats``
+        the same every night, 0 included): then each run's value has the same variance."""
+        return all(n == len(self.repeats) for n in self.history_processes)
 
 
 def judge(history_runs: Sequence[Mapping[str, Any]], current_run: Mapping[str, Any],
@@ -566,10 +574,12 @@ def assess_cases(history: Sequence[Mapping[str, CaseRun]], current: Mapping[str,
             then = {i: math.log(history[i][key].median_s) - levels_then[i][key][1] for i in probed}
             level_now = levels_now[key][1]
             drift = level_now - float(np.mean([levels_then[i][key][1] for i in probed]))
-            series[key] = _Series(key, "probe", then, log_now - level_now, drift, current[key].repeat_logs)
+            series[key] = _Series(key, "probe", then, log_now - level_now, drift, current[key].repeat_logs,
+                                  tuple(len(history[i][key].repeat_logs) for i in probed))
         else:
             then = {i: math.log(history[i][key].median_s) - offsets[i] for i in present}
-            series[key] = _Series(key, "cases", then, log_now, 0.0, current[key].repeat_logs)
+            series[key] = _Series(key, "cases", then, log_now, 0.0, current[key].repeat_logs,
+                                  tuple(len(history[i][key].repeat_logs) for i in present))
 
     # The cases judged without the probe: the machine's drift is inferred from the cases (the
     # median log ratio of every judged case, re-estimated without the cases far from it, so that
@@ -674,8 +684,11 @@ def _estimates(series: Mapping[str, _Series], current: Mapping[str, CaseRun], po
         ss, df = 0.0, 0
         if len(values) >= 2:
             ss, df = float(np.var(values, ddof=1)) * (len(values) - 1), len(values) - 1
-        # the current run's own repeated processes are more evidence of the same spread
-        if len(s.repeats) >= 2:
+        # A history of single-process values beside a current run of several processes: the
+        # current run's processes are more evidence of the single-process spread. Where every
+        # run averages the same number of processes, the history's values alone tell the
+        # spread of such an average (the processes' own spread is only part of it).
+        if len(s.repeats) >= 2 and not s.like_history:
             ss += float(np.var(s.repeats, ddof=1)) * (len(s.repeats) - 1)
             df += len(s.repeats) - 1
         if df:
@@ -693,7 +706,9 @@ def _estimates(series: Mapping[str, _Series], current: Mapping[str, CaseRun], po
     estimates, count = [], {}
     for key, s in series.items():
         k = len(s.history)
-        factor = 1 / max(1, len(s.repeats)) + 1 / k
+        # each history value and the current one: the same variance when alike, else the current
+        # run averages len(repeats) single-process values
+        factor = (1.0 if s.like_history else 1 / max(1, len(s.repeats))) + 1 / k
         # The case's spread already holds the shared noise of its history's runs; the drift
         # inferred from the cases (a median over them) adds an error they all share.
         drift_error = (math.pi / 2 * sigma2[key] * factor / inferred_count
