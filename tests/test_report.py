@@ -227,3 +227,62 @@ def test_a_slice_of_the_nightly_runs_through_tox(tmp_path: Path) -> None:
     assert "**1 case(s) timed, 0 failed" in summary and "No baseline for machine" in summary
     page = (report_dir / "index.html").read_text()
     assert "resnet18-onnxruntime-cpu-fp32-b1" in page
+
+
+def serve_record(case_id: str, points: list[tuple[int, float, float]], knee: int | None) -> dict:
+    """A served case's benchmark: (concurrency, output tokens/s, TPOT p50 ms) per load point."""
+    from infermatrix.results.record import CaseResult
+
+    made = [{"concurrency": c, "requests": 8, "failed": 0, "duration_s": 1.0, "request_throughput": tps / 40,
+             "output_tokens_per_s": tps, "output_tokens": int(tps),
+             **{f"{k}_ms": {"p50": v, "p90": v * 1.2, "p99": v * 1.5, "mean": v} for k, v in
+                (("ttft", 10 * c), ("tpot", tpot), ("itl", tpot), ("e2e", 40 * tpot + 10 * c))},
+             "client_cpu_s": 0.02, "client_cpu_share": 0.02, "goodput": tps / 80, "slo_attained": 0.5}
+            for c, tps, tpot in points]
+    model, backend, device, precision, _ = case_id.split("-")
+    info = CaseResult(case_id=case_id, model=model, backend=backend, device=device, precision=precision,
+                      batch_size=1, scenario="serve", accuracy={"passed": True, "identical_share": 1.0},
+                      serve={"points": made, "knee": knee, "client_floor": {"ttft_ms": 0.5, "itl_ms": 0.005},
+                             "load": {"requests": 8}}).to_extra_info()
+    return {"name": f"test_serve[{case_id}]", "group": None, "stats": {"median": 0.3, "data": [0.3] * 8},
+            "extra_info": info}
+
+
+def generate_record(case_id: str, ttft: float, itl: float) -> dict:
+    from infermatrix.results.record import CaseResult
+
+    model, backend, device, precision, _ = case_id.split("-")
+    info = CaseResult(case_id=case_id, model=model, backend=backend, device=device, precision=precision,
+                      batch_size=1, scenario="generate", ttft_ms=ttft, itl_p50_ms=itl, decode_tokens_per_s=1e3 / itl,
+                      e2e_tokens_per_s=900.0, generate={"prompt16-new32": {"ttft_ms": ttft, "itl_p50_ms": itl,
+                                                   "decode_tokens_per_s": 1e3 / itl, "e2e_tokens_per_s": 900.0}},
+                      generate_primary="prompt16-new32").to_extra_info()
+    return {"name": f"test_generate[{case_id}]", "group": None, "stats": {"median": 0.04, "data": [0.04] * 5},
+            "extra_info": info}
+
+
+def test_served_cases_get_load_points_curves_and_the_in_process_figures_beside_them(tmp_path: Path) -> None:
+    from infermatrix.report.data import served_beside_generate, serving_table
+
+    benchmarks = [serve_record("tinyllama-vllm-cpu-fp32-b1", [(1, 400, 2.5), (2, 760, 2.6), (4, 800, 5.0)], 1),
+                  serve_record("tinyllama-openai-remote-bf16-b1", [(1, 300, 3.3), (2, 330, 6.0)], None),
+                  generate_record("tinyllama-torch-cpu-fp32-b1", 8.5, 4.5)]
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": benchmarks,
+                                "datetime": "2026-11-24T00:00:00", "infermatrix": {"failed": {}}}))
+    table = rows(merge_runs([path]))
+    serve = [r for r in table if r.scenario == "serve"]
+    points = serving_table(serve)
+    assert len(points) == 5 and [p["knee"] for p in points if p["case"].startswith("tinyllama-vllm")] == [
+        False, True, False]
+    beside = served_beside_generate(serve, [r for r in table if r.scenario == "generate"])
+    assert [b["how"] for b in beside] == ["in process: torch", "served: openai, 1 request in flight",
+                                          "served: vllm, 1 request in flight"]
+    assert beside[-1]["per_token_ms"] == 2.5 and beside[-1]["tokens_per_s"] == pytest.approx(400)
+    out = tmp_path / "report"
+    assert report([str(path), "--out", str(out)]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "## Serving" in summary and "concurrency 2 (knee)" in summary
+    assert "| tinyllama | in process: torch | tinyllama-torch-cpu-fp32-b1 |" in summary
+    page = (out / "index.html").read_text()
+    assert 'alt="Serving — tinyllama"' in page and "data:image/png;base64," in page
