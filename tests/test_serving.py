@@ -83,10 +83,11 @@ def test_a_started_server_answers_and_stop_ends_it_and_its_guard(tmp_path: Path)
     server.stop()  # twice is harmless
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_no_server_outlives_the_process_that_started_it(tmp_path: Path, how: str) -> None:
-    """The case's worker killed (the case timeout kills its process group with SIGKILL) or
-    stopped: the server it started goes too, with no chance for the worker to clean up."""
+    """The case's worker killed (the case timeout kills its process group with SIGKILL),
+    stopped, or interrupted (Ctrl-C): the server it started goes too — for SIGKILL with no
+    chance for the worker to clean up."""
     pid_file = tmp_path / "server.pid"
     starter = tmp_path / "starter.py"
     starter.write_text(
@@ -323,6 +324,6 @@ def test_vllm_serves_the_tiny_llama(tmp_path: Path, llama_cache: Path) -> None:
     info = bench["extra_info"]
     assert info["accuracy"]["passed"] and info["accuracy"]["identical_share"] == 1.0
     assert info["precision_evidence"]["compute"].get("fp32")
-    assert Path(info["server_log"]).is_file()
+    assert Path(info["server_log"]).is_file() and info["server_log_tail"].strip()
     assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
                 .splitlines() if "vllm.entrypoints.openai.api_server" in line and str(llama_cache) in line]

@@ -23,6 +23,9 @@ from infermatrix.nightly import night
 from infermatrix.nightly.paired import CALLS, TRIALS
 from infermatrix.nightly.store import BRANCH, ResultsStore
 
+#: fresh processes per latency case every night (measured: docs/verdicts.md "Measured here")
+REPEATS = 3
+
 
 def parse_slowdowns(values: list[str]) -> dict[str, float]:
     """``BACKEND=PERCENT`` values; a ValueError names the one that is not."""
@@ -63,6 +66,10 @@ def parser() -> argparse.ArgumentParser:
                    help="passed to pip when a reference environment is built (e.g. --pip-arg=--extra-index-url=URL)")
     p.add_argument("--inject-slowdown", action="append", default=[], metavar="BACKEND=PERCENT",
                    help="fault injection: slow BACKEND tonight (each environment's pytest and the paired side)")
+    p.add_argument("--repeats", type=int, default=REPEATS, metavar="N",
+                   help=f"time every latency case in N fresh processes too (pytest's --repeats; default {REPEATS}: "
+                   "a case's median sits at one of two levels per process here, and the history verdicts judge "
+                   "the mean of N; docs/verdicts.md). 0: the in-process median alone")
     p.add_argument("pytest_args", nargs="*", help="after --: passed to every environment's pytest")
     return p
 
@@ -87,8 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     if not envs:
         print(f"error: no tox environment carries the labels {', '.join(labels)}", file=sys.stderr)
         return 2
+    if args.repeats < 0:
+        print(f"error: --repeats {args.repeats}: give 0 or a number of fresh processes", file=sys.stderr)
+        return 2
+    pytest_args = list(args.pytest_args)
+    if args.repeats and not any(a == "--repeats" or a.startswith("--repeats=") for a in pytest_args):
+        pytest_args = [f"--repeats={args.repeats}", *pytest_args]
     config = night.NightConfig(
-        repo=repo, envs=envs, pytest_args=list(args.pytest_args),
+        repo=repo, envs=envs, pytest_args=pytest_args,
         results_dir=(args.results or repo / "results").resolve(), report_dir=(args.out or repo / "report").resolve(),
         store=ResultsStore(repo, (args.store or repo / ".infermatrix-results").resolve(), args.branch, args.remote),
         cache_root=resolve_cache_dir(None, repo), export=not args.no_export, paired=not args.no_paired,

@@ -182,6 +182,10 @@ class PreparedServer(Drivable):
                     if r.success and r.e2e_s is not None:
                         record(r.e2e_s)
         knee = client.knee(points)
+        if self.session.log_path is not None:  # the log file lives in the case's temporary folder: its end travels
+            from infermatrix.serving.process import log_tail
+
+            self.extra_info["server_log_tail"] = log_tail(self.session.log_path, 4000)
         self.extra_info.update(serve={
             "points": points, "knee": knee, "client_floor": self.client_floor,
             "load": {"requests": load.requests, "warmup": load.warmup, "input_lengths": list(load.input_lengths),
