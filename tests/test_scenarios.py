@@ -97,6 +97,14 @@ def test_repeats_time_the_case_in_fresh_processes(
     info = bench["extra_info"]
     assert info["repeats"] == 2 and len(info["repeat_medians_ms"]) == 2
     assert all(m > 0 for m in info["repeat_medians_ms"]) and info["between_process_cv"] >= 0
+    # an injected slowdown holds in the fresh processes too (the verdicts judge their medians)
+    slow_out = tmp_path / "slow.json"
+    result = suite.runpytest("-k", "tinymlp-numpy-cpu-fp32-b1", "--repeats", "2", "--inject-slowdown", "numpy=2000",
+                             f"--benchmark-json={slow_out}", *FAST)
+    assert result.parseoutcomes()["passed"] == 1
+    (slow,) = json.loads(slow_out.read_text())["benchmarks"]
+    ratio = min(slow["extra_info"]["repeat_medians_ms"]) / max(info["repeat_medians_ms"])
+    assert ratio > 8, f"the fresh processes' medians moved {ratio:.1f}x under a 21x slowdown"
 
 
 def test_overhead_benchmark_reports_its_figures() -> None:

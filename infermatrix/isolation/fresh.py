@@ -137,6 +137,8 @@ def repeat_info(config: pytest.Config, fresh: FreshRun, repeats: int, in_process
         f"{option}={config.getoption(option)}"
         for option in ("--min-rounds", "--min-time", "--max-time", "--target-precision")
     )
+    # an injected slowdown holds in the fresh processes too: the verdicts judge their medians
+    timing_args += tuple(f"--inject-slowdown={value}" for value in config.getoption("--inject-slowdown") or ())
     medians = []
     for _ in range(repeats):
         run = run_isolated(config, fresh, "", timing_args=timing_args)
