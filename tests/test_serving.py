@@ -277,6 +277,8 @@ def test_the_serve_scenario_loads_an_endpoint_after_its_tokens_pass(tmp_path: Pa
     for p in serve["points"]:
         assert p["requests"] == 6 and p["failed"] == 0 and p["ttft_ms"]["p50"] >= 5 and "goodput" in p
     assert serve["client_floor"]["ttft_ms"] < 5  # the client's own floor is below what it measures
+    proof = info["precision_evidence"]  # a remote server shows nothing: the record says whose word it is
+    assert proof["compute"] == {"fp32": 1} and proof["api"] == "--endpoint-precision" and "user" in proof["unit"]
     assert bench["stats"]["rounds"] == 6  # the first load point's requests are the benchmark's rounds
     from tests.helpers import schema_violations
 

@@ -7,7 +7,8 @@ vLLM server the suite starts. The user names it:
 - ``--endpoint URL`` (e.g. ``http://gpu-box:8000``) and ``--endpoint-model NAME`` (the name
   the server serves the model as; default: the suite's model name);
 - ``--endpoint-precision P`` — what the server runs; the suite cannot see inside a remote
-  server, so the case id carries what the user states, and the token gate holds it to that
+  server, so the case id carries what the user states, the record's proof of precision says
+  it is the user's statement (not read from the server), and the token gate holds it to that
   precision (fp32, the default, must give every reference token: a server that runs
   another precision fails rather than passing under the wrong name);
 - ``--endpoint-extra JSON`` — fields every request carries (default
@@ -43,6 +44,7 @@ from infermatrix.api.types import (
     RunOptions,
     Target,
 )
+from infermatrix.gate.precision import PrecisionEvidence
 from infermatrix.serving.client import Endpoint
 
 NAME = "openai"
@@ -110,6 +112,13 @@ class RemoteServer:
     times: PrepareTimes
     size_bytes: int | None = None
     log_path: Path | None = None
+
+    def precision_evidence(self) -> PrecisionEvidence:
+        """What the suite can know of a remote server's precision: what the user stated. It is
+        recorded as such (unit and API say so), never as something read from the server."""
+        stated = str(self.config["stated_precision"])
+        return PrecisionEvidence({stated: 1}, "statement by the user (a remote server shows nothing to read)",
+                                 "--endpoint-precision", {"endpoint": self.config["url"]})
 
     def close(self) -> None:
         """The user's server: left running."""
