@@ -26,7 +26,8 @@ def make_app(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from aiohttp import web
 
     lock = asyncio.Lock()
-    seen = {"completions": 0}
+    seen: dict[str, int] = {"completions": 0, "connections": 0}
+    peers: set[object] = set()
     tokenizer = None
     if args.tokenizer:
         from transformers import PreTrainedTokenizerFast
@@ -48,6 +49,8 @@ def make_app(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         seen["completions"] += 1
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        seen["connections"] = len(peers)
         if args.mode == "fail":
             return web.Response(status=500, text="broken on purpose")
         ids = [int(t) for t in body["prompt"]]
@@ -70,6 +73,7 @@ def make_app(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         usage = {"prompt_tokens": len(ids), "completion_tokens": len(tokens)}
         await response.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
+        await asyncio.sleep(0.005)  # the body's end comes apart from [DONE], as it can from a real server
         await response.write_eof()
         return response
 

@@ -144,13 +144,19 @@ def test_the_client_measures_the_delays_the_server_adds(fake: ServerProcess) -> 
     assert 0 < figures["client_cpu_s"] < duration
 
 
-def test_warmup_requests_run_but_are_never_counted(fake: ServerProcess) -> None:
+def test_warmup_requests_run_but_are_never_counted_and_every_request_reuses_their_connections(
+        fake: ServerProcess) -> None:
+    """A closed loop at concurrency 2 holds two connections for the whole load point, warm-up
+    included: a client that stops reading at ``[DONE]`` leaves the body unread, its HTTP library
+    closes that connection, and every request would pay a new one (and the server a disconnect)."""
     endpoint = Endpoint(fake.base_url, "tinyllama", {})
     requests = client.requests_for(5, 1, 0, 2000, (8, 8), (2, 2))
     results, _, _ = client.run_point(endpoint, requests, LoadPoint(concurrency=2), warmup=requests[:3])
     assert len(results) == 5
     with urllib.request.urlopen(fake.base_url + "/stats", timeout=5) as response:
-        assert json.loads(response.read())["completions"] == 5 + 3
+        seen = json.loads(response.read())
+    assert seen["completions"] == 5 + 3
+    assert seen["connections"] <= 2, seen
 
 
 def test_concurrency_queues_on_a_server_that_does_not_batch_and_goodput_follows_the_slo(fake: ServerProcess) -> None:
@@ -329,3 +335,10 @@ def test_vllm_serves_the_tiny_llama(tmp_path: Path, llama_cache: Path) -> None:
     assert Path(info["server_log"]).is_file() and info["server_log_tail"].strip()
     assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
                 .splitlines() if "vllm.entrypoints.openai.api_server" in line and str(llama_cache) in line]
+
+
+def test_the_vllm_engine_never_takes_every_core() -> None:
+    """vLLM's own binding keeps a core for its scheduler and API server (and here the client)."""
+    from plugins.backends.vllm import engine_threads
+
+    assert [engine_threads(t, c) for t, c in ((2, 2), (1, 2), (8, 16), (16, 16), (4, 1))] == [1, 1, 8, 15, 1]

@@ -125,18 +125,24 @@ class Endpoint:
     extra_body: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: ask for the generated token ids (vLLM's ``return_token_ids``) for the token check
     token_ids: bool = True
+    #: 0: greedy, as the token check needs and the serve scenario times; None: the server's
+    #: default sampling (the field left out), as ``vllm bench serve`` sends without ``--temperature``
+    temperature: float | None = 0.0
 
     @property
     def completions_url(self) -> str:
         return self.base_url.rstrip("/") + "/v1/completions"
 
 
-async def complete(session: Any, endpoint: Endpoint, request: Request, temperature: float = 0.0) -> RequestResult:
+async def complete(session: Any, endpoint: Endpoint, request: Request) -> RequestResult:
     """Send one streaming completion and stamp its events."""
     import aiohttp
 
-    body = {"model": endpoint.model, "prompt": list(request.prompt), "max_tokens": request.output_tokens,
-            "temperature": temperature, "stream": True, "stream_options": {"include_usage": True},
+    body = {"model": endpoint.model,
+            "prompt": list(request.prompt),
+            "max_tokens": request.output_tokens,
+            **({} if endpoint.temperature is None else {"temperature": endpoint.temperature}),
+            "stream": True, "stream_options": {"include_usage": True},
             **({"return_token_ids": True} if endpoint.token_ids else {}), **endpoint.extra_body}
     result = RequestResult(False, len(request.prompt))
     events = 0
@@ -148,29 +154,37 @@ async def complete(session: Any, endpoint: Endpoint, request: Request, temperatu
                 text = await response.text()
                 result.error = f"HTTP {response.status}: {text[:300]}"
                 return result
-            async for raw in response.content:
-                line = raw.strip()
-                if not line or line.startswith(b":") or not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    break
-                message = json.loads(data)
-                choices = message.get("choices") or []
-                if choices:
-                    now = time.perf_counter()
-                    choice = choices[0]
-                    if result.ttft_s is None:
-                        result.ttft_s = now - start
-                    else:
-                        result.itl_s.append(now - last)
-                    last = now
-                    events += 1
-                    result.text += choice.get("text") or ""
-                    result.token_ids.extend(choice.get("token_ids") or [])
-                usage = message.get("usage")
-                if usage and usage.get("completion_tokens") is not None:
-                    result.output_tokens = int(usage["completion_tokens"])
+            # Read to the end of the body, [DONE] included: leaving early makes aiohttp close the
+            # connection (an unread body cannot be reused), so the next request pays a new
+            # connection and the server sees a disconnect. Chunks are split into lines here
+            # because one read may hold several events or part of one.
+            pending = b""
+            async for chunk in response.content.iter_any():
+                now = time.perf_counter()
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue  # blank separators, ":" comments (pings), other SSE fields
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        continue
+                    message = json.loads(data)
+                    choices = message.get("choices") or []
+                    if choices:
+                        choice = choices[0]
+                        if result.ttft_s is None:
+                            result.ttft_s = now - start
+                        else:
+                            result.itl_s.append(now - last)
+                        last = now
+                        events += 1
+                        result.text += choice.get("text") or ""
+                        result.token_ids.extend(choice.get("token_ids") or [])
+                    usage = message.get("usage")
+                    if usage and usage.get("completion_tokens") is not None:
+                        result.output_tokens = int(usage["completion_tokens"])
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         return result
@@ -200,40 +214,51 @@ class LoadPoint:
         return f"concurrency{self.concurrency}" if self.concurrency is not None else f"rate{self.rate:g}"
 
 
-async def _drive(endpoint: Endpoint, requests: Sequence[Request], point: LoadPoint, seed: int,
-                 timeout_s: float) -> tuple[list[RequestResult], float]:
+async def _drive(endpoint: Endpoint, warmup: Sequence[Request], requests: Sequence[Request], point: LoadPoint,
+                 seed: int, timeout_s: float) -> tuple[list[RequestResult], float, float]:
+    """Warm-up, then the counted requests, over one session whose connections both use (as
+    vLLM's benchmark does): the counted requests open no connection the warm-up did not."""
     import aiohttp
 
     limit = point.concurrency or len(requests) or 1
     connector = aiohttp.TCPConnector(limit=limit, force_close=False)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    results: list[RequestResult | None] = [None] * len(requests)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        started = time.perf_counter()
-        if point.concurrency is not None:
-            queue = list(enumerate(requests))
-            queue.reverse()
+        if warmup:
+            await _load(session, endpoint, warmup, point, seed + 1_000_003)
+        cpu = time.process_time()
+        results, duration = await _load(session, endpoint, requests, point, seed)
+        return results, duration, time.process_time() - cpu
 
-            async def worker() -> None:
-                while queue:
-                    index, request = queue.pop()
-                    results[index] = await complete(session, endpoint, request)
 
-            await asyncio.gather(*(worker() for _ in range(min(point.concurrency, len(requests)))))
-        else:
-            assert point.rate is not None
-            gaps = np.random.default_rng(seed).exponential(1 / point.rate, size=len(requests))
-            arrivals = np.cumsum(gaps) - gaps[0]  # the first request at once
+async def _load(session: Any, endpoint: Endpoint, requests: Sequence[Request], point: LoadPoint,
+                seed: int) -> tuple[list[RequestResult], float]:
+    results: list[RequestResult | None] = [None] * len(requests)
+    started = time.perf_counter()
+    if point.concurrency is not None:
+        queue = list(enumerate(requests))
+        queue.reverse()
 
-            async def send(index: int, request: Request, at: float) -> None:
-                delay = started + at - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+        async def worker() -> None:
+            while queue:
+                index, request = queue.pop()
                 results[index] = await complete(session, endpoint, request)
 
-            await asyncio.gather(*(send(i, r, float(a)) for i, (r, a) in enumerate(zip(requests, arrivals,
-                                                                                          strict=True))))
-        duration = time.perf_counter() - started
+        await asyncio.gather(*(worker() for _ in range(min(point.concurrency, len(requests)))))
+    else:
+        assert point.rate is not None
+        gaps = np.random.default_rng(seed).exponential(1 / point.rate, size=len(requests))
+        arrivals = np.cumsum(gaps) - gaps[0]  # the first request at once
+
+        async def send(index: int, request: Request, at: float) -> None:
+            delay = started + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            results[index] = await complete(session, endpoint, request)
+
+        await asyncio.gather(*(send(i, r, float(a)) for i, (r, a) in enumerate(zip(requests, arrivals,
+                                                                                      strict=True))))
+    duration = time.perf_counter() - started
     return [r for r in results if r is not None], duration
 
 
@@ -244,8 +269,7 @@ def run_point(endpoint: Endpoint, requests: Sequence[Request], point: LoadPoint,
 
     ``own_process``: in a fresh process that imports only this module (spawned), as vLLM's own
     benchmark is a process of its own: the process that prepared a case has loaded frameworks
-    whose thread pools could wake beside the client. (A precaution: on this 2-core machine it did
-    not remove the bursty deliveries docs/measurements.md describes.)
+    whose thread pools could wake beside the client.
     """
     if own_process:
         import concurrent.futures
@@ -254,11 +278,7 @@ def run_point(endpoint: Endpoint, requests: Sequence[Request], point: LoadPoint,
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(run_point, endpoint, list(requests), point, seed, list(warmup), timeout_s,
                                False).result()
-    if warmup:
-        asyncio.run(_drive(endpoint, warmup, point, seed + 1_000_003, timeout_s))
-    cpu = time.process_time()
-    results, duration = asyncio.run(_drive(endpoint, requests, point, seed, timeout_s))
-    return results, duration, time.process_time() - cpu
+    return asyncio.run(_drive(endpoint, warmup, requests, point, seed, timeout_s))
 
 
 def _percentiles(values: Sequence[float], scale: float = 1e3) -> dict[str, float | None]:

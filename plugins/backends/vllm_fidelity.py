@@ -43,6 +43,7 @@ def vllm_bench(url: str, model: str, folder: Path, args: argparse.Namespace, see
                "--dataset-name", "random", "--random-input-len", str(args.input_len), "--random-output-len",
                str(args.output_len), "--random-range-ratio", "0", "--num-prompts", str(args.requests),
                "--max-concurrency", str(args.concurrency), "--request-rate", "inf", "--ignore-eos",
+               *(() if args.temperature is None else ("--temperature", f"{args.temperature:g}")),
                "--num-warmups", str(args.warmup), "--seed", str(seed), "--save-result", "--result-dir", str(out.parent),
                "--result-filename", out.name, "--disable-tqdm"]
     proc = subprocess.run(command, capture_output=True, text=True)
@@ -57,7 +58,7 @@ def suite_client(url: str, model: str, vocab: int, language_seed: int, args: arg
     from infermatrix.serving import client
     from infermatrix.serving.client import Endpoint, LoadPoint, Slo
 
-    endpoint = Endpoint(url, model, {"ignore_eos": True}, token_ids=False)
+    endpoint = Endpoint(url, model, {"ignore_eos": True}, token_ids=False, temperature=args.temperature)
     lengths_in, lengths_out = (args.input_len, args.input_len), (args.output_len, args.output_len)
     requests = client.requests_for(args.requests, seed, language_seed, vocab, lengths_in, lengths_out)
     warmup = client.requests_for(args.warmup, seed + 10_000, language_seed, vocab, lengths_in, lengths_out)
@@ -81,9 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="both clients' sampling temperature (default 0: greedy, as the serve scenario); "
+                             "a negative value leaves it out: the server's default sampling")
     parser.add_argument("--cache", type=Path, default=None, help="the suite's cache (default: as pytest's)")
     parser.add_argument("--json", type=Path, default=None, help="write every round's figures here")
     args = parser.parse_args(argv)
+    if args.temperature < 0:
+        args.temperature = None
 
     from infermatrix import host
     from infermatrix.api.types import PrepareContext, RunOptions
