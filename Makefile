@@ -6,8 +6,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-BENCH_EXTRAS := torch,llm,onnxruntime,openvino,tensorflow,serve
-TEST_EXTRAS  := torch,llm,onnxruntime,openvino,tensorflow,serve,test
+BENCH_EXTRAS := torch,llm,onnxruntime,openvino,tensorflow,serve,variants
+TEST_EXTRAS  := torch,llm,onnxruntime,openvino,tensorflow,serve,variants,test
 ARGS ?=
 # PlaidML pins Keras 2.2.4, which cannot share an environment with Keras 3 (tensorflow):
 # the tests check it from an environment of its own.

@@ -87,7 +87,11 @@ def plugin_manager(plugins: Sequence[PluginSpec] | None = None) -> pluggy.Plugin
 
 
 def announced(hook: Any) -> tuple[list[ModelSpec], list[BackendInfo]]:
-    """Every plugin's models and backends, flattened (each hook returns a list per plugin)."""
+    """Every plugin's models and backends, flattened (each hook returns a list per plugin),
+    and every variant of every model it applies to, after the models (``<model>.<variant>``)."""
+    from infermatrix.case import variants
+
     models = [m for group in hook.pytest_infermatrix_models() for m in group]
+    announced_variants = [v for group in hook.pytest_infermatrix_variants() for v in group]
     backends = [b for group in hook.pytest_infermatrix_backends() for b in group]
-    return models, backends
+    return models + variants.expand(models, announced_variants), backends

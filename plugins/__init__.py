@@ -13,6 +13,10 @@ BUILTIN_PLUGINS = (
     "plugins.models.vgg",
     "plugins.models.bert",
     "plugins.models.llama",
+    # model variants (--variants), one module per kind of transformation
+    "plugins.variants.pruning",
+    "plugins.variants.sparsity",
+    "plugins.variants.distillation",
     # backends, one module per backend (variants live beside their backend)
     "plugins.backends.torch",
     "plugins.backends.tensorflow",

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         RunOptions,
         Session,
         Target,
+        VariantSpec,
     )
     from infermatrix.case.generation import GenerationSession
     from infermatrix.serving.case import ServerSession
@@ -44,6 +45,16 @@ def pytest_infermatrix_models() -> list[ModelSpec]:  # type: ignore[empty-body]
 
     Every plugin's list is flattened into the matrix. A model must be cheap to
     announce: build its weights only when ``ModelSpec.build_torch`` is called.
+    """
+
+
+@hookspec
+def pytest_infermatrix_variants() -> list[VariantSpec]:  # type: ignore[empty-body]
+    """Return the model variants this plugin provides (pruned, distilled, QAT...).
+
+    Each applies to every model its ``applies`` accepts, as a model of its own named
+    ``<model>.<variant>`` (``--variants`` selects them; none run by default). Announcing is
+    cheap: the transformation runs when a case of the variant first needs its torch module.
     """
 
 

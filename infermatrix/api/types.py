@@ -119,9 +119,15 @@ class ModelSpec:
     weights_path: str | None = None
     #: Changes whenever the network definition changes; part of every cache key.
     version: str = "1"
+    #: A variant (``pytest_infermatrix_variants``) of another model: (the original, the
+    #: variant). Its name is ``<original>.<variant>`` and its torch form the transformed
+    #: module (infermatrix.case.variants); None for a model as its plugin announced it.
+    variant_of: tuple[ModelSpec, VariantSpec] | None = dataclasses.field(default=None, hash=False, compare=False)
+
     def __post_init__(self) -> None:
-        if not self.name or "-" in self.name:
-            raise ValueError(f"model name {self.name!r}: must be non-empty and contain no '-' (ids use '-')")
+        if not self.name or "-" in self.name or ("." in self.name and self.variant_of is None):
+            raise ValueError(f"model name {self.name!r}: must be non-empty and contain no '-' (ids use '-') "
+                             "and no '.' (a variant's name is <model>.<variant>)")
         if not self.inputs:
             raise ValueError(f"model {self.name!r}: needs at least one input")
         if not self.forms:
@@ -183,6 +189,33 @@ class ModelSpec:
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpec:
+    """A model transformation beside precision (``pytest_infermatrix_variants``): pruning,
+    distillation, quantization-aware training...
+
+    ``transform(original, model, rng_seed) -> module`` receives the original fp32 torch module
+    (eval mode, its weights) and returns the variant's fp32 torch module; it runs once per
+    model and weights, and its result is cached (infermatrix.case.variants). Every backend
+    then runs the variant as it runs a model: the ONNX export, the fp32 reference and the
+    accuracy gate are the variant's own. ``applies(model)`` says which models it makes
+    sense for (None: every forward model with a torch form).
+    """
+
+    name: str
+    description: str
+    transform: Callable[[Any, ModelSpec, int], Any] = dataclasses.field(hash=False, compare=False)
+    applies: Callable[[ModelSpec], bool] | None = dataclasses.field(default=None, hash=False, compare=False)
+    #: Changes whenever the transformation changes; part of the variant's cache key.
+    version: str = "1"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise ValueError(f"variant name {self.name!r}: letters, digits and '_' only (ids read "
+                             "<model>.<variant>-<backend>-...)")
 
 
 @dataclasses.dataclass(frozen=True)

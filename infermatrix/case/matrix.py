@@ -24,6 +24,9 @@ class Selection:
     devices: tuple[str, ...] | None = None
     precisions: tuple[str, ...] | None = None
     batch_sizes: tuple[int, ...] | None = None
+    #: variants (``<model>.<variant>``) to run beside the models; None: none (they are opt-in),
+    #: ``("all",)``: every announced one
+    variants: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +72,11 @@ def _check_names(option: str, asked: tuple[str, ...] | None, valid: Sequence[str
 
 
 def validate(selection: Selection, models: Sequence[ModelSpec], backends: Sequence[BackendInfo]) -> None:
-    _check_names("--models", selection.models, [m.name for m in models])
+    originals = [m.name for m in models if m.variant_of is None]
+    _check_names("--models", selection.models, originals)
+    variants = sorted({m.variant_of[1].name for m in models if m.variant_of is not None})
+    if selection.variants is not None and selection.variants != ("all",):
+        _check_names("--variants", selection.variants, variants + ["all"])
     _check_names("--backends", selection.backends, [b.name for b in backends])
     _check_names("--devices", selection.devices, sorted({d for b in backends for d in b.devices}))
     _check_names("--precisions", selection.precisions, sorted({p for b in backends for p in b.precisions}))
@@ -85,6 +92,10 @@ def check_unique(kind: str, names: Sequence[str]) -> None:
 
 def model_rule(model: ModelSpec, target: Target, backend: BackendInfo | None = None) -> str | None:
     """Skips that follow from the model (and the form of it the backend consumes)."""
+    if backend is not None and model.variant_of is not None and not set(backend.forms) & set(model.forms):
+        return (f"{backend.name}: runs the {' or '.join(backend.forms)} form of a model; a variant is a transformed "
+                f"torch module, and the {' or '.join(backend.forms)} form is written from the original's definition, "
+                "so it cannot carry the transformation")
     if backend is not None and not set(backend.forms) & set(model.forms):
         return (f"{backend.name}: runs the {' or '.join(backend.forms)} form of a model; {model.name} comes as "
                 f"{', '.join(model.forms)}")
@@ -103,6 +114,17 @@ def model_rule(model: ModelSpec, target: Target, backend: BackendInfo | None = N
     return None
 
 
+def wanted(selection: Selection, model: ModelSpec) -> bool:
+    """A model is chosen by its name; a variant by its original's name and ``--variants``."""
+    original = model.variant_of[0].name if model.variant_of is not None else model.name
+    if selection.models is not None and original not in selection.models:
+        return False
+    if model.variant_of is None:
+        return True
+    return selection.variants is not None and (selection.variants == ("all",)
+                                               or model.variant_of[1].name in selection.variants)
+
+
 def build(
     selection: Selection,
     models: Sequence[ModelSpec],
@@ -114,7 +136,7 @@ def build(
     check_unique("backend", [b.name for b in backends])
     validate(selection, models, backends)
 
-    chosen_models = [m for m in models if selection.models is None or m.name in selection.models]
+    chosen_models = [m for m in models if wanted(selection, m)]
     chosen_backends = [b for b in backends if selection.backends is None or b.name in selection.backends]
     entries: list[MatrixEntry] = []
     for backend in chosen_backends:

@@ -49,6 +49,10 @@ def build_torch_model(model: ModelSpec, cache_root: Path) -> Any:
 
     from infermatrix.gate import weights
 
+    if model.variant_of is not None:
+        from infermatrix.case.variants import build_variant
+
+        return build_variant(model, cache_root)
     if model.build_torch is None:
         raise ValueError(f"model {model.name!r} has no torch form")
     module = model.build_torch()

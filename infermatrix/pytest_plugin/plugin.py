@@ -109,6 +109,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("infermatrix", "infermatrix: the inference benchmark matrix")
     _option_group = group
     group.addoption("--models", help="comma list of models to run (default: all)")
+    group.addoption("--variants", metavar="NAMES",
+                    help="comma list of model variants to run beside the models (pruned30, sparse50, distilled...; "
+                         "'all': every one; default: none). A variant's cases read <model>.<variant>-<backend>-...")
     group.addoption("--backends", help="comma list of backends to run (default: all)")
     group.addoption("--devices", help="comma list of devices, e.g. cpu,cuda (default: all)")
     group.addoption("--precisions", help="comma list of precisions, e.g. fp32,int8 (default: all)")
@@ -334,7 +337,7 @@ def _parse_slowdowns(raw: list[str], backends: list[BackendInfo]) -> dict[str, f
 
 
 def _parse_weights(raw: list[str], models: list[ModelSpec]) -> dict[str, str]:
-    names = {m.name for m in models}
+    names = {m.name for m in models if m.variant_of is None}  # a variant takes its original's
     found: dict[str, str] = {}
     for item in raw:
         model, sep, path = item.partition("=")
@@ -375,6 +378,7 @@ def pytest_configure(config: pytest.Config) -> None:
             devices=matrix.parse_list("--devices", config.getoption("--devices")),
             precisions=matrix.parse_list("--precisions", config.getoption("--precisions")),
             batch_sizes=matrix.parse_batch_sizes(config.getoption("--batch-sizes")),
+            variants=matrix.parse_list("--variants", config.getoption("--variants")),
         )
         matrix.validate(selection, models, backends)
         policy = TimingPolicy(
@@ -396,6 +400,9 @@ def pytest_configure(config: pytest.Config) -> None:
     models = [configure_generation(m, config, weights.pop(m.name, None)) if m.generation is not None else m
               for m in models]
     models = [dataclasses.replace(m, weights_path=weights[m.name]) if m.name in weights else m for m in models]
+    # a variant is made from its original's weights (--model-weights names the original)
+    models = [dataclasses.replace(m, weights_path=weights[m.variant_of[0].name])
+              if m.variant_of is not None and m.variant_of[0].name in weights else m for m in models]
     option_cache = config.getoption("--infermatrix-cache")
     cache_root = resolve_cache_dir(option_cache, config.rootpath)
     source = "--infermatrix-cache" if option_cache else f"${ENV_CACHE_DIR}" if os.environ.get(ENV_CACHE_DIR) else (

@@ -1,0 +1,197 @@
+"""The variant axis: a model transformed (pruned, distilled, quantization-aware trained)
+measured as a model of its own.
+
+A plugin announces :class:`~infermatrix.api.types.VariantSpec` objects
+(``pytest_infermatrix_variants``); :func:`expand` makes, for every model a variant applies
+to, a :class:`~infermatrix.api.types.ModelSpec` named ``<model>.<variant>`` whose torch form
+is the transformed module. Everything downstream — the ONNX export, the fp32 reference, the
+accuracy gate, every backend — reads that module through
+:func:`infermatrix.gate.reference.build_torch_model`, so a variant runs wherever its
+model's torch form runs. The Keras form is written layer by layer from the original
+definition, so it cannot follow a transformed module: the Keras backends skip variants
+and say so.
+
+The transformation runs once per (model, weights, variant) and is cached as the whole
+pickled module (a structured prune changes the module's shapes, so a state dict of the
+original definition could not hold it). Two accuracy questions stay apart: the gate
+compares each backend with the *variant's* fp32 reference, and :func:`agreement` (stored
+beside the cached module) says how far the variant moved from the original model.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from infermatrix.api.types import FORM_TORCH, ModelSpec, VariantSpec, make_inputs
+
+MODULE_FILE = "variant-module.pt"
+INFO_FILE = "variant.json"
+#: Seeded inputs the original and the variant are compared on: the evaluation seed's own
+#: samples (never used to train a variant; training draws from ``TRAIN_SEED`` up).
+AGREEMENT_SAMPLES = 64
+TRAIN_SEED = 50_000
+
+
+def variant_name(model: ModelSpec, variant: VariantSpec) -> str:
+    return f"{model.name}.{variant.name}"
+
+
+def applies(model: ModelSpec, variant: VariantSpec) -> bool:
+    """Forward models with a torch form (a variant transforms the torch module), and what the
+    variant itself accepts."""
+    if model.variant_of is not None or model.build_torch is None or model.generation is not None:
+        return False
+    return variant.applies is None or bool(variant.applies(model))
+
+
+def expand(models: Sequence[ModelSpec], announced: Sequence[VariantSpec]) -> list[ModelSpec]:
+    """A model per (model, variant) the variant applies to, in the announced order."""
+    seen: set[str] = set()
+    for variant in announced:
+        if variant.name in seen:
+            raise ValueError(f"two plugins announce a variant named {variant.name!r}; rename one of them")
+        seen.add(variant.name)
+    return [derive(model, variant) for model in models for variant in announced if applies(model, variant)]
+
+
+def derive(model: ModelSpec, variant: VariantSpec) -> ModelSpec:
+    # The torch form marks that one exists (code asks that); the module itself is built by
+    # build_variant, which needs the cache and the original's weights.
+    return dataclasses.replace(model, name=variant_name(model, variant), forms={FORM_TORCH: _built_by_the_cache},
+                               version=f"{model.version}+{variant.name}.{variant.version}",
+                               variant_of=(model, variant))
+
+
+def _built_by_the_cache() -> Any:
+    raise RuntimeError("a variant's torch module comes from infermatrix.gate.reference.build_torch_model "
+                       "(it needs the cache and the original's weights), not from its form")
+
+
+def original_of(model: ModelSpec) -> ModelSpec:
+    """The model a variant was made from, with the variant's user weights (``--model-weights``
+    names the original; a variant inherits them)."""
+    assert model.variant_of is not None
+    return dataclasses.replace(model.variant_of[0], weights_path=model.weights_path)
+
+
+def build_variant(model: ModelSpec, cache_root: Path) -> Any:
+    """The variant's fp32 torch module in eval mode: from the cache, else transformed now."""
+    import torch
+
+    from infermatrix.cache import atomic_write_bytes
+    from infermatrix.gate.reference import build_torch_model, model_cache
+
+    assert model.variant_of is not None
+    original, variant = original_of(model), model.variant_of[1]
+    cache = model_cache(model, cache_root)
+    stored = cache.dir / MODULE_FILE
+    if stored.exists() and cache.read_json(INFO_FILE) is not None:
+        try:
+            return torch.load(stored, map_location="cpu", weights_only=False).eval()
+        except Exception:  # a damaged or foreign pickle: made again below, never trusted
+            stored.unlink(missing_ok=True)
+    teacher = build_torch_model(original, cache_root)
+    started = time.perf_counter()
+    torch.manual_seed(variant.seed)
+    # a copy: transformations change modules in place, and the original is compared below
+    module = variant.transform(copy.deepcopy(teacher), original, variant.seed).eval()
+    seconds = time.perf_counter() - started
+    info = {"variant": variant.name, "description": variant.description, "of": original.name,
+            "prepare_s": round(seconds, 2), **size_info(module), "original": size_info(teacher),
+            "agreement": agreement(teacher, module, original)}
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    atomic_write_bytes(cache.path(MODULE_FILE), buffer.getvalue())
+    cache.write_json(INFO_FILE, info)  # written last: a module without it is made again
+    return module
+
+
+def variant_info(model: ModelSpec, cache_root: Path) -> dict[str, Any] | None:
+    """What :func:`build_variant` stored: sizes, preparation time, agreement with the original."""
+    from infermatrix.gate.reference import model_cache
+
+    if model.variant_of is None:
+        return None
+    found = model_cache(model, cache_root).read_json(INFO_FILE)
+    return found if isinstance(found, dict) else None
+
+
+def size_info(module: Any) -> dict[str, Any]:
+    """Parameters in all, and those that are zero (unstructured pruning keeps the shapes
+    and zeroes weights: only the count of non-zeros shows it)."""
+    total = nonzero = 0
+    for parameter in module.parameters():
+        total += parameter.numel()
+        nonzero += int((parameter != 0).sum())
+    return {"parameters": total, "nonzero_parameters": nonzero, "fp32_bytes": 4 * total}
+
+
+def agreement(original: Any, variant: Any, model: ModelSpec, samples: int = AGREEMENT_SAMPLES) -> dict[str, Any]:
+    """How far the variant moved from the original on held-out seeded inputs: top-1 agreement
+    (classifiers) and the mean and worst per-sample cosine of the outputs, both centered by
+    the original's mean over the samples — as the accuracy gate centers them: a seeded
+    network's outputs share a large common part that would make any two look alike."""
+    import torch
+
+    from infermatrix.gate.reference import run_torch
+
+    inputs = make_inputs(model.inputs, samples, model.eval_seed)
+    ours = [torch.from_numpy(a) for a in run_torch(original, model, inputs)]
+    theirs = [torch.from_numpy(a) for a in run_torch(variant, model, inputs)]
+    a, b = ours[0].reshape(samples, -1), theirs[0].reshape(samples, -1)
+    center = a.mean(0, keepdim=True)
+    a, b = a - center, b - center
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=1)
+    found: dict[str, Any] = {"samples": samples, "cosine_mean": round(float(cosine.mean()), 4),
+                             "cosine_min": round(float(cosine.min()), 4)}
+    if model.task == "classification":
+        found["top1_agreement"] = round(float((a.argmax(1) == b.argmax(1)).float().mean()), 4)
+    return found
+
+
+def training_batches(model: ModelSpec, steps: int, batch_size: int) -> list[tuple[Any, ...]]:
+    """Seeded training inputs, disjoint from the evaluation and calibration seeds."""
+    import torch
+
+    return [tuple(torch.from_numpy(a) for a in make_inputs(model.inputs, batch_size, TRAIN_SEED + step).values())
+            for step in range(steps)]
+
+
+def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size: int = 8,
+           lr: float = 1e-3, temperature: float = 2.0) -> dict[str, float]:
+    """Train ``student`` toward ``teacher``'s outputs for ``steps`` steps of seeded inputs
+    (soft-target KL at ``temperature`` for classifiers, MSE otherwise; Adam). Batch-norm
+    statistics stay as they are (eval mode): these inputs are noise, not data whose
+    statistics a deployed model should learn. Returns the first and last loss."""
+    import torch
+
+    def first(out: Any) -> Any:
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    teacher.eval()
+    student.eval()
+    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for batch in training_batches(model, steps, batch_size):
+        with torch.no_grad():
+            target = first(teacher(*batch)).float()
+        out = first(student(*batch)).float()
+        if model.task == "classification":
+            loss = torch.nn.functional.kl_div(torch.log_softmax(out / temperature, -1),
+                                              torch.softmax(target / temperature, -1),
+                                              reduction="batchmean") * temperature ** 2
+        else:
+            loss = torch.nn.functional.mse_loss(out, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    for parameter in student.parameters():
+        parameter.requires_grad_(False)
+    return {"first_loss": losses[0] if losses else 0.0, "last_loss": losses[-1] if losses else 0.0}

@@ -1,0 +1,68 @@
+"""A distilled student: a smaller network of the same family trained against the
+original's outputs (soft targets) for ``STEPS`` steps of seeded inputs.
+
+Students: ResNet → a ResNet of one block per stage (torchvision's ``ResNet``); MobileNetV2 →
+width 0.5; VGG-19 → VGG-11; the BERT-style encoder → half its layers. They start from seeded
+weights (the originals are seeded too, so nothing better exists to start from) and see
+only noise inputs: the agreement with the original that the report shows is what a
+bounded distillation on such inputs reaches, not what one on data would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from infermatrix.api.types import ModelSpec, VariantSpec
+
+STEPS = 40
+
+
+def student_of(model: ModelSpec) -> Any:
+    if model.family == "resnet":
+        from torchvision.models.resnet import BasicBlock, ResNet
+
+        return ResNet(BasicBlock, [1, 1, 1, 1])
+    if model.family == "mobilenet":
+        from torchvision.models import mobilenet_v2
+
+        return mobilenet_v2(weights=None, width_mult=0.5)
+    if model.family == "vgg":
+        from torchvision.models import vgg11
+
+        return vgg11(weights=None)
+    if model.family == "bert":
+        from plugins.models.bert import LAYERS, build_encoder
+
+        return build_encoder(layers=max(1, LAYERS // 2))
+    raise ValueError(f"no student for family {model.family!r}")
+
+
+def distilled(module: Any, model: ModelSpec, seed: int) -> Any:
+    import torch
+
+    from infermatrix.api.types import make_inputs
+    from infermatrix.case.variants import distil
+    from infermatrix.gate import weights
+
+    student = student_of(model)
+    weights.seed_module(student, model.weight_seed + 7)
+    stat_batches = [tuple(torch.from_numpy(a) for a in make_inputs(model.inputs, 4, model.weight_seed + 1 + i).values())
+                    for i in range(4)]
+    weights.estimate_batchnorm_statistics(student, stat_batches)
+    distil(student, module, model, STEPS)
+    return student
+
+
+def _has_student(model: ModelSpec) -> bool:
+    return model.family in ("resnet", "mobilenet", "vgg", "bert")
+
+
+VARIANTS = [VariantSpec("distilled", f"a smaller student of the family distilled for {STEPS} steps",
+                        distilled, _has_student)]
+
+
+@pytest.hookimpl
+def pytest_infermatrix_variants() -> list[VariantSpec]:
+    return VARIANTS

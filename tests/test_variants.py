@@ -1,0 +1,114 @@
+"""The variant axis: announced variants become models of their own, run by every backend
+that reads the torch form, selected with --variants, cached once made."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from infermatrix import host
+from infermatrix.api.types import FORM_KERAS, BackendInfo, ModelSpec, Target, VariantSpec
+from infermatrix.case import matrix, variants
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def announced() -> dict[str, ModelSpec]:
+    return {m.name: m for m in host.announced(host.plugin_manager().hook)[0]}
+
+
+def test_every_variant_applies_where_it_can_and_names_itself_model_dot_variant(announced: dict[str, ModelSpec]) -> None:
+    names = set(announced)
+    for model in ("resnet18", "resnet50", "mobilenet_v2", "vgg19"):
+        for variant in ("pruned30", "pruned50", "sparse50", "sparse90", "distilled"):
+            assert f"{model}.{variant}" in names
+    # channel pruning breaks the encoder's head reshape: not offered there; generation models take none
+    assert "bert_base.sparse50" in names and "bert_base.pruned30" not in names
+    assert not any(n.startswith("tinyllama.") for n in names)
+
+
+def test_variants_are_opt_in_and_selected_by_their_original_and_name(announced: dict[str, ModelSpec]) -> None:
+    models = list(announced.values())
+    backend = BackendInfo("b", ("cpu",), ("fp32",), forms=("torch",))
+
+    def chosen(selection: matrix.Selection) -> set[str]:
+        entries = matrix.build(selection, models, [backend], lambda b: [Target("cpu", "fp32")])
+        return {e.case.model.name for e in entries}
+
+    assert not any("." in n for n in chosen(matrix.Selection()))
+    picked = chosen(matrix.Selection(models=("resnet18",), variants=("sparse50", "distilled")))
+    assert picked == {"resnet18", "resnet18.sparse50", "resnet18.distilled"}
+    assert "vgg19.pruned30" in chosen(matrix.Selection(variants=("all",)))
+    with pytest.raises(matrix.SelectionError, match="--variants: unknown name 'pruned99'.*pruned30"):
+        matrix.validate(matrix.Selection(variants=("pruned99",)), models, [backend])
+    with pytest.raises(matrix.SelectionError, match="--models: unknown name 'resnet18.sparse50'"):
+        matrix.validate(matrix.Selection(models=("resnet18.sparse50",)), models, [backend])
+
+
+def test_the_keras_backends_skip_a_variant_saying_why(announced: dict[str, ModelSpec]) -> None:
+    keras_backend = BackendInfo("tensorflow", ("cpu",), ("fp32",), forms=(FORM_KERAS,))
+    reason = matrix.model_rule(announced["resnet18.sparse50"], Target("cpu", "fp32"), keras_backend)
+    assert reason is not None and "transformed torch module" in reason
+    assert matrix.model_rule(announced["resnet18"], Target("cpu", "fp32"), keras_backend) is None
+
+
+def test_a_variant_name_must_fit_an_id() -> None:
+    with pytest.raises(ValueError, match="letters, digits"):
+        VariantSpec("pruned-30", "", lambda m, model, seed: m)
+    with pytest.raises(ValueError, match="two plugins announce a variant named 'x'"):
+        variants.expand([], [VariantSpec("x", "", lambda m, model, seed: m)] * 2)
+
+
+@pytest.mark.parametrize("name, check", [
+    ("resnet18.sparse90", "sparse"),
+    ("resnet18.pruned50", "pruned"),
+    ("resnet18.distilled", "smaller"),
+])
+def test_each_variant_really_transforms_and_is_cached_with_its_agreement(
+        tmp_path: Path, announced: dict[str, ModelSpec], name: str, check: str) -> None:
+    from infermatrix.gate.reference import build_torch_model, run_torch
+
+    model = announced[name]
+    original = build_torch_model(announced["resnet18"], tmp_path)
+    module = build_torch_model(model, tmp_path)
+    info = variants.variant_info(model, tmp_path)
+    assert info is not None and info["of"] == "resnet18"
+    base = variants.size_info(original)
+    if check == "sparse":  # shapes kept, 90% of conv/linear weights zero
+        assert info["parameters"] == base["parameters"]
+        assert info["nonzero_parameters"] < 0.15 * base["parameters"]
+    elif check == "pruned":  # channels removed: every conv narrower or equal, far fewer parameters
+        assert info["parameters"] < 0.4 * base["parameters"]
+        assert module.conv1.out_channels < original.conv1.out_channels
+    else:
+        assert info["parameters"] < 0.6 * base["parameters"]
+    agreement = info["agreement"]
+    assert -1 <= agreement["cosine_min"] <= agreement["cosine_mean"] < 1 and 0 <= agreement["top1_agreement"] <= 1
+    # cached: the second build reads the same module back, bit for bit
+    inputs = model.eval_inputs(2)
+    again = build_torch_model(model, tmp_path)
+    assert all((a == b).all() for a, b in zip(run_torch(module, model, inputs), run_torch(again, model, inputs),
+                                              strict=True))
+    # a variant's outputs are its own: not the original's
+    assert not all((a == b).all() for a, b in zip(run_torch(original, model, inputs), run_torch(module, model, inputs),
+                                                  strict=True))
+
+
+def test_a_variant_inherits_its_originals_user_weights(tmp_path: Path, announced: dict[str, ModelSpec]) -> None:
+    """--model-weights names the original; the variant is made from those weights (its own cache key)."""
+    from infermatrix.gate.reference import build_torch_model
+
+    original = announced["resnet18"]
+    module = build_torch_model(original, tmp_path)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(0.5)
+    weights = tmp_path / "w.pth"
+    torch.save(module.state_dict(), weights)
+    seeded = announced["resnet18.sparse50"]
+    mine = dataclasses.replace(seeded, weights_path=str(weights))
+    assert mine.cache_key() != seeded.cache_key()
+    assert variants.original_of(mine).weights_path == str(weights)
