@@ -17,7 +17,8 @@ TESTS = Path(__file__).resolve().parent
 def test_every_hook_is_named_and_documented() -> None:
     hooks = [name for name, _ in inspect.getmembers(hookspec, inspect.isfunction) if name.startswith("pytest_")]
     assert set(hooks) == {
-        "pytest_infermatrix_models", "pytest_infermatrix_backends", "pytest_infermatrix_targets",
+        "pytest_infermatrix_models", "pytest_infermatrix_variants", "pytest_infermatrix_backends",
+        "pytest_infermatrix_targets",
         "pytest_infermatrix_prepare", "pytest_infermatrix_prepare_generation", "pytest_infermatrix_prepare_server",
         "pytest_infermatrix_memory",
         "pytest_infermatrix_commands",

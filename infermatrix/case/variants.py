@@ -189,7 +189,7 @@ def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size:
         else:
             loss = torch.nn.functional.mse_loss(out, target)
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         losses.append(float(loss.detach()))
     for parameter in student.parameters():
