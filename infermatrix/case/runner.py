@@ -81,6 +81,8 @@ class PreparedCase(Drivable):
     slowdown: float = 0.0
     #: the proof of precision (None only for sessions made outside ``prepare``, e.g. by the tools)
     precision: PrecisionReport | None = None
+    #: a variant's own figures (infermatrix.case.variants.variant_info), None for a model
+    variant: dict[str, Any] | None = None
 
     def info(self) -> dict[str, Any]:
         return case_info(self)
@@ -164,8 +166,10 @@ def prepare(
     except BaseException:
         session.close()
         raise
+    from infermatrix.case.variants import variant_info
+
     return PreparedCase(case, session, inputs, accuracy, prepare_s, warmup_calls, rss_before, flops, threads,
-                        precision=precision)
+                        precision=precision, variant=variant_info(case.model, cache_root))
 
 
 def case_info(prepared: PreparedCase) -> dict[str, Any]:
@@ -181,6 +185,7 @@ def case_info(prepared: PreparedCase) -> dict[str, Any]:
         **({"precision_evidence": prepared.precision.as_dict()} if prepared.precision is not None else {}),
         "model_size_bytes": session.size_bytes,
         "flops_per_sample": prepared.flops_per_sample,
+        **({"variant": prepared.variant} if prepared.variant is not None else {}),
     }
 
 

@@ -293,3 +293,43 @@ def served_beside_generate(serve: list[Row], generate: list[Row]) -> list[dict[s
                           "precision": r.precision, "ttft_ms": (first.get("ttft_ms") or {}).get("p50"),
                           "per_token_ms": tpot, "tokens_per_s": 1e3 / tpot if tpot else None})
     return found
+
+
+def variant_table(latency: list[Row], throughput: list[Row]) -> list[dict[str, Any]]:
+    """The variants' trade-off: every latency case of a model that has variants in this run,
+    the original's own cases included (variant None), each beside the original's fp32 case of
+    the same backend, device and batch — its speed-up over it, its size, and how far its
+    variant moved from the original (the variant's fp32 module against the original's, on
+    held-out inputs: top-1 agreement and centered cosine; the case's own precision error is
+    the accuracy gate's figure, shown beside it)."""
+    variants = [r for r in latency if r.result.variant]
+    originals = {(r.result.variant or {}).get("of") for r in variants}
+    chosen = variants + [r for r in latency if r.model in originals]
+    original_fp32 = {(r.model, r.backend, r.device, r.batch_size): r for r in latency
+                     if r.precision == "fp32" and not r.result.variant}
+    best_throughput: dict[tuple[str, str, str, str], float] = {}
+    for t in throughput:
+        key = (t.model, t.backend, t.device, t.precision)
+        if t.throughput is not None and t.throughput > best_throughput.get(key, 0.0):
+            best_throughput[key] = t.throughput
+    found = []
+    for r in sorted(chosen, key=lambda r: (r.model, r.backend, r.device, r.precision, r.batch_size)):
+        info = r.result.variant or {}
+        of = info.get("of") or r.model
+        base = original_fp32.get((of, r.backend, r.device, r.batch_size))
+        agreement = info.get("agreement") or {}
+        accuracy = r.result.accuracy or {}
+        found.append({
+            "case": r.case_id, "model": of, "variant": info.get("name"), "backend": r.backend, "device": r.device,
+            "precision": r.precision, "batch_size": r.batch_size, "latency_ms": r.median_ms,
+            "throughput_samples_per_s": best_throughput.get((r.model, r.backend, r.device, r.precision)),
+            "original_fp32_ms": base.median_ms if base is not None else None,
+            "speedup": base.median_ms / r.median_ms if base is not None and r.median_ms else None,
+            "model_size_mb": (r.result.model_size_bytes or 0) / 1e6 or None,
+            "parameters_m": info["parameters"] / 1e6 if "parameters" in info else None,
+            "nonzero_parameters_m": info["nonzero_parameters"] / 1e6 if "nonzero_parameters" in info else None,
+            "top1_agreement": agreement.get("top1_agreement", 1.0 if not info else None),
+            "cosine_mean": agreement.get("cosine_mean", 1.0 if not info else None),
+            "gate_centered_cosine": accuracy.get("centered_cosine_worst"),
+        })
+    return found

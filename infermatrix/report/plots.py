@@ -212,3 +212,34 @@ def plot_serving(serve: list[Row], generate: list[Row]) -> list[tuple[str, str]]
         figure.suptitle(f"{model}: served latency against throughput (numbers: requests in flight; ring: knee)")
         plots.append((f"Serving — {model}", _png(figure)))
     return plots
+
+
+def plot_variants(table: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Per original model: speed-up over its fp32 case on the same backend against the
+    variant's agreement with the original (top-1, else centered cosine); one marker shape per
+    backend, labelled variant/precision. The originals' own precisions sit at agreement 1."""
+    import matplotlib.pyplot as plt
+
+    plots = []
+    markers = "osD^v<>pP*X"
+    for model in sorted({t["model"] for t in table if t["variant"]}):
+        chosen = [t for t in table if t["model"] == model and t["speedup"] is not None]
+        if not chosen:
+            continue
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        backends = sorted({t["backend"] for t in chosen})
+        for index, backend in enumerate(backends):
+            mine = [t for t in chosen if t["backend"] == backend]
+            xs = [t["top1_agreement"] if t["top1_agreement"] is not None else t["cosine_mean"] for t in mine]
+            axes.scatter(xs, [t["speedup"] for t in mine], marker=markers[index % len(markers)], label=backend,
+                         c=[PRECISION_COLORS.get(t["precision"], "tab:gray") for t in mine])
+            for x, t in zip(xs, mine, strict=True):
+                axes.annotate(f"{t['variant'] or 'original'}/{t['precision']}/b{t['batch_size']}",
+                              (x, t["speedup"]), fontsize="xx-small", textcoords="offset points", xytext=(3, 2))
+        axes.axhline(1.0, color="black", linewidth=0.8)
+        axes.set_xlabel("agreement with the original (top-1; centered cosine where no classes)")
+        axes.set_ylabel("speed-up over the original's fp32, same backend and batch")
+        axes.set_title(f"{model}: variants — speed against agreement (colour: precision)")
+        axes.legend(fontsize="x-small")
+        plots.append((f"Variants — {model}", _png(figure)))
+    return plots

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from infermatrix.cache import atomic_write_json
 from infermatrix.nightly.paired import PairedOutcome, judged, judged_table
 from infermatrix.report.data import (
     COLD_START_COLUMNS,
@@ -44,6 +45,7 @@ from infermatrix.report.data import (
     rows,
     served_beside_generate,
     serving_table,
+    variant_table,
 )
 from infermatrix.report.plots import (
     plot_generation,
@@ -53,6 +55,7 @@ from infermatrix.report.plots import (
     plot_speedup_heatmaps,
     plot_throughput,
     plot_trends,
+    plot_variants,
 )
 from infermatrix.results import baselines, verdicts
 
@@ -147,6 +150,13 @@ def write_summary(path: Path, run: dict[str, Any], table: list[Row], results: ve
                   f"{_figure(g['shortest_prefix'], 'd')} |" for g in generation]
         lines.append("")
     lines += serving_lines([r for r in table if r.scenario == "serve"], [r for r in table if r.scenario == "generate"])
+    variant_rows = variant_table([r for r in table if r.scenario == "latency"],
+                                 [r for r in table if r.scenario == "throughput"])
+    if variant_rows:
+        lines += ["## Variants", "", "Speed-up: over the original's fp32 case on the same backend and batch. "
+                  "Agreement: the variant's fp32 module against the original on held-out inputs; the gate's "
+                  "column is the case's own error against the variant's fp32 reference.", "",
+                  *markdown_table(VARIANT_HEADERS, variant_cells(variant_rows)), ""]
     for title, scenario, columns in (("Cold start", "cold-start", COLD_START_COLUMNS),
                                      ("Memory", "memory", MEMORY_COLUMNS)):
         chosen = [r for r in table if r.scenario == scenario]
@@ -218,6 +228,7 @@ def write_html(path: Path, run: dict[str, Any], table: list[Row], results: verdi
     generate = [r for r in table if r.scenario == "generate"]
     serve = [r for r in table if r.scenario == "serve"]
     int8 = int8_table(latency)
+    variant_rows = variant_table(latency, throughput)
     sections: list[str] = []
     sections.append("<h2>Verdicts</h2><p>" + html.escape(baseline_note) + "</p>")
     if results is not None:
@@ -230,6 +241,7 @@ def write_html(path: Path, run: dict[str, Any], table: list[Row], results: verdi
                ("Throughput against batch size", plot_throughput(throughput)), ("int8 against fp32", plot_int8(int8)),
                ("Generation: time to first token and tokens/s", plot_generation(generate)),
                ("Serving: latency against throughput", plot_serving(serve, generate)),
+               ("Variants: speed against agreement", plot_variants(variant_rows)),
                ("Trends", plot_trends(history, run)))
     for title, plots in figures:
         if not plots:
@@ -250,6 +262,8 @@ def write_html(path: Path, run: dict[str, Any], table: list[Row], results: verdi
         if title.startswith("Serving"):
             sections.append(_table_html(list(SERVING_HEADERS), serving_cells(serve)))
             sections.append(_table_html(list(BESIDE_HEADERS), beside_cells(serve, generate)))
+        if title.startswith("Variants"):
+            sections.append(_table_html(list(VARIANT_HEADERS), variant_cells(variant_rows)))
         if title == "int8 against fp32":
             sections.append(_table_html(
                 ["case", "fp32 ms", "int8 ms", "speed-up", "centered cosine (worst sample)", "top-5 class agreement",
@@ -319,6 +333,10 @@ def build(paths: Sequence[Path], out: Path, baseline_dir: Path | None, paired: P
     out.mkdir(parents=True, exist_ok=True)
     write_summary(out / "summary.md", run, table, results, note)
     write_html(out / "index.html", run, table, results, note, history)
+    variant_rows = variant_table([r for r in table if r.scenario == "latency"],
+                                 [r for r in table if r.scenario == "throughput"])
+    if variant_rows:  # the trade-off table for other tools, beside the pages
+        atomic_write_json(out / "variants.json", variant_rows)
     status = exit_status(run, results)
     if paired is not None:
         history_verdicts = list(results.cases) if results is not None else []
@@ -362,6 +380,16 @@ def exit_status(run: dict[str, Any], results: verdicts.Summary | None) -> int:
 SERVING_HEADERS = ("case", "load point", "req/s", "output tok/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms",
                    "TPOT p99 ms", "E2E p50 ms", "goodput req/s", "client CPU share")
 BESIDE_HEADERS = ("model", "how", "case", "TTFT ms", "per token ms (p50)", "tokens/s")
+
+
+VARIANT_HEADERS = ("case", "variant", "precision", "latency ms", "samples/s", "speed-up", "size MB", "params M",
+                   "non-zero M", "top-1 agreement", "cosine (centered)", "gate cosine (worst)")
+
+
+def variant_cells(table: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(t["case"], t["variant"] or "original", t["precision"], t["latency_ms"], t["throughput_samples_per_s"],
+             t["speedup"], t["model_size_mb"], t["parameters_m"], t["nonzero_parameters_m"], t["top1_agreement"],
+             t["cosine_mean"], t["gate_centered_cosine"]) for t in table]
 
 
 def serving_cells(serve: list[Row]) -> list[tuple[Any, ...]]:

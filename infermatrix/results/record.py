@@ -140,6 +140,10 @@ class CaseResult:
 
     # ---- serve (infermatrix.serving): load points, the curve's knee, the client's floor, the load ----
     serve: Mapping[str, Any] | None = None
+    #: a variant's case (``<model>.<variant>``): name, of (the original model), description,
+    #: parameters, nonzero_parameters, fp32_bytes, prepare_s, original (its sizes) and agreement
+    #: (with the original on held-out inputs: top1_agreement, cosine_mean, cosine_min)
+    variant: Mapping[str, Any] | None = None
 
     #: everything else the scenario recorded, written back at the top level of extra_info
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
