@@ -17,6 +17,7 @@ BUILTIN_PLUGINS = (
     "plugins.variants.pruning",
     "plugins.variants.sparsity",
     "plugins.variants.distillation",
+    "plugins.variants.qat",
     # backends, one module per backend (variants live beside their backend)
     "plugins.backends.torch",
     "plugins.backends.tensorflow",

@@ -286,3 +286,51 @@ def test_served_cases_get_load_points_curves_and_the_in_process_figures_beside_t
     assert "| tinyllama | in process: torch | tinyllama-torch-cpu-fp32-b1 |" in summary
     page = (out / "index.html").read_text()
     assert 'alt="Serving — tinyllama"' in page and "data:image/png;base64," in page
+
+
+def latency_record(case_id: str, median_ms: float, variant: dict | None = None, model_size: int | None = None) -> dict:
+    from infermatrix.results.record import CaseResult
+
+    head, precision, batch = case_id.rsplit("-", 2)
+    model, backend, device = head.split("-", 2)
+    info = CaseResult(case_id=case_id, model=model, backend=backend, device=device, precision=precision,
+                      batch_size=int(batch[1:]), scenario="latency", latency_p50_ms=median_ms,
+                      accuracy={"passed": True, "centered_cosine_worst": 0.9}, model_size_bytes=model_size,
+                      variant=variant).to_extra_info()
+    return {"name": f"test_latency[{case_id}]", "group": None,
+            "stats": {"median": median_ms / 1e3, "data": [median_ms / 1e3] * 8}, "extra_info": info}
+
+
+def test_variants_get_a_trade_off_table_a_plot_and_a_json_beside_the_report(tmp_path: Path) -> None:
+    """Speed-up over the original's fp32 on the same backend; the originals' own precisions
+    are rows too; agreement is the variant's, sizes are the case's and the variant's."""
+    from infermatrix.report.data import variant_table
+
+    pruned = {"name": "pruned50", "of": "resnet18", "parameters": 3_000_000, "nonzero_parameters": 3_000_000,
+              "agreement": {"top1_agreement": 0.4, "cosine_mean": 0.8, "cosine_min": 0.7}}
+    benchmarks = [latency_record("resnet18-onnxruntime-cpu-fp32-b1", 10.0, model_size=46_000_000),
+                  latency_record("resnet18-onnxruntime-cpu-int8-b1", 5.0),
+                  latency_record("resnet18.pruned50-onnxruntime-cpu-fp32-b1", 4.0, pruned, 12_000_000),
+                  latency_record("resnet18.pruned50-onnxruntime-cpu-int8-b1", 2.5, pruned),
+                  latency_record("resnet18.pruned50-openvino-cpu-fp32-b1", 3.0, pruned),  # no original here
+                  latency_record("vgg19-onnxruntime-cpu-fp32-b1", 90.0)]  # no variant: not in the table
+    path = tmp_path / "variants.json"
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": benchmarks,
+                                "datetime": "2026-11-24T00:00:00", "infermatrix": {"failed": {}}}))
+    table = variant_table([r for r in rows(merge_runs([path])) if r.scenario == "latency"], [])
+    by_case = {t["case"]: t for t in table}
+    assert set(by_case) == {b["name"][len("test_latency["):-1] for b in benchmarks[:5]}
+    assert by_case["resnet18.pruned50-onnxruntime-cpu-int8-b1"]["speedup"] == pytest.approx(4.0)
+    assert by_case["resnet18.pruned50-onnxruntime-cpu-fp32-b1"]["speedup"] == pytest.approx(2.5)
+    assert by_case["resnet18-onnxruntime-cpu-int8-b1"]["speedup"] == pytest.approx(2.0)
+    assert by_case["resnet18-onnxruntime-cpu-int8-b1"]["variant"] is None
+    assert by_case["resnet18.pruned50-openvino-cpu-fp32-b1"]["speedup"] is None  # nothing to compare with
+    assert by_case["resnet18.pruned50-onnxruntime-cpu-fp32-b1"]["top1_agreement"] == 0.4
+    assert by_case["resnet18.pruned50-onnxruntime-cpu-fp32-b1"]["model_size_mb"] == pytest.approx(12.0)
+    out = tmp_path / "report"
+    assert report([str(path), "--out", str(out)]) == 0
+    assert "## Variants" in (out / "summary.md").read_text()
+    page = (out / "index.html").read_text()
+    assert 'alt="Variants — resnet18"' in page
+    stored = json.loads((out / "variants.json").read_text())
+    assert {t["case"] for t in stored} == set(by_case)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infermatrix import host
-from infermatrix.api.types import FORM_KERAS, BackendInfo, ModelSpec, Target, VariantSpec
+from infermatrix.api.types import FORM_KERAS, BackendInfo, InputSpec, ModelSpec, Target, VariantSpec
 from infermatrix.case import matrix, variants
 
 torch = pytest.importorskip("torch")
@@ -27,6 +27,8 @@ def test_every_variant_applies_where_it_can_and_names_itself_model_dot_variant(a
             assert f"{model}.{variant}" in names
     # channel pruning breaks the encoder's head reshape: not offered there; generation models take none
     assert "bert_base.sparse50" in names and "bert_base.pruned30" not in names
+    # torchao's QAT fake-quantizes Linear layers: the Linear-heavy encoder only
+    assert "bert_base.qat" in names and "resnet18.qat" not in names
     assert not any(n.startswith("tinyllama.") for n in names)
 
 
@@ -112,3 +114,46 @@ def test_a_variant_inherits_its_originals_user_weights(tmp_path: Path, announced
     mine = dataclasses.replace(seeded, weights_path=str(weights))
     assert mine.cache_key() != seeded.cache_key()
     assert variants.original_of(mine).weights_path == str(weights)
+
+
+def tiny_mlp() -> object:
+    return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+
+
+TINY = ModelSpec(name="tinymlp", family="mlp", task="classification",
+                 inputs=(InputSpec("x", (32,), "float32"),),
+                 output_names=("logits",), forms={"torch": tiny_mlp}, linear_heavy=True)
+
+
+def test_qat_trains_with_fake_quantization_and_leaves_a_plain_fp32_module(tmp_path: Path) -> None:
+    """torchao's fake-quantized Linear layers are trained, then taken out again: the cached
+    variant is the original's structure with new weights (kept as a state dict)."""
+    pytest.importorskip("torchao")
+    from torchao.quantization.qat.linear import FakeQuantizedLinear
+
+    from infermatrix.gate.reference import build_torch_model
+    from plugins.variants import qat
+
+    (variant,) = qat.VARIANTS
+    assert variants.applies(TINY, variant)
+    model = variants.derive(TINY, variant)
+    original = build_torch_model(TINY, tmp_path)
+    module = build_torch_model(model, tmp_path)
+    assert not any(isinstance(m, FakeQuantizedLinear) for m in module.modules())
+    assert [type(m) for m in module] == [type(m) for m in original]
+    assert not torch.equal(module[0].weight, original[0].weight)  # trained
+    stored = variants.model_cache_dir(model, tmp_path) / variants.MODULE_FILE
+    assert isinstance(torch.load(stored, weights_only=True), dict)  # a state dict, not a pickle
+    again = build_torch_model(model, tmp_path)
+    assert torch.equal(again[0].weight, module[0].weight)
+    info = variants.variant_info(model, tmp_path)
+    assert info is not None and info["name"] == "qat" and info["agreement"]["samples"] == variants.AGREEMENT_SAMPLES
+
+
+def test_the_centered_loss_weighs_what_tells_samples_apart() -> None:
+    """A student that matches the teacher's mean but not its per-sample part scores about 1
+    on the centered term: the common part cannot hide the rest."""
+    target = torch.randn(8, 10) * 0.01 + 5.0
+    mean_only = target.mean(0, keepdim=True).expand(8, 10)
+    assert float(variants.centered_loss(mean_only, target)) == pytest.approx(1.0, rel=1e-3)
+    assert float(variants.centered_loss(target, target)) == pytest.approx(0.0, abs=1e-9)

@@ -208,6 +208,10 @@ class VariantSpec:
     description: str
     transform: Callable[[Any, ModelSpec, int], Any] = dataclasses.field(hash=False, compare=False)
     applies: Callable[[ModelSpec], bool] | None = dataclasses.field(default=None, hash=False, compare=False)
+    #: ``skeleton(model)`` builds an untrained module of the variant's structure, so the cache
+    #: keeps only its weights (a state dict); None: the whole module is pickled (a structure
+    #: that only the transformation itself can make, such as torch-pruning's narrowed layers).
+    skeleton: Callable[[ModelSpec], Any] | None = dataclasses.field(default=None, hash=False, compare=False)
     #: Changes whenever the transformation changes; part of the variant's cache key.
     version: str = "1"
     seed: int = 0

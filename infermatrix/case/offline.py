@@ -28,7 +28,7 @@ def find_case(manager: pluggy.PluginManager, case_id: str, options: RunOptions) 
     if not batch.isdigit() or int(batch) < 1:
         raise OfflineError(f"unknown case {case_id!r}: ids read model-backend-device-precision-bN")
     models, backends = host.announced(manager.hook)
-    entries = matrix.build(matrix.Selection(batch_sizes=(int(batch),)), models, backends,
+    entries = matrix.build(matrix.Selection(batch_sizes=(int(batch),), variants=("all",)), models, backends,
                            lambda b: manager.hook.pytest_infermatrix_targets(backend=b, options=options))
     entry = next((e for e in entries if e.case.id == case_id), None)
     if entry is None:
@@ -58,7 +58,10 @@ def prepare_offline(manager: pluggy.PluginManager, case: Case, options: RunOptio
 
 def prepare_side(manager: pluggy.PluginManager, model_name: str, side: str, batch_size: int, options: RunOptions,
                  workdir: Path) -> runner.PreparedCase:
-    """``side`` is ``backend:precision`` (cpu) or ``backend:device@precision``."""
+    """``side`` is ``backend:precision`` (cpu) or ``backend:device@precision``, either after
+    ``model/`` for another model than ``model_name`` (a variant beside its original)."""
+    if "/" in side:
+        model_name, _, side = side.partition("/")
     backend_name, _, spec = side.partition(":")
     device, _, precision = spec.rpartition("@") if "@" in spec else ("cpu", "", spec)
     try:

@@ -11,11 +11,12 @@ model's torch form runs. The Keras form is written layer by layer from the origi
 definition, so it cannot follow a transformed module: the Keras backends skip variants
 and say so.
 
-The transformation runs once per (model, weights, variant) and is cached as the whole
-pickled module (a structured prune changes the module's shapes, so a state dict of the
-original definition could not hold it). Two accuracy questions stay apart: the gate
-compares each backend with the *variant's* fp32 reference, and :func:`agreement` (stored
-beside the cached module) says how far the variant moved from the original model.
+The transformation runs once per (model, weights, variant) and is cached: as a state dict
+where the variant can build an empty module of its structure (``VariantSpec.skeleton``),
+else as the whole pickled module (torch-pruning's narrowed layers exist only as made).
+Two accuracy questions stay apart: the gate compares each backend with the *variant's*
+fp32 reference, and :func:`agreement` (stored beside the cached module) says how far the
+variant moved from the original model.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ INFO_FILE = "variant.json"
 #: samples (never used to train a variant; training draws from ``TRAIN_SEED`` up).
 AGREEMENT_SAMPLES = 64
 TRAIN_SEED = 50_000
+#: How ``agreement`` is computed; a cached variant whose figures came another way is made again.
+AGREEMENT_METHOD = "centered-by-original-mean"
 
 
 def variant_name(model: ModelSpec, variant: VariantSpec) -> str:
@@ -91,10 +94,15 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
     original, variant = original_of(model), model.variant_of[1]
     cache = model_cache(model, cache_root)
     stored = cache.dir / MODULE_FILE
-    if stored.exists() and cache.read_json(INFO_FILE) is not None:
+    known = cache.read_json(INFO_FILE)
+    if stored.exists() and isinstance(known, dict) and known.get("agreement_method") == AGREEMENT_METHOD:
         try:
-            return torch.load(stored, map_location="cpu", weights_only=False).eval()
-        except Exception:  # a damaged or foreign pickle: made again below, never trusted
+            if variant.skeleton is None:
+                return torch.load(stored, map_location="cpu", weights_only=False).eval()
+            module = variant.skeleton(original)
+            module.load_state_dict(torch.load(stored, map_location="cpu", weights_only=True), strict=True)
+            return module.eval()
+        except Exception:  # a damaged or foreign file: made again below, never trusted
             stored.unlink(missing_ok=True)
     teacher = build_torch_model(original, cache_root)
     started = time.perf_counter()
@@ -102,14 +110,22 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
     # a copy: transformations change modules in place, and the original is compared below
     module = variant.transform(copy.deepcopy(teacher), original, variant.seed).eval()
     seconds = time.perf_counter() - started
-    info = {"variant": variant.name, "description": variant.description, "of": original.name,
+    info = {"name": variant.name, "description": variant.description, "of": original.name,
+            "agreement_method": AGREEMENT_METHOD,
             "prepare_s": round(seconds, 2), **size_info(module), "original": size_info(teacher),
             "agreement": agreement(teacher, module, original)}
     buffer = io.BytesIO()
-    torch.save(module, buffer)
+    torch.save(module if variant.skeleton is None else module.state_dict(), buffer)
     atomic_write_bytes(cache.path(MODULE_FILE), buffer.getvalue())
     cache.write_json(INFO_FILE, info)  # written last: a module without it is made again
     return module
+
+
+def model_cache_dir(model: ModelSpec, cache_root: Path) -> Path:
+    """Where a variant's module and figures are cached."""
+    from infermatrix.gate.reference import model_cache
+
+    return model_cache(model, cache_root).dir
 
 
 def variant_info(model: ModelSpec, cache_root: Path) -> dict[str, Any] | None:
@@ -163,12 +179,29 @@ def training_batches(model: ModelSpec, steps: int, batch_size: int) -> list[tupl
             for step in range(steps)]
 
 
+def centered_loss(out: Any, target: Any) -> Any:
+    """The teacher's outputs split as the accuracy gate splits them: the part common to the
+    batch (its mean) and what tells the samples apart (the rest), each error relative to the
+    size of its part, so that the small sample-specific part weighs as much as the large
+    common one. (Plain MSE or soft-target KL against a seeded network is spent on the common
+    part: students trained so matched its mean and told no two samples apart — centered
+    cosine ~0, top-1 agreement 0.)"""
+    import torch
+
+    out, target = out.reshape(out.shape[0], -1), target.reshape(target.shape[0], -1)
+    mean_t, mean_o = target.mean(0, keepdim=True), out.mean(0, keepdim=True)
+    spread = ((target - mean_t) ** 2).mean() + 1e-12
+    level = (mean_t ** 2).mean() + 1e-12
+    return (torch.nn.functional.mse_loss(out - mean_o, target - mean_t) / spread
+            + torch.nn.functional.mse_loss(mean_o, mean_t) / level)
+
+
 def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size: int = 8,
-           lr: float = 1e-3, temperature: float = 2.0) -> dict[str, float]:
+           lr: float = 1e-3) -> dict[str, float]:
     """Train ``student`` toward ``teacher``'s outputs for ``steps`` steps of seeded inputs
-    (soft-target KL at ``temperature`` for classifiers, MSE otherwise; Adam). Batch-norm
-    statistics stay as they are (eval mode): these inputs are noise, not data whose
-    statistics a deployed model should learn. Returns the first and last loss."""
+    (:func:`centered_loss`, Adam). Batch-norm statistics stay as they are (eval mode): these
+    inputs are noise, not data whose statistics a deployed model should learn. Returns the
+    first and last loss."""
     import torch
 
     def first(out: Any) -> Any:
@@ -182,12 +215,7 @@ def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size:
         with torch.no_grad():
             target = first(teacher(*batch)).float()
         out = first(student(*batch)).float()
-        if model.task == "classification":
-            loss = torch.nn.functional.kl_div(torch.log_softmax(out / temperature, -1),
-                                              torch.softmax(target / temperature, -1),
-                                              reduction="batchmean") * temperature ** 2
-        else:
-            loss = torch.nn.functional.mse_loss(out, target)
+        loss = centered_loss(out, target)
         optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()

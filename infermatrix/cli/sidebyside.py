@@ -2,6 +2,8 @@
 
     python -m infermatrix sidebyside --model resnet18 --batch-size 1 \\
         --sides torch:fp32,torch-compile:int8,onnxruntime:fp32,onnxruntime:int8,openvino:fp32,openvino:int8
+    python -m infermatrix sidebyside --model resnet18 \\
+        --sides onnxruntime:fp32,resnet18.sparse90/onnxruntime:fp32,resnet18.pruned50/onnxruntime:fp32
 
 Every side is prepared through the same hooks as in a pytest run (the one plugin host,
 :func:`infermatrix.host.plugin_manager`), checked against the fp32 reference, then all sides are timed in
@@ -30,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--sides", required=True,
-                        help="comma list of backend:precision (device cpu) or backend:device@precision")
+                        help="comma list of backend:precision (device cpu) or backend:device@precision, each "
+                             "optionally after MODEL/ for another model (resnet18.sparse90/onnxruntime:fp32)")
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--calls-per-trial", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)

@@ -60,7 +60,7 @@ def _has_student(model: ModelSpec) -> bool:
 
 
 VARIANTS = [VariantSpec("distilled", f"a smaller student of the family distilled for {STEPS} steps",
-                        distilled, _has_student)]
+                        distilled, _has_student, skeleton=student_of)]
 
 
 @pytest.hookimpl

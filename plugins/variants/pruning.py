@@ -37,7 +37,7 @@ def prune_channels(module: Any, model: ModelSpec, ratio: float) -> Any:
     pruner.step()
     for parameter in module.parameters():
         parameter.requires_grad_(True)
-    distil(module, teacher, model, RECOVERY_STEPS)
+    distil(module, teacher, model, RECOVERY_STEPS, lr=1e-4)
     return module
 
 
