@@ -217,7 +217,7 @@ def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size:
         out = first(student(*batch)).float()
         loss = centered_loss(out, target)
         optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
     for parameter in student.parameters():
