@@ -148,6 +148,24 @@ def test_qat_trains_with_fake_quantization_and_leaves_a_plain_fp32_module(tmp_pa
     assert torch.equal(again[0].weight, module[0].weight)
     info = variants.variant_info(model, tmp_path)
     assert info is not None and info["name"] == "qat" and info["agreement"]["samples"] == variants.AGREEMENT_SAMPLES
+    training = info["training"]  # simulated int8 against the original, before and after QAT
+    assert training["steps"] == qat.STEPS and "SGD" in training["optimizer"]
+    for key in ("int8_simulated_agreement_before", "int8_simulated_agreement_after"):
+        assert -1 <= training[key]["cosine_mean"] <= 1
+
+
+def test_a_variant_whose_outputs_no_longer_depend_on_the_input_is_refused(tmp_path: Path) -> None:
+    from infermatrix.gate.reference import build_torch_model
+
+    def flatten(module: object, model: ModelSpec, seed: int) -> object:
+        with torch.no_grad():
+            module[0].weight.zero_()  # every input now gives the same output
+        return module
+
+    model = variants.derive(TINY, VariantSpec("flat", "", flatten))
+    with pytest.raises(variants.VariantCollapsed, match=r"tinymlp\.flat: the variant's outputs no longer depend"):
+        build_torch_model(model, tmp_path)
+    assert variants.variant_info(model, tmp_path) is None  # nothing cached
 
 
 def test_the_centered_loss_weighs_what_tells_samples_apart() -> None:

@@ -108,12 +108,16 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
     started = time.perf_counter()
     torch.manual_seed(variant.seed)
     # a copy: transformations change modules in place, and the original is compared below
-    module = variant.transform(copy.deepcopy(teacher), original, variant.seed).eval()
+    made = variant.transform(copy.deepcopy(teacher), original, variant.seed)
+    # a transformation may say what its training did: (module, {"training": ...})
+    module, training = (made if isinstance(made, tuple) else (made, {}))
+    module = module.eval()
     seconds = time.perf_counter() - started
+    check_not_collapsed(teacher, module, original, model.name)
     info = {"name": variant.name, "description": variant.description, "of": original.name,
             "agreement_method": AGREEMENT_METHOD,
             "prepare_s": round(seconds, 2), **size_info(module), "original": size_info(teacher),
-            "agreement": agreement(teacher, module, original)}
+            "agreement": agreement(teacher, module, original), **training}
     buffer = io.BytesIO()
     torch.save(module if variant.skeleton is None else module.state_dict(), buffer)
     atomic_write_bytes(cache.path(MODULE_FILE), buffer.getvalue())
@@ -126,6 +130,32 @@ def model_cache_dir(model: ModelSpec, cache_root: Path) -> Path:
     from infermatrix.gate.reference import model_cache
 
     return model_cache(model, cache_root).dir
+
+
+class VariantCollapsed(RuntimeError):
+    """A variant whose outputs no longer depend on its input: nothing to measure."""
+
+
+def spread(module: Any, model: ModelSpec, samples: int = 16) -> float:
+    """What tells samples apart in the outputs, relative to the outputs' size."""
+    import torch
+
+    from infermatrix.gate.reference import run_torch
+
+    out = torch.from_numpy(run_torch(module, model, make_inputs(model.inputs, samples, model.eval_seed))[0])
+    out = out.reshape(samples, -1)
+    return float((out - out.mean(0, keepdim=True)).norm() / (out.norm() + 1e-30))
+
+
+def check_not_collapsed(original: Any, variant: Any, model: ModelSpec, name: str) -> None:
+    """Refuse a variant whose training made every input give the same output (seen: a BERT
+    student distilled from scratch on noise tokens kept 1e-7 of its teacher's per-sample
+    spread); cached, it would reach the accuracy gate as a model with nothing to check."""
+    ours, theirs = spread(original, model), spread(variant, model)
+    if theirs < 1e-3 * ours:
+        raise VariantCollapsed(f"{name}: the variant's outputs no longer depend on its input (per-sample spread "
+                               f"{theirs:.1e} of the outputs' size, the original's {ours:.1e}); its training "
+                               "collapsed it, so it is not measured — change the variant's steps or learning rate")
 
 
 def variant_info(model: ModelSpec, cache_root: Path) -> dict[str, Any] | None:
@@ -197,7 +227,7 @@ def centered_loss(out: Any, target: Any) -> Any:
 
 
 def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size: int = 8,
-           lr: float = 1e-3) -> dict[str, float]:
+           lr: float = 1e-3, sgd: bool = False) -> dict[str, float]:
     """Train ``student`` toward ``teacher``'s outputs for ``steps`` steps of seeded inputs
     (:func:`centered_loss`, Adam). Batch-norm statistics stay as they are (eval mode): these
     inputs are noise, not data whose statistics a deployed model should learn. Returns the
@@ -209,7 +239,10 @@ def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size:
 
     teacher.eval()
     student.eval()
-    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
+    trained = [p for p in student.parameters() if p.requires_grad]
+    # Adam moves every parameter by about ``lr`` whatever its gradient: a fine-tune of a
+    # nearly right network (QAT) wants steps in proportion to the gradient, so SGD there
+    optimizer = torch.optim.SGD(trained, lr=lr) if sgd else torch.optim.Adam(trained, lr=lr)
     losses = []
     for batch in training_batches(model, steps, batch_size):
         with torch.no_grad():

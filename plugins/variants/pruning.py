@@ -56,7 +56,7 @@ VARIANTS = [
     VariantSpec(f"pruned{int(ratio * 100)}",
                 f"{int(ratio * 100)}% of channels removed (torch-pruning, L2 group magnitude), "
                 f"then {RECOVERY_STEPS} steps distilled from the original",
-                _pruned(ratio), _convolutional)
+                _pruned(ratio), _convolutional, version="2")
     for ratio in (0.3, 0.5)
 ]
 
