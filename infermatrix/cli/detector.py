@@ -48,9 +48,23 @@ class Matrix:
         """The backend the injected slowdowns hit: the first one named."""
         return self.backends.split(",")[0]
 
-    def case_ids(self) -> list[str]:
-        return [f"{m}-{b}-cpu-{p}-b1" for m in self.models.split(",") for b in self.backends.split(",")
-                for p in self.precisions.split(",")]
+    def case_ids(self, rootdir: Path) -> list[str]:
+        """The cases of this matrix that run here (as pytest's run of it times them): the
+        product of the names less what does not exist (onnxruntime has no bf16) or skips."""
+        from infermatrix import host
+        from infermatrix.api.types import RunOptions
+        from infermatrix.cache import resolve_cache_dir
+        from infermatrix.case import matrix
+        from infermatrix.machine import physical_cores
+
+        manager = host.plugin_manager()
+        models, backends = host.announced(manager.hook)
+        options = RunOptions(cache_root=resolve_cache_dir(None, rootdir), threads=physical_cores())
+        selection = matrix.Selection(models=tuple(self.models.split(",")), backends=tuple(self.backends.split(",")),
+                                     devices=("cpu",), precisions=tuple(self.precisions.split(",")), batch_sizes=(1,))
+        entries = matrix.build(selection, models, backends,
+                               lambda b: manager.hook.pytest_infermatrix_targets(backend=b, options=options))
+        return [e.case.id for e in entries if e.skip_reason is None]
 
 
 def pytest_run(rootdir: Path, out: Path, extra: list[str], cases: Matrix) -> dict[str, Any]:
@@ -253,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     rootdir = args.rootdir.resolve()
     run_args = (*(["--repeats", str(args.repeats_per_run)] if args.repeats_per_run else []), *args.run_args.split())
     matrix = Matrix(args.models, args.backends, args.precisions, tuple(run_args))
-    cases = matrix.case_ids()
+    cases = matrix.case_ids(rootdir)
     summary: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.out or Path(tmp)
