@@ -142,7 +142,9 @@ def test_qat_trains_with_fake_quantization_and_leaves_a_plain_fp32_module(tmp_pa
     assert not any(isinstance(m, FakeQuantizedLinear) for m in module.modules())
     assert [type(m) for m in module] == [type(m) for m in original]
     assert not torch.equal(module[0].weight, original[0].weight)  # trained
-    stored = variants.model_cache_dir(model, tmp_path) / variants.MODULE_FILE
+    from infermatrix.gate.reference import model_cache
+
+    stored = model_cache(model, tmp_path).dir / variants.MODULE_FILE
     assert isinstance(torch.load(stored, weights_only=True), dict)  # a state dict, not a pickle
     again = build_torch_model(model, tmp_path)
     assert torch.equal(again[0].weight, module[0].weight)

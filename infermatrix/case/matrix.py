@@ -92,13 +92,12 @@ def check_unique(kind: str, names: Sequence[str]) -> None:
 
 def model_rule(model: ModelSpec, target: Target, backend: BackendInfo | None = None) -> str | None:
     """Skips that follow from the model (and the form of it the backend consumes)."""
-    if backend is not None and model.variant_of is not None and not set(backend.forms) & set(model.forms):
-        return (f"{backend.name}: runs the {' or '.join(backend.forms)} form of a model; a variant is a transformed "
-                f"torch module, and the {' or '.join(backend.forms)} form is written from the original's definition, "
-                "so it cannot carry the transformation")
     if backend is not None and not set(backend.forms) & set(model.forms):
-        return (f"{backend.name}: runs the {' or '.join(backend.forms)} form of a model; {model.name} comes as "
-                f"{', '.join(model.forms)}")
+        forms = " or ".join(backend.forms)
+        why = (f"a variant is a transformed torch module, and the {forms} form is written from the original's "
+               "definition, so it cannot carry the transformation" if model.variant_of is not None
+               else f"{model.name} comes as {', '.join(model.forms)}")
+        return f"{backend.name}: runs the {forms} form of a model; {why}"
     if model.task == "generation":
         if backend is not None and target.precision not in backend.generation_precisions:
             return f"{backend.name}: generates in {', '.join(backend.generation_precisions)}"

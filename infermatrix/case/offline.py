@@ -22,16 +22,23 @@ class OfflineError(RuntimeError):
     """A case that cannot be prepared outside pytest; the message says why."""
 
 
+def matrix_here(manager: pluggy.PluginManager, selection: matrix.Selection,
+                options: RunOptions) -> list[matrix.MatrixEntry]:
+    """The matrix a pytest run with ``selection`` builds on this machine, skips included."""
+    models, backends = host.announced(manager.hook)
+    return matrix.build(selection, models, backends,
+                        lambda b: manager.hook.pytest_infermatrix_targets(backend=b, options=options))
+
+
 def find_case(manager: pluggy.PluginManager, case_id: str, options: RunOptions) -> Case:
     """The case named by ``case_id``, from the same matrix a pytest run builds (any batch size)."""
     _, _, batch = case_id.rpartition("-b")
     if not batch.isdigit() or int(batch) < 1:
         raise OfflineError(f"unknown case {case_id!r}: ids read model-backend-device-precision-bN")
-    models, backends = host.announced(manager.hook)
-    entries = matrix.build(matrix.Selection(batch_sizes=(int(batch),), variants=("all",)), models, backends,
-                           lambda b: manager.hook.pytest_infermatrix_targets(backend=b, options=options))
+    entries = matrix_here(manager, matrix.Selection(batch_sizes=(int(batch),), variants=("all",)), options)
     entry = next((e for e in entries if e.case.id == case_id), None)
     if entry is None:
+        models, backends = host.announced(manager.hook)
         raise OfflineError(f"unknown case {case_id!r}; models: {', '.join(m.name for m in models)}; "
                            f"backends: {', '.join(b.name for b in backends)}")
     if entry.skip_reason:

@@ -113,11 +113,13 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
     module, training = (made if isinstance(made, tuple) else (made, {}))
     module = module.eval()
     seconds = time.perf_counter() - started
-    check_not_collapsed(teacher, module, original, model.name)
+    # the original's and the variant's outputs on the held-out inputs, once for both checks
+    theirs, ours = outputs(teacher, original), outputs(module, original)
+    check_not_collapsed(theirs, ours, model.name)
     info = {"name": variant.name, "description": variant.description, "of": original.name,
             "agreement_method": AGREEMENT_METHOD,
             "prepare_s": round(seconds, 2), **size_info(module), "original": size_info(teacher),
-            "agreement": agreement(teacher, module, original), **training}
+            "agreement": compare(theirs, ours, original.task), **training}
     buffer = io.BytesIO()
     torch.save(module if variant.skeleton is None else module.state_dict(), buffer)
     atomic_write_bytes(cache.path(MODULE_FILE), buffer.getvalue())
@@ -125,33 +127,30 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
     return module
 
 
-def model_cache_dir(model: ModelSpec, cache_root: Path) -> Path:
-    """Where a variant's module and figures are cached."""
-    from infermatrix.gate.reference import model_cache
-
-    return model_cache(model, cache_root).dir
-
-
 class VariantCollapsed(RuntimeError):
     """A variant whose outputs no longer depend on its input: nothing to measure."""
 
 
-def spread(module: Any, model: ModelSpec, samples: int = 16) -> float:
-    """What tells samples apart in the outputs, relative to the outputs' size."""
+def outputs(module: Any, model: ModelSpec, samples: int = AGREEMENT_SAMPLES) -> Any:
+    """The module's first output on the held-out seeded inputs, one row per sample."""
     import torch
 
     from infermatrix.gate.reference import run_torch
 
-    out = torch.from_numpy(run_torch(module, model, make_inputs(model.inputs, samples, model.eval_seed))[0])
-    out = out.reshape(samples, -1)
+    found = run_torch(module, model, make_inputs(model.inputs, samples, model.eval_seed))[0]
+    return torch.from_numpy(found).reshape(samples, -1)
+
+
+def spread(out: Any) -> float:
+    """What tells samples apart in ``out`` (rows: samples), relative to its size."""
     return float((out - out.mean(0, keepdim=True)).norm() / (out.norm() + 1e-30))
 
 
-def check_not_collapsed(original: Any, variant: Any, model: ModelSpec, name: str) -> None:
+def check_not_collapsed(original_out: Any, variant_out: Any, name: str) -> None:
     """Refuse a variant whose training made every input give the same output (seen: a BERT
     student distilled from scratch on noise tokens kept 1e-7 of its teacher's per-sample
     spread); cached, it would reach the accuracy gate as a model with nothing to check."""
-    ours, theirs = spread(original, model), spread(variant, model)
+    ours, theirs = spread(original_out), spread(variant_out)
     if theirs < 1e-3 * ours:
         raise VariantCollapsed(f"{name}: the variant's outputs no longer depend on its input (per-sample spread "
                                f"{theirs:.1e} of the outputs' size, the original's {ours:.1e}); its training "
@@ -178,25 +177,24 @@ def size_info(module: Any) -> dict[str, Any]:
     return {"parameters": total, "nonzero_parameters": nonzero, "fp32_bytes": 4 * total}
 
 
-def agreement(original: Any, variant: Any, model: ModelSpec, samples: int = AGREEMENT_SAMPLES) -> dict[str, Any]:
-    """How far the variant moved from the original on held-out seeded inputs: top-1 agreement
-    (classifiers) and the mean and worst per-sample cosine of the outputs, both centered by
-    the original's mean over the samples — as the accuracy gate centers them: a seeded
-    network's outputs share a large common part that would make any two look alike."""
+def agreement(original: Any, variant: Any, model: ModelSpec) -> dict[str, Any]:
+    """How far the variant moved from the original on held-out seeded inputs (:func:`compare`)."""
+    return compare(outputs(original, model), outputs(variant, model), model.task)
+
+
+def compare(original_out: Any, variant_out: Any, task: str) -> dict[str, Any]:
+    """Top-1 agreement (classifiers) and the mean and worst per-sample cosine of the outputs,
+    both centered by the original's mean over the samples — as the accuracy gate centers
+    them: a seeded network's outputs share a large common part that would make any two look
+    alike."""
     import torch
 
-    from infermatrix.gate.reference import run_torch
-
-    inputs = make_inputs(model.inputs, samples, model.eval_seed)
-    ours = [torch.from_numpy(a) for a in run_torch(original, model, inputs)]
-    theirs = [torch.from_numpy(a) for a in run_torch(variant, model, inputs)]
-    a, b = ours[0].reshape(samples, -1), theirs[0].reshape(samples, -1)
-    center = a.mean(0, keepdim=True)
-    a, b = a - center, b - center
+    center = original_out.mean(0, keepdim=True)
+    a, b = original_out - center, variant_out - center
     cosine = torch.nn.functional.cosine_similarity(a, b, dim=1)
-    found: dict[str, Any] = {"samples": samples, "cosine_mean": round(float(cosine.mean()), 4),
+    found: dict[str, Any] = {"samples": int(a.shape[0]), "cosine_mean": round(float(cosine.mean()), 4),
                              "cosine_min": round(float(cosine.min()), 4)}
-    if model.task == "classification":
+    if task == "classification":
         found["top1_agreement"] = round(float((a.argmax(1) == b.argmax(1)).float().mean()), 4)
     return found
 
@@ -229,7 +227,7 @@ def centered_loss(out: Any, target: Any) -> Any:
 def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size: int = 8,
            lr: float = 1e-3, sgd: bool = False) -> dict[str, float]:
     """Train ``student`` toward ``teacher``'s outputs for ``steps`` steps of seeded inputs
-    (:func:`centered_loss`, Adam). Batch-norm statistics stay as they are (eval mode): these
+    (:func:`centered_loss`; Adam, or SGD with ``sgd``). Batch-norm statistics stay as they are (eval mode): these
     inputs are noise, not data whose statistics a deployed model should learn. Returns the
     first and last loss."""
     import torch

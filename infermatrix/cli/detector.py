@@ -55,16 +55,13 @@ class Matrix:
         from infermatrix.api.types import RunOptions
         from infermatrix.cache import resolve_cache_dir
         from infermatrix.case import matrix
+        from infermatrix.case.offline import matrix_here
         from infermatrix.machine import physical_cores
 
-        manager = host.plugin_manager()
-        models, backends = host.announced(manager.hook)
         options = RunOptions(cache_root=resolve_cache_dir(None, rootdir), threads=physical_cores())
         selection = matrix.Selection(models=tuple(self.models.split(",")), backends=tuple(self.backends.split(",")),
                                      devices=("cpu",), precisions=tuple(self.precisions.split(",")), batch_sizes=(1,))
-        entries = matrix.build(selection, models, backends,
-                               lambda b: manager.hook.pytest_infermatrix_targets(backend=b, options=options))
-        return [e.case.id for e in entries if e.skip_reason is None]
+        return [e.case.id for e in matrix_here(host.plugin_manager(), selection, options) if e.skip_reason is None]
 
 
 def pytest_run(rootdir: Path, out: Path, extra: list[str], cases: Matrix) -> dict[str, Any]:
