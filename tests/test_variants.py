@@ -50,11 +50,19 @@ def test_variants_are_opt_in_and_selected_by_their_original_and_name(announced: 
         matrix.validate(matrix.Selection(models=("resnet18.sparse50",)), models, [backend])
 
 
-def test_the_keras_backends_skip_a_variant_saying_why(announced: dict[str, ModelSpec]) -> None:
+def test_a_keras_backend_runs_a_variant_with_a_keras_form_and_skips_one_without_saying_why(
+        announced: dict[str, ModelSpec]) -> None:
     keras_backend = BackendInfo("tensorflow", ("cpu",), ("fp32",), forms=(FORM_KERAS,))
-    reason = matrix.model_rule(announced["resnet18.sparse50"], Target("cpu", "fp32"), keras_backend)
-    assert reason is not None and "transformed torch module" in reason
-    assert matrix.model_rule(announced["resnet18"], Target("cpu", "fp32"), keras_backend) is None
+    fp32 = Target("cpu", "fp32")
+    for name in ("resnet18", "resnet18.sparse50", "resnet18.pruned50", "resnet18.distilled", "vgg19.distilled"):
+        assert matrix.model_rule(announced[name], fp32, keras_backend) is None, name
+    # a variant that declares no Keras form, of a model that has one: the variant is named as the cause
+    bare = variants.derive(announced["resnet18"], VariantSpec("rewired", "", lambda m, model, seed: m))
+    reason = matrix.model_rule(bare, fp32, keras_backend)
+    assert reason is not None and "variant 'rewired' has no keras form" in reason
+    # the encoder has no Keras form at all: its variants say that, as the encoder does
+    reason = matrix.model_rule(announced["bert_base.distilled"], fp32, keras_backend)
+    assert reason is not None and "comes as torch" in reason
 
 
 def test_a_variant_name_must_fit_an_id() -> None:
@@ -64,15 +72,22 @@ def test_a_variant_name_must_fit_an_id() -> None:
         variants.expand([], [VariantSpec("x", "", lambda m, model, seed: m)] * 2)
 
 
+@pytest.fixture(scope="module")
+def variant_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the module: a variant is made once and read back by the tests after."""
+    return tmp_path_factory.mktemp("variant-cache")
+
+
 @pytest.mark.parametrize("name, check", [
     ("resnet18.sparse90", "sparse"),
     ("resnet18.pruned50", "pruned"),
     ("resnet18.distilled", "smaller"),
 ])
 def test_each_variant_really_transforms_and_is_cached_with_its_agreement(
-        tmp_path: Path, announced: dict[str, ModelSpec], name: str, check: str) -> None:
+        variant_cache: Path, announced: dict[str, ModelSpec], name: str, check: str) -> None:
     from infermatrix.gate.reference import build_torch_model, run_torch
 
+    tmp_path = variant_cache
     model = announced[name]
     original = build_torch_model(announced["resnet18"], tmp_path)
     module = build_torch_model(model, tmp_path)
@@ -97,6 +112,66 @@ def test_each_variant_really_transforms_and_is_cached_with_its_agreement(
     # a variant's outputs are its own: not the original's
     assert not all((a == b).all() for a, b in zip(run_torch(original, model, inputs), run_torch(module, model, inputs),
                                                   strict=True))
+
+
+KERAS_FORWARD = """
+import json, sys
+from pathlib import Path
+import numpy as np
+import keras  # before anything imports torch: the two cannot share a process here
+from infermatrix import host
+from infermatrix.forms.keras import build_from_torch_state
+from infermatrix.gate.reference import torch_state
+
+root, names = Path(sys.argv[1]), sys.argv[2:]
+models = {m.name: m for m in host.announced(host.plugin_manager().hook)[0]}
+found = {}
+for name in names:
+    model = models[name]
+    net, tensors = build_from_torch_state(model, keras, torch_state(model, root))
+    np.save(root / f"{name}.keras.npy", np.asarray(net(model.eval_inputs(2)["input"], training=False)))
+    found[name] = {"tensors": tensors, "parameters": int(net.count_params()),
+                   "conv1_filters": int(net.get_layer("conv1").filters)}
+print(json.dumps(found))
+"""
+
+
+def test_a_variants_keras_form_computes_what_its_torch_module_computes(
+        variant_cache: Path, announced: dict[str, ModelSpec]) -> None:
+    """Sparse (same layers), channel-pruned (same layers, narrower: widths read from the weights)
+    and distilled (the student's own form): the Keras form, filled from the variant's cached
+    weights alone, gives the variant's outputs — not the original's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from infermatrix.gate.reference import build_torch_model, run_torch
+
+    names = ["resnet18.sparse90", "resnet18.pruned50", "resnet18.distilled"]
+    expected = {}
+    for name in names:
+        model = announced[name]
+        module = build_torch_model(model, variant_cache)
+        numbers = sum(v.numel() for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked"))
+        expected[name] = (run_torch(module, model, model.eval_inputs(2))[0], numbers)
+    proc = subprocess.run([sys.executable, "-c", KERAS_FORWARD, str(variant_cache), *names], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    original = run_torch(build_torch_model(announced["resnet18"], variant_cache), announced["resnet18"],
+                         announced["resnet18"].eval_inputs(2))[0]
+    for name in names:
+        torch_out, parameters = expected[name]
+        keras_out = np.load(variant_cache / f"{name}.keras.npy")
+        scale = np.abs(torch_out).max()
+        assert np.abs(keras_out - torch_out).max() < 1e-4 * scale, name
+        assert np.abs(original - torch_out).max() > 1e-2 * scale, name  # the check above could tell them apart
+        assert found[name]["parameters"] == parameters, name  # Keras counts batch norm's statistics too
+    assert found["resnet18.pruned50"]["conv1_filters"] < 64  # the original's form, narrowed by the weights
+    assert found["resnet18.sparse90"]["conv1_filters"] == 64
 
 
 def test_a_variant_inherits_its_originals_user_weights(tmp_path: Path, announced: dict[str, ModelSpec]) -> None:

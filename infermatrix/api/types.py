@@ -212,6 +212,13 @@ class VariantSpec:
     #: keeps only its weights (a state dict); None: the whole module is pickled (a structure
     #: that only the transformation itself can make, such as torch-pruning's narrowed layers).
     skeleton: Callable[[ModelSpec], Any] | None = dataclasses.field(default=None, hash=False, compare=False)
+    #: ``keras(original)`` gives the variant's Keras form (a function of the ``keras`` module,
+    #: as ``ModelSpec`` forms are), or None where its structure has none; the Keras backends
+    #: fill it from the variant's weights and take each layer's width from them
+    #: (infermatrix.forms.keras.build_from_torch_state), so a form of the original serves a
+    #: variant that keeps its layers and narrows them. None: the Keras backends skip it.
+    keras: Callable[[ModelSpec], Callable[[Any], Any] | None] | None = dataclasses.field(
+        default=None, hash=False, compare=False)
     #: Changes whenever the transformation changes; part of the variant's cache key.
     version: str = "1"
     seed: int = 0

@@ -94,8 +94,10 @@ def model_rule(model: ModelSpec, target: Target, backend: BackendInfo | None = N
     """Skips that follow from the model (and the form of it the backend consumes)."""
     if backend is not None and not set(backend.forms) & set(model.forms):
         forms = " or ".join(backend.forms)
-        why = (f"a variant is a transformed torch module, and the {forms} form is written from the original's "
-               "definition, so it cannot carry the transformation" if model.variant_of is not None
+        of = model.variant_of
+        why = (f"the variant {of[1].name!r} has no {forms} form (VariantSpec.keras): its structure is not one "
+               "the original's form can take, and no other is written for it"
+               if of is not None and set(backend.forms) & set(of[0].forms)
                else f"{model.name} comes as {', '.join(model.forms)}")
         return f"{backend.name}: runs the {forms} form of a model; {why}"
     if model.task == "generation":

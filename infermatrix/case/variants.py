@@ -7,9 +7,11 @@ to, a :class:`~infermatrix.api.types.ModelSpec` named ``<model>.<variant>`` whos
 is the transformed module. Everything downstream — the ONNX export, the fp32 reference, the
 accuracy gate, every backend — reads that module through
 :func:`infermatrix.gate.reference.build_torch_model`, so a variant runs wherever its
-model's torch form runs. The Keras form is written layer by layer from the original
-definition, so it cannot follow a transformed module: the Keras backends skip variants
-and say so.
+model's torch form runs. A Keras form is written layer by layer, so a variant has one only
+where it says which (``VariantSpec.keras``): the original's for a variant that keeps its
+layers and at most narrows them (:func:`same_layers`: sparsity, channel pruning), a
+student's own for a distilled student; the Keras backends fill it from the variant's
+weights. A variant without one is skipped there, with the reason.
 
 The transformation runs once per (model, weights, variant) and is cached: as a state dict
 where the variant can build an empty module of its structure (``VariantSpec.skeleton``),
@@ -29,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from infermatrix.api.types import FORM_TORCH, ModelSpec, VariantSpec, make_inputs
+from infermatrix.api.types import FORM_KERAS, FORM_TORCH, ModelSpec, VariantSpec, make_inputs
 
 MODULE_FILE = "variant-module.pt"
 INFO_FILE = "variant.json"
@@ -66,9 +68,19 @@ def expand(models: Sequence[ModelSpec], announced: Sequence[VariantSpec]) -> lis
 def derive(model: ModelSpec, variant: VariantSpec) -> ModelSpec:
     # The torch form marks that one exists (code asks that); the module itself is built by
     # build_variant, which needs the cache and the original's weights.
-    return dataclasses.replace(model, name=variant_name(model, variant), forms={FORM_TORCH: _built_by_the_cache},
+    forms: dict[str, Any] = {FORM_TORCH: _built_by_the_cache}
+    keras_form = variant.keras(model) if variant.keras is not None else None
+    if keras_form is not None:
+        forms[FORM_KERAS] = keras_form
+    return dataclasses.replace(model, name=variant_name(model, variant), forms=forms,
                                version=f"{model.version}+{variant.name}.{variant.version}",
                                variant_of=(model, variant))
+
+
+def same_layers(model: ModelSpec) -> Any:
+    """``VariantSpec.keras`` for a variant with the original's layers, some narrower (the
+    builder reads their widths from the variant's weights): the original's Keras form."""
+    return model.build_keras
 
 
 def _built_by_the_cache() -> Any:
@@ -88,7 +100,8 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
     import torch
 
     from infermatrix.cache import atomic_write_bytes
-    from infermatrix.gate.reference import build_torch_model, model_cache
+    from infermatrix.gate import weights
+    from infermatrix.gate.reference import WEIGHTS_FILE, build_torch_model, model_cache
 
     assert model.variant_of is not None
     original, variant = original_of(model), model.variant_of[1]
@@ -98,12 +111,16 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
     if stored.exists() and isinstance(known, dict) and known.get("agreement_method") == AGREEMENT_METHOD:
         try:
             if variant.skeleton is None:
-                return torch.load(stored, map_location="cpu", weights_only=False).eval()
-            module = variant.skeleton(original)
-            module.load_state_dict(torch.load(stored, map_location="cpu", weights_only=True), strict=True)
-            return module.eval()
+                module = torch.load(stored, map_location="cpu", weights_only=False).eval()
+            else:
+                module = variant.skeleton(original)
+                module.load_state_dict(torch.load(stored, map_location="cpu", weights_only=True), strict=True)
         except Exception:  # a damaged or foreign file: made again below, never trusted
             stored.unlink(missing_ok=True)
+        else:
+            if not (cache.dir / WEIGHTS_FILE).exists():  # cached before the Keras forms read it
+                weights.save_state(module, cache.path(WEIGHTS_FILE))
+            return module.eval()
     teacher = build_torch_model(original, cache_root)
     started = time.perf_counter()
     torch.manual_seed(variant.seed)
@@ -123,6 +140,8 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
     buffer = io.BytesIO()
     torch.save(module if variant.skeleton is None else module.state_dict(), buffer)
     atomic_write_bytes(cache.path(MODULE_FILE), buffer.getvalue())
+    # as named arrays too, as a model's seeded weights are: what the torch-less Keras backends load
+    weights.save_state(module, cache.path(WEIGHTS_FILE))
     cache.write_json(INFO_FILE, info)  # written last: a module without it is made again
     return module
 

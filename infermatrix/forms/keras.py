@@ -21,12 +21,23 @@ Layout, so that every backend computes the same function on the same NCHW inputs
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from infermatrix.api.types import ModelSpec
+
 BN_EPSILON = 1e-5  # torch's default; Keras's is 1e-3
+
+#: The torch weights a variant's Keras form is being built for (:func:`build_from_torch_state`).
+#: A model module writes its form with its definition's widths and the builder's signature
+#: is only ``keras``; a channel-pruned variant has the same layers, narrower, so while this
+#: is set each weighted layer takes its width from the weights it will be given.
+_WIDTHS_FROM: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "infermatrix_keras_widths_from", default=None)
 
 
 def layer_name(torch_prefix: str) -> str:
@@ -38,6 +49,13 @@ class KerasBuilder:
         self.layers = keras.layers
         self.keras = keras
         self._n = 0
+        self._state = _WIDTHS_FROM.get()
+
+    def width(self, prefix: str, written: int) -> int:
+        """The layer's output width: as written, or (a variant's form) that of its weights."""
+        if self._state is None or f"{prefix}.weight" not in self._state:
+            return written
+        return int(np.shape(self._state[f"{prefix}.weight"])[0])
 
     def unique(self, kind: str) -> str:
         self._n += 1
@@ -48,7 +66,7 @@ class KerasBuilder:
         L = self.layers
         if padding:
             x = L.ZeroPadding2D(padding, name=self.unique("pad"))(x)
-        return L.Conv2D(filters, kernel, strides=stride, padding="valid", use_bias=bias,
+        return L.Conv2D(self.width(prefix, filters), kernel, strides=stride, padding="valid", use_bias=bias,
                         name=layer_name(prefix))(x)
 
     def depthwise(self, x: Any, prefix: str, kernel: int, stride: int, padding: int) -> Any:
@@ -68,7 +86,7 @@ class KerasBuilder:
         return self.layers.Add(name=self.unique("add"))([a, b])
 
     def dense(self, x: Any, prefix: str, units: int) -> Any:
-        return self.layers.Dense(units, name=layer_name(prefix))(x)
+        return self.layers.Dense(self.width(prefix, units), name=layer_name(prefix))(x)
 
     def nchw_input(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
         inputs = self.layers.Input(shape=shape, name="input")
@@ -76,6 +94,24 @@ class KerasBuilder:
 
     def model(self, inputs: Any, outputs: Any, name: str) -> Any:
         return self.keras.models.Model(inputs, outputs, name=name)
+
+
+def build_from_torch_state(model: ModelSpec, keras: Any, state: Mapping[str, Any],
+                           dtype: str = "float32") -> tuple[Any, int]:
+    """``model``'s Keras form built and filled from torch's ``state``: the network and the
+    number of tensors set.
+
+    A variant's form takes each layer's width from ``state`` (see ``_WIDTHS_FROM``); a
+    model's own form keeps the widths it is written with, so weights of another shape stay
+    an error rather than a different network.
+    """
+    assert model.build_keras is not None  # the matrix skips models without one
+    token = _WIDTHS_FROM.set(state if model.variant_of is not None else None)
+    try:
+        net = model.build_keras(keras)
+    finally:
+        _WIDTHS_FROM.reset(token)
+    return net, load_torch_state(net, state, dtype)
 
 
 def load_torch_state(model: Any, state: Mapping[str, np.ndarray], dtype: str = "float32") -> int:

@@ -217,7 +217,7 @@ def pytest_infermatrix_prepare(
     if backend.name != NAME:
         return None
     assert model.build_keras is not None  # the matrix skips models without one (forms=(FORM_KERAS,))
-    from infermatrix.forms.keras import load_torch_state
+    from infermatrix.forms.keras import build_from_torch_state
     from infermatrix.gate.reference import torch_state
 
     normal, _ = plaidml_devices()
@@ -232,8 +232,7 @@ def pytest_infermatrix_prepare(
     keras.backend.set_floatx(floatx)
     keras.backend.set_learning_phase(0)  # inference graph: batch norm uses its moving statistics
     try:
-        net = model.build_keras(keras)
-        tensors = load_torch_state(net, state, dtype=floatx)
+        net, tensors = build_from_torch_state(model, keras, state, dtype=floatx)
         function = keras.backend.function(net.inputs, net.outputs)
     finally:
         keras.backend.set_floatx("float32")

@@ -240,7 +240,7 @@ def pytest_infermatrix_prepare(
         return None
     assert model.build_keras is not None  # the matrix skips models without one (forms=(FORM_KERAS,))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from infermatrix.forms.keras import load_torch_state
+    from infermatrix.forms.keras import build_from_torch_state
     from infermatrix.gate.reference import torch_state
 
     started = time.perf_counter()
@@ -257,8 +257,7 @@ def pytest_infermatrix_prepare(
     keras.config.set_dtype_policy(policy)
     try:
         with tf.device(device):
-            net = model.build_keras(keras)
-            tensors = load_torch_state(net, state)
+            net, tensors = build_from_torch_state(model, keras, state)
     finally:
         keras.config.set_dtype_policy("float32")
     times.convert_s = time.perf_counter() - started

@@ -19,14 +19,17 @@ def _vgg19() -> Any:
 
 VGG19_FEATURES: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
                                          512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+#: torchvision's VGG-11 (configuration "A"): the distilled student's structure
+VGG11_FEATURES: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
-def vgg19_keras(keras: Any, name: str = "vgg19", classes: int = 1000) -> Any:
-    """torchvision's VGG-19 (no batch norm); ``features.N`` indices count conv, ReLU and pool modules."""
+def vgg_keras(keras: Any, features: tuple[int | str, ...] = VGG19_FEATURES, name: str = "vgg19",
+              classes: int = 1000) -> Any:
+    """torchvision's VGG (no batch norm); ``features.N`` indices count conv, ReLU and pool modules."""
     b = KerasBuilder(keras)
     inputs, x = b.nchw_input((3, 224, 224))
     index = 0
-    for v in VGG19_FEATURES:
+    for v in features:
         if v == "M":
             x = keras.layers.MaxPooling2D(2, 2, name=b.unique("maxpool"))(x)
             index += 1
@@ -48,7 +51,7 @@ MODELS = [
         task="classification",
         inputs=(InputSpec("input", (3, 224, 224), "float32", repeat=7),),
         output_names=("logits",),
-        forms={FORM_TORCH: _vgg19, FORM_KERAS: vgg19_keras},
+        forms={FORM_TORCH: _vgg19, FORM_KERAS: vgg_keras},
         default_batch_sizes=(8,),
         is_cnn=True,
     ),

@@ -41,6 +41,25 @@ def student_of(model: ModelSpec) -> Any:
     raise ValueError(f"no student for family {model.family!r}")
 
 
+def student_keras(model: ModelSpec) -> Any:
+    """The student's Keras form, written as the family's models write theirs (widths from the
+    student's weights: MobileNetV2 at width 0.5 is the original's form, narrower); the encoder
+    has none."""
+    import functools
+
+    if model.family == "resnet":
+        from plugins.models.resnet import resnet
+
+        return functools.partial(resnet, blocks=(1, 1, 1, 1), bottleneck=False, name=f"{model.name}_distilled")
+    if model.family == "mobilenet":
+        return model.build_keras
+    if model.family == "vgg":
+        from plugins.models.vgg import VGG11_FEATURES, vgg_keras
+
+        return functools.partial(vgg_keras, features=VGG11_FEATURES, name=f"{model.name}_distilled")
+    return None
+
+
 def distilled(module: Any, model: ModelSpec, seed: int) -> Any:
     import torch
 
@@ -62,7 +81,7 @@ def _has_student(model: ModelSpec) -> bool:
 
 
 VARIANTS = [VariantSpec("distilled", f"a smaller student of the family distilled for {STEPS} steps",
-                        distilled, _has_student, skeleton=student_of, version="2")]
+                        distilled, _has_student, skeleton=student_of, keras=student_keras, version="2")]
 
 
 @pytest.hookimpl

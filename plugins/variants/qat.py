@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from infermatrix.api.types import ModelSpec, VariantSpec
+from infermatrix.case.variants import same_layers
 
 STEPS = 10
 LEARNING_RATE = 1e-4
@@ -78,7 +79,8 @@ def _original_structure(model: ModelSpec) -> Any:
 
 VARIANTS = [VariantSpec("qat", f"{STEPS} steps of torchao QAT (int8 per-token activations, int8 per-channel "
                         "weights on every Linear) distilled from the original, fake quantizers removed",
-                        quantization_aware, _linear_heavy, skeleton=_original_structure, version="2")]
+                        quantization_aware, _linear_heavy, skeleton=_original_structure, keras=same_layers,
+                        version="2")]
 
 
 @pytest.hookimpl

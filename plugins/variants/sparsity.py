@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from infermatrix.api.types import ModelSpec, VariantSpec
+from infermatrix.case.variants import same_layers
 
 
 def zero_smallest(module: Any, sparsity: float) -> Any:
@@ -40,7 +41,7 @@ def _original_structure(model: ModelSpec) -> Any:
 
 VARIANTS = [
     VariantSpec(f"sparse{int(s * 100)}", f"{int(s * 100)}% of conv/linear weights zeroed by global magnitude",
-                _sparse(s), skeleton=_original_structure)
+                _sparse(s), skeleton=_original_structure, keras=same_layers)
     for s in (0.5, 0.9)
 ]
 
