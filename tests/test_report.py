@@ -288,7 +288,8 @@ def test_served_cases_get_load_points_curves_and_the_in_process_figures_beside_t
     assert 'alt="Serving — tinyllama"' in page and "data:image/png;base64," in page
 
 
-def latency_record(case_id: str, median_ms: float, variant: dict | None = None, model_size: int | None = None) -> dict:
+def latency_record(case_id: str, median_ms: float, variant: dict | None = None, model_size: int | None = None,
+                   top1: float | None = None) -> dict:
     from infermatrix.results.record import CaseResult
 
     head, precision, batch = case_id.rsplit("-", 2)
@@ -296,22 +297,27 @@ def latency_record(case_id: str, median_ms: float, variant: dict | None = None, 
     info = CaseResult(case_id=case_id, model=model, backend=backend, device=device, precision=precision,
                       batch_size=int(batch[1:]), scenario="latency", latency_p50_ms=median_ms,
                       accuracy={"passed": True, "centered_cosine_worst": 0.9}, model_size_bytes=model_size,
-                      variant=variant).to_extra_info()
+                      variant=variant,
+                      agreement_with_original=None if top1 is None else {
+                          "of": model.split(".")[0], "samples": 32, "top1_agreement": top1,
+                          "cosine_mean": top1, "cosine_min": top1 - 0.1}).to_extra_info()
     return {"name": f"test_latency[{case_id}]", "group": None,
             "stats": {"median": median_ms / 1e3, "data": [median_ms / 1e3] * 8}, "extra_info": info}
 
 
 def test_variants_get_a_trade_off_table_a_plot_and_a_json_beside_the_report(tmp_path: Path) -> None:
     """Speed-up over the original's fp32 on the same backend; the originals' own precisions
-    are rows too; agreement is the variant's, sizes are the case's and the variant's."""
+    are rows too; agreement is the case's own outputs against the original (so the original's
+    post-training int8 and a variant's int8 stand side by side), the variant module's beside it;
+    sizes are the case's and the variant's."""
     from infermatrix.report.data import variant_table
 
     pruned = {"name": "pruned50", "of": "resnet18", "parameters": 3_000_000, "nonzero_parameters": 3_000_000,
               "agreement": {"top1_agreement": 0.4, "cosine_mean": 0.8, "cosine_min": 0.7}}
-    benchmarks = [latency_record("resnet18-onnxruntime-cpu-fp32-b1", 10.0, model_size=46_000_000),
-                  latency_record("resnet18-onnxruntime-cpu-int8-b1", 5.0),
-                  latency_record("resnet18.pruned50-onnxruntime-cpu-fp32-b1", 4.0, pruned, 12_000_000),
-                  latency_record("resnet18.pruned50-onnxruntime-cpu-int8-b1", 2.5, pruned),
+    benchmarks = [latency_record("resnet18-onnxruntime-cpu-fp32-b1", 10.0, model_size=46_000_000, top1=1.0),
+                  latency_record("resnet18-onnxruntime-cpu-int8-b1", 5.0, top1=0.9),
+                  latency_record("resnet18.pruned50-onnxruntime-cpu-fp32-b1", 4.0, pruned, 12_000_000, top1=0.41),
+                  latency_record("resnet18.pruned50-onnxruntime-cpu-int8-b1", 2.5, pruned, top1=0.3),
                   latency_record("resnet18.pruned50-openvino-cpu-fp32-b1", 3.0, pruned),  # no original here
                   latency_record("vgg19-onnxruntime-cpu-fp32-b1", 90.0)]  # no variant: not in the table
     path = tmp_path / "variants.json"
@@ -325,7 +331,11 @@ def test_variants_get_a_trade_off_table_a_plot_and_a_json_beside_the_report(tmp_
     assert by_case["resnet18-onnxruntime-cpu-int8-b1"]["speedup"] == pytest.approx(2.0)
     assert by_case["resnet18-onnxruntime-cpu-int8-b1"]["variant"] is None
     assert by_case["resnet18.pruned50-openvino-cpu-fp32-b1"]["speedup"] is None  # nothing to compare with
-    assert by_case["resnet18.pruned50-onnxruntime-cpu-fp32-b1"]["top1_agreement"] == 0.4
+    assert by_case["resnet18.pruned50-onnxruntime-cpu-fp32-b1"]["top1_agreement"] == 0.41
+    assert by_case["resnet18.pruned50-onnxruntime-cpu-fp32-b1"]["variant_top1_agreement"] == 0.4
+    assert by_case["resnet18.pruned50-onnxruntime-cpu-int8-b1"]["top1_agreement"] == 0.3
+    assert by_case["resnet18-onnxruntime-cpu-int8-b1"]["top1_agreement"] == 0.9
+    assert by_case["resnet18.pruned50-openvino-cpu-fp32-b1"]["top1_agreement"] is None  # not recorded: not made up
     assert by_case["resnet18.pruned50-onnxruntime-cpu-fp32-b1"]["model_size_mb"] == pytest.approx(12.0)
     out = tmp_path / "report"
     assert report([str(path), "--out", str(out)]) == 0

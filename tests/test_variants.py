@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from infermatrix import host
@@ -172,6 +173,47 @@ def test_a_variants_keras_form_computes_what_its_torch_module_computes(
         assert found[name]["parameters"] == parameters, name  # Keras counts batch norm's statistics too
     assert found["resnet18.pruned50"]["conv1_filters"] < 64  # the original's form, narrowed by the weights
     assert found["resnet18.sparse90"]["conv1_filters"] == 64
+
+
+def test_each_case_is_compared_with_the_original_model_a_variants_case_and_the_originals_alike(
+        variant_cache: Path, announced: dict[str, ModelSpec], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trade-off table's agreement: a case's own outputs against the original's fp32
+    reference — for the original's cases its own reference, for a variant's the original's,
+    never the variant's (that is the gate's question)."""
+    from infermatrix.api.types import Case
+    from infermatrix.case import runner
+    from infermatrix.gate import reference
+    from infermatrix.gate.reference import build_torch_model, run_torch
+
+    backend = BackendInfo("fake", ("cpu",), ("fp32",))
+
+    def against_original(name: str) -> dict:
+        model = announced[name]
+        module = build_torch_model(model, variant_cache)
+
+        class Session:
+            config: dict = {}
+
+            def run(self, inputs: dict) -> list:
+                return run_torch(module, model, inputs)
+
+        case = Case(model, backend, Target("cpu", "fp32"), 2)
+        found = runner.agreement_with_original(case, runner.gate_outputs(case, Session(), variant_cache, 8),
+                                               variant_cache)
+        assert found is not None
+        return found
+
+    assert against_original("resnet18") == {"of": "resnet18", "samples": 8, "cosine_mean": 1.0, "cosine_min": 1.0,
+                                            "top1_agreement": 1.0}
+    sparse = against_original("resnet18.sparse90")
+    assert sparse["of"] == "resnet18" and sparse["samples"] == 8
+    assert sparse["cosine_min"] <= sparse["cosine_mean"] < 0.99  # 90% of the weights gone: not the original
+    # where the original's reference cannot be had, the record says why instead of a figure
+    monkeypatch.setattr(reference, "reference_outputs", lambda *a: (_ for _ in ()).throw(
+        reference.ReferenceUnavailable("resnet18: no cached fp32 reference")))
+    case = Case(announced["resnet18.sparse90"], backend, Target("cpu", "fp32"), 2)
+    assert runner.agreement_with_original(case, [np.zeros((8, 1000))], variant_cache) == {
+        "of": "resnet18", "why": "resnet18: no cached fp32 reference"}
 
 
 def test_a_variant_inherits_its_originals_user_weights(tmp_path: Path, announced: dict[str, ModelSpec]) -> None:

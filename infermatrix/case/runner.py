@@ -25,7 +25,7 @@ from infermatrix.api.types import (
     Session,
 )
 from infermatrix.gate import reference
-from infermatrix.gate.accuracy import AccuracyReport, compare_outputs
+from infermatrix.gate.accuracy import AccuracyReport, agreement_figures, compare_outputs
 from infermatrix.gate.precision import PrecisionReport, check_precision
 from infermatrix.measure import tails
 from infermatrix.measure.timing import TimingPolicy, TimingResult, benchmark_recorder, measure, warm_up
@@ -83,6 +83,8 @@ class PreparedCase(Drivable):
     precision: PrecisionReport | None = None
     #: a variant's own figures (infermatrix.case.variants.variant_info), None for a model
     variant: dict[str, Any] | None = None
+    #: the case's outputs against the original model's fp32 reference (:func:`agreement_with_original`)
+    agreement_with_original: dict[str, Any] | None = None
 
     def info(self) -> dict[str, Any]:
         return case_info(self)
@@ -106,12 +108,36 @@ def run_in_batches(session: Session, inputs: Arrays, batch_size: int) -> list[ND
     return [np.concatenate(parts, axis=0) for parts in zip(*pieces, strict=True)]
 
 
-def check_accuracy(case: Case, session: Session, cache_root: Path, min_samples: int) -> AccuracyReport:
+def gate_outputs(case: Case, session: Session, cache_root: Path, min_samples: int) -> list[NDArray[Any]]:
+    """The session's outputs on the accuracy gate's seeded inputs."""
     n = reference.accuracy_sample_count(case.batch_size, min_samples)
-    expected = reference.reference_outputs(case.model, n, cache_root)
-    got = run_in_batches(session, reference.accuracy_inputs(case.model, n), case.batch_size)
+    return run_in_batches(session, reference.accuracy_inputs(case.model, n), case.batch_size)
+
+
+def check_accuracy(case: Case, session: Session, cache_root: Path, min_samples: int,
+                   got: list[NDArray[Any]] | None = None) -> AccuracyReport:
+    """The gate: ``got`` (else the session's outputs, run now) against the model's fp32 reference."""
+    if got is None:
+        got = gate_outputs(case, session, cache_root, min_samples)
+    expected = reference.reference_outputs(case.model, len(got[0]), cache_root)
     return compare_outputs(got, expected, case.target.precision, classifier=case.model.task == "classification",
                            backend_config=session.config)
+
+
+def agreement_with_original(case: Case, got: list[NDArray[Any]], cache_root: Path) -> dict[str, Any] | None:
+    """This case's first output on the gate's inputs against the *original* model's fp32
+    reference (a model's own, for a model), as a variant's fp32 agreement is computed: so a
+    variant at int8 (QAT, prune-then-quantize) and the original at post-training int8 are
+    compared with the same thing. Where only torch could make the original's reference and
+    it is not cached, the record says so instead."""
+    from infermatrix.case.variants import original_of
+
+    model = original_of(case.model) if case.model.variant_of is not None else case.model
+    try:
+        expected = reference.reference_outputs(model, len(got[0]), cache_root)
+    except reference.ReferenceUnavailable as missing:
+        return {"of": model.name, "why": str(missing)}
+    return {"of": model.name, **agreement_figures(expected[0], got[0], case.model.task == "classification")}
 
 
 def prove_precision(case: Case, session: Session) -> PrecisionReport:
@@ -160,7 +186,9 @@ def prepare(
             session.run(inputs)
             session.times.first_inference_s = time.perf_counter() - t0
         warmup_calls = warm_up(lambda: session.run(inputs), policy)
-        accuracy = check_accuracy(case, session, cache_root, accuracy_samples)
+        got = gate_outputs(case, session, cache_root, accuracy_samples)
+        accuracy = check_accuracy(case, session, cache_root, accuracy_samples, got)
+        against_original = agreement_with_original(case, got, cache_root)
         precision = prove_precision(case, session)
         flops = reference.flops_per_sample(case.model, cache_root)
     except BaseException:
@@ -169,7 +197,8 @@ def prepare(
     from infermatrix.case.variants import variant_info
 
     return PreparedCase(case, session, inputs, accuracy, prepare_s, warmup_calls, rss_before, flops, threads,
-                        precision=precision, variant=variant_info(case.model, cache_root))
+                        precision=precision, variant=variant_info(case.model, cache_root),
+                        agreement_with_original=against_original)
 
 
 def case_info(prepared: PreparedCase) -> dict[str, Any]:
@@ -186,6 +215,8 @@ def case_info(prepared: PreparedCase) -> dict[str, Any]:
         "model_size_bytes": session.size_bytes,
         "flops_per_sample": prepared.flops_per_sample,
         **({"variant": prepared.variant} if prepared.variant is not None else {}),
+        **({"agreement_with_original": prepared.agreement_with_original}
+           if prepared.agreement_with_original is not None else {}),
     }
 
 

@@ -204,18 +204,11 @@ def agreement(original: Any, variant: Any, model: ModelSpec) -> dict[str, Any]:
 def compare(original_out: Any, variant_out: Any, task: str) -> dict[str, Any]:
     """Top-1 agreement (classifiers) and the mean and worst per-sample cosine of the outputs,
     both centered by the original's mean over the samples — as the accuracy gate centers
-    them: a seeded network's outputs share a large common part that would make any two look
-    alike."""
-    import torch
+    them (infermatrix.gate.accuracy.agreement_figures, which also gives each case's own
+    outputs against the original)."""
+    from infermatrix.gate.accuracy import agreement_figures
 
-    center = original_out.mean(0, keepdim=True)
-    a, b = original_out - center, variant_out - center
-    cosine = torch.nn.functional.cosine_similarity(a, b, dim=1)
-    found: dict[str, Any] = {"samples": int(a.shape[0]), "cosine_mean": round(float(cosine.mean()), 4),
-                             "cosine_min": round(float(cosine.min()), 4)}
-    if task == "classification":
-        found["top1_agreement"] = round(float((a.argmax(1) == b.argmax(1)).float().mean()), 4)
-    return found
+    return agreement_figures(original_out.numpy(), variant_out.numpy(), task == "classification")
 
 
 def training_batches(model: ModelSpec, steps: int, batch_size: int) -> list[tuple[Any, ...]]:

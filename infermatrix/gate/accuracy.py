@@ -209,6 +209,24 @@ def centered_figures(got: NDArray[np.float64], ref: NDArray[np.float64],
                            class_agreement=agreement)
 
 
+def agreement_figures(original: NDArray[Any], other: NDArray[Any], classifier: bool) -> dict[str, Any]:
+    """How far ``other`` is from ``original`` (rows: samples): the mean and worst per-sample
+    cosine and, for classifiers, top-1 agreement — both after removing the original's mean
+    over the samples, as :func:`centered_figures` does and for its reason (a seeded network's
+    shared output part would make any two outputs look alike)."""
+    ref = np.asarray(original, dtype=np.float64).reshape(len(original), -1)
+    got = np.asarray(other, dtype=np.float64).reshape(len(other), -1)
+    center = ref.mean(axis=0, keepdims=True)
+    a, b = ref - center, got - center
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = (a * b).sum(axis=1) / np.maximum(norms, 1e-300)
+    found: dict[str, Any] = {"samples": int(a.shape[0]), "cosine_mean": round(float(cosine.mean()), 4),
+                             "cosine_min": round(float(cosine.min()), 4)}
+    if classifier:
+        found["top1_agreement"] = round(float((a.argmax(1) == b.argmax(1)).mean()), 4)
+    return found
+
+
 def compare_outputs(
     outputs: Sequence[NDArray[Any]],
     reference: Sequence[NDArray[Any]],

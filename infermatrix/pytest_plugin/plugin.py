@@ -831,6 +831,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if not config.getoption("--warm-cache"):
         return
+    from infermatrix.case.variants import original_of
     from infermatrix.forms.onnx_export import onnx_model
 
     state = config.stash[matrix_key]
@@ -846,6 +847,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             if model.build_torch is not None:
                 onnx_model(model, state.cache_root)
         reference.reference_outputs(model, n, state.cache_root)
+        if model.variant_of is not None:  # each case is also compared with the original (agreement_with_original)
+            reference.reference_outputs(original_of(model), n, state.cache_root)
         done.add((model.name, n))
         if reporter is not None:
             reporter.write_line(f"infermatrix: cache warm for {model.name} ({n} reference samples)")

@@ -298,10 +298,12 @@ def served_beside_generate(serve: list[Row], generate: list[Row]) -> list[dict[s
 def variant_table(latency: list[Row], throughput: list[Row]) -> list[dict[str, Any]]:
     """The variants' trade-off: every latency case of a model that has variants in this run,
     the original's own cases included (variant None), each beside the original's fp32 case of
-    the same backend, device and batch — its speed-up over it, its size, and how far its
-    variant moved from the original (the variant's fp32 module against the original's, on
-    held-out inputs: top-1 agreement and centered cosine; the case's own precision error is
-    the accuracy gate's figure, shown beside it)."""
+    the same backend, device and batch — its speed-up over it, its size, and its agreement
+    with the original: the case's own outputs (this backend, this precision) against the
+    original's fp32 reference on the gate's inputs, so a QAT or pruned variant at int8 and
+    the original at post-training int8 answer the same question. Beside them: the variant's
+    fp32 torch module against the original on held-out inputs (``variant_*``), and the
+    gate's figure (the case against its own model's fp32 reference)."""
     variants = [r for r in latency if r.result.variant]
     originals = {(r.result.variant or {}).get("of") for r in variants}
     chosen = variants + [r for r in latency if r.model in originals]
@@ -317,7 +319,8 @@ def variant_table(latency: list[Row], throughput: list[Row]) -> list[dict[str, A
         info = r.result.variant or {}
         of = info.get("of") or r.model
         base = original_fp32.get((of, r.backend, r.device, r.batch_size))
-        agreement = info.get("agreement") or {}
+        module_agreement = info.get("agreement") or {}
+        case_agreement = r.result.agreement_with_original or {}
         accuracy = r.result.accuracy or {}
         found.append({
             "case": r.case_id, "model": of, "variant": info.get("name"), "backend": r.backend, "device": r.device,
@@ -328,8 +331,11 @@ def variant_table(latency: list[Row], throughput: list[Row]) -> list[dict[str, A
             "model_size_mb": (r.result.model_size_bytes or 0) / 1e6 or None,
             "parameters_m": info["parameters"] / 1e6 if "parameters" in info else None,
             "nonzero_parameters_m": info["nonzero_parameters"] / 1e6 if "nonzero_parameters" in info else None,
-            "top1_agreement": agreement.get("top1_agreement", 1.0 if not info else None),
-            "cosine_mean": agreement.get("cosine_mean", 1.0 if not info else None),
+            "top1_agreement": case_agreement.get("top1_agreement"),
+            "cosine_mean": case_agreement.get("cosine_mean"),
+            "agreement_samples": case_agreement.get("samples"),
+            "variant_top1_agreement": module_agreement.get("top1_agreement"),
+            "variant_cosine_mean": module_agreement.get("cosine_mean"),
             "gate_centered_cosine": accuracy.get("centered_cosine_worst"),
         })
     return found

@@ -215,15 +215,17 @@ def plot_serving(serve: list[Row], generate: list[Row]) -> list[tuple[str, str]]
 
 
 def plot_variants(table: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """Per original model: speed-up over its fp32 case on the same backend against the
-    variant's agreement with the original (top-1, else centered cosine); one marker shape per
-    backend, labelled variant/precision. The originals' own precisions sit at agreement 1."""
+    """Per original model: speed-up over its fp32 case on the same backend against the case's
+    agreement with the original's fp32 outputs (top-1, else centered cosine); one marker shape
+    per backend, labelled variant/precision. The originals' own reduced precisions are points
+    too: post-training int8 beside QAT and prune-then-quantize."""
     import matplotlib.pyplot as plt
 
     plots = []
     markers = "osD^v<>pP*X"
     for model in sorted({t["model"] for t in table if t["variant"]}):
-        chosen = [t for t in table if t["model"] == model and t["speedup"] is not None]
+        chosen = [t for t in table if t["model"] == model and t["speedup"] is not None
+                  and (t["top1_agreement"] is not None or t["cosine_mean"] is not None)]
         if not chosen:
             continue
         figure, axes = plt.subplots(figsize=(7, 4.5))

@@ -144,6 +144,10 @@ class CaseResult:
     #: parameters, nonzero_parameters, fp32_bytes, prepare_s, original (its sizes) and agreement
     #: (with the original on held-out inputs: top1_agreement, cosine_mean, cosine_min)
     variant: Mapping[str, Any] | None = None
+    #: this case's outputs on the accuracy gate's inputs against the original model's fp32
+    #: reference (a model's own, for a model): of, samples, cosine_mean, cosine_min,
+    #: top1_agreement (classifiers), centered by the original's mean; or of and why not
+    agreement_with_original: Mapping[str, Any] | None = None
 
     #: everything else the scenario recorded, written back at the top level of extra_info
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
