@@ -216,6 +216,23 @@ def test_each_case_is_compared_with_the_original_model_a_variants_case_and_the_o
         "of": "resnet18", "why": "resnet18: no cached fp32 reference"}
 
 
+def test_a_variant_cached_without_its_weight_arrays_gets_them_made_in_pytests_process(
+        variant_cache: Path, announced: dict[str, ModelSpec]) -> None:
+    """The Keras workers read a variant's weights as arrays (they cannot import torch beside
+    TensorFlow); a variant cached before those were written gets them from ensure_weights_file,
+    which the parent process runs for every case (runner.fill_forward_cache)."""
+    from infermatrix.gate import reference
+
+    model = announced["resnet18.pruned50"]
+    module = reference.build_torch_model(model, variant_cache)
+    arrays = reference.model_cache(model, variant_cache).dir / reference.WEIGHTS_FILE
+    arrays.unlink()
+    reference.ensure_weights_file(model, variant_cache)
+    state = reference.torch_state(model, variant_cache)
+    assert set(state) == set(module.state_dict())
+    assert all(np.array_equal(state[k], v.numpy()) for k, v in module.state_dict().items())
+
+
 def test_a_variant_inherits_its_originals_user_weights(tmp_path: Path, announced: dict[str, ModelSpec]) -> None:
     """--model-weights names the original; the variant is made from those weights (its own cache key)."""
     from infermatrix.gate.reference import build_torch_model

@@ -329,9 +329,17 @@ def fill_forward_cache(case: Case, options: RunOptions, accuracy_samples: int) -
     """The shared cache a forward case reads (seeded weights, fp32 reference, FLOPs), made in
     pytest's process: a worker then runs only its own framework (TensorFlow beside torch
     crashed a process here), and its peak memory is the case's, not the reference model's."""
-    reference.reference_outputs(case.model, reference.accuracy_sample_count(case.batch_size, accuracy_samples),
-                                options.cache_root)
+    n = reference.accuracy_sample_count(case.batch_size, accuracy_samples)
+    reference.reference_outputs(case.model, n, options.cache_root)
     reference.flops_per_sample(case.model, options.cache_root)
+    if case.model.variant_of is not None:
+        from infermatrix.case.variants import original_of
+
+        # what agreement_with_original compares with, and the weights a Keras form loads:
+        # a variant cached before its weights were kept as arrays would make a TensorFlow
+        # worker import torch (the two abort one process here)
+        reference.reference_outputs(original_of(case.model), n, options.cache_root)
+        reference.ensure_weights_file(case.model, options.cache_root)
 
 
 def prepare_forward(case: Case, prepare_session: Callable[[], Session | None], options: RunOptions,

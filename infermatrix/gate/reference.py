@@ -171,6 +171,14 @@ def flops_per_sample(model: ModelSpec, cache_root: Path) -> int | None:
     return flops
 
 
+def ensure_weights_file(model: ModelSpec, cache_root: Path) -> None:
+    """Make the cached weights file (:func:`torch_state` reads it) where torch is here and it
+    is missing; building the torch module writes it."""
+    if model.weights_path is None and not (model_cache(model, cache_root).dir / WEIGHTS_FILE).exists() \
+            and torch_available():
+        build_torch_model(model, cache_root)
+
+
 def torch_state(model: ModelSpec, cache_root: Path) -> dict[str, NDArray[Any]]:
     """The model's weights as torch names them (``state_dict``), as numpy arrays.
 
