@@ -28,8 +28,8 @@ def test_every_variant_applies_where_it_can_and_names_itself_model_dot_variant(a
             assert f"{model}.{variant}" in names
     # channel pruning breaks the encoder's head reshape: not offered there; generation models take none
     assert "bert_base.sparse50" in names and "bert_base.pruned30" not in names
-    # torchao's QAT fake-quantizes Linear layers: the Linear-heavy encoder only
-    assert "bert_base.qat" in names and "resnet18.qat" not in names
+    # QAT: torchao's QATConfig on the Linear-heavy encoder, PT2E's on the convolutional networks
+    assert {"bert_base.qat", "resnet18.qat", "mobilenet_v2.qat"} <= names
     assert not any(n.startswith("tinyllama.") for n in names)
 
 
@@ -83,6 +83,7 @@ def variant_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("resnet18.sparse90", "sparse"),
     ("resnet18.pruned50", "pruned"),
     ("resnet18.distilled", "smaller"),
+    ("resnet18.qat", "qat"),
 ])
 def test_each_variant_really_transforms_and_is_cached_with_its_agreement(
         variant_cache: Path, announced: dict[str, ModelSpec], name: str, check: str) -> None:
@@ -101,6 +102,15 @@ def test_each_variant_really_transforms_and_is_cached_with_its_agreement(
     elif check == "pruned":  # channels removed: every conv narrower or equal, far fewer parameters
         assert info["parameters"] < 0.4 * base["parameters"]
         assert module.conv1.out_channels < original.conv1.out_channels
+    elif check == "qat":  # the same network, its weights fine-tuned with int8 simulated, its statistics kept
+        assert info["parameters"] == info["nonzero_parameters"] == base["parameters"]
+        assert torch.equal(module.bn1.running_var, original.bn1.running_var)
+        assert not torch.equal(module.conv1.weight, original.conv1.weight)
+        training = info["training"]
+        assert "X86InductorQuantizer" in training["scheme"]
+        # what QAT is for: the int8-simulated network moved toward the original's outputs
+        assert (training["int8_simulated_agreement_after"]["cosine_mean"]
+                > training["int8_simulated_agreement_before"]["cosine_mean"])
     else:
         assert info["parameters"] < 0.6 * base["parameters"]
     agreement = info["agreement"]
