@@ -11,8 +11,11 @@ configuration. The driver runs randomized multiple interleaved trials: in every 
 both sides run a short block of calls, in random order, and the trial's ratio is B's
 median over A's. Machine drift and level jumps hit both sides of a trial alike, so the
 ratios are steady where separate runs are not (two interleaved sessions agreed to
-±1–3% here, against ~17% between processes). Per case, a one-sample t-test on the log
-ratios; Benjamini–Hochberg across cases; the cases' groups (backend, precision, model, device)
+±1–3% here, against ~17% between processes). But a process can settle at one of two
+levels for its whole life, which interleaving does not take out: each case is measured by
+``--processes`` pairs of workers one after another (default 3), and the pairs are the
+verdict's unit — their mean log ratio against its standard error, the pairs' spread
+moderated across the cases; Benjamini–Hochberg across cases; the cases' groups (backend, precision, model, device)
 pooled the same way as in ``compare``; the same verdicts (``mode`` "paired"), tables and exit
 code as ``compare``.
 """
@@ -23,15 +26,19 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from infermatrix.measure.paired import interleaved_blocks
 from infermatrix.results.verdicts import Policy, Verdict, paired
+
+#: pairs of worker processes per case (measured: docs/verdicts.md, paired mode)
+PROCESSES = 3
 
 
 def worker_module(rootdir: Path) -> str:
@@ -75,14 +82,27 @@ def _ask(proc: subprocess.Popen[str], payload: dict[str, Any] | None) -> dict[st
             return dict(json.loads(line))
 
 
-def measure_case(case_id: str, a: Side, b: Side, trials: int, calls: int, seed: int) -> list[float]:
-    """Per-trial ratios B/A of the case's median latency."""
-    workers = {"A": a.start(case_id), "B": b.start(case_id)}
+def measure_case(case_id: str, a: Side, b: Side, trials: int, calls: int, seed: int,
+                 processes: int = 1) -> list[list[float]]:
+    """Per-trial ratios B/A of the case's median latency, a list per pair of worker processes:
+    ``processes`` pairs one after another, ``trials`` trials split among them (at least 3
+    each). A process can settle at one of two levels for its whole life (docs/verdicts.md), so
+    the pairs, not the trials, are what the verdict counts (``verdicts.paired``)."""
+    per_pair = max(3, math.ceil(trials / max(1, processes)))
+    return [_measure_pair(case_id, a, b, per_pair, calls, seed * 1000 + p) for p in range(max(1, processes))]
+
+
+def _measure_pair(case_id: str, a: Side, b: Side, trials: int, calls: int, seed: int) -> list[float]:
+    """One worker process per side, interleaved trials; the trials' ratios B/A."""
+    # which side's process starts first alternates with the seed: neither always gets the quieter start
+    order = [("A", a), ("B", b)] if seed % 2 == 0 else [("B", b), ("A", a)]
+    workers = {name: side.start(case_id) for name, side in order}
     try:
         for name, proc in workers.items():
             hello = _ask(proc, None)
             if "error" in hello:
                 raise RuntimeError(f"side {name}: {hello['error']}")
+
         def remote_block(proc: subprocess.Popen[str]) -> Callable[[int], float]:
             # the worker makes one untimed call, then ``calls`` timed ones, and answers their median
             return lambda calls: float(_ask(proc, {"calls": calls})["median_s"])
@@ -103,9 +123,12 @@ def measure_case(case_id: str, a: Side, b: Side, trials: int, calls: int, seed: 
                     proc.kill()
 
 
-def judge_paired(ratios_by_case: dict[str, list[float]], policy: Policy | None = None) -> list[Verdict]:
-    """Each case's per-trial ratios B/A, judged by the same rule as the history verdicts
-    (``verdicts.paired``): the mean log ratio against its standard error, BH across cases."""
+def judge_paired(ratios_by_case: Mapping[str, Sequence[float] | Sequence[Sequence[float]]],
+                 policy: Policy | None = None) -> list[Verdict]:
+    """Each case's per-trial ratios B/A (a list per pair of processes, or one flat list),
+    judged by the same rule as the history verdicts (``verdicts.paired``): the mean log ratio
+    against its standard error — of the trials for one pair, of the pairs for several — BH
+    across cases."""
     return list(paired(ratios_by_case, policy).cases)
 
 
@@ -119,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
                             help="run this side from a temporary git worktree of the checkout at REV")
         parser.add_argument(f"--{side}-threads", type=int, default=None)
         parser.add_argument(f"--{side}-inject-slowdown", type=float, default=0.0, metavar="PERCENT")
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials", type=int, default=12, help="interleaved trials in all, split among the pairs")
+    parser.add_argument("--processes", type=int, default=PROCESSES, metavar="N",
+                        help=f"pairs of worker processes per case, one after another (default {PROCESSES}): "
+                             "a process can settle at one of two levels, so the verdict counts pairs")
     parser.add_argument("--calls", type=int, default=20, help="calls per side per trial")
     parser.add_argument("--alpha", type=float, default=Policy.alpha)
     parser.add_argument("--min-effect", type=float, default=Policy.min_effect)
@@ -164,7 +190,8 @@ def run_sides(args: argparse.Namespace, sides: list[Side]) -> int:
     ratios = {}
     for i, case_id in enumerate(cases):
         try:
-            ratios[case_id] = measure_case(case_id, sides[0], sides[1], args.trials, args.calls, args.seed + i)
+            ratios[case_id] = measure_case(case_id, sides[0], sides[1], args.trials, args.calls, args.seed + i,
+                                           args.processes)
         except RuntimeError as exc:
             print(f"error: {case_id}: {exc}", file=sys.stderr)
             return 2

@@ -208,24 +208,48 @@ def analyse(runs: list[dict[str, Any]], backend: str, processes: int,
     }
 
 
-def paired(rootdir: Path, repeats: int, cases: list[str]) -> dict[str, Any]:
+def paired(rootdir: Path, repeats: int, cases: list[str], processes: int = ab.PROCESSES,
+           trials: int = 12) -> dict[str, Any]:
+    """A/A and +10% (side B busy-waits 10% of each call) on every case, ``repeats`` times,
+    each case measured by ``processes`` pairs of worker processes; judged as the nightly's
+    paired mode judges (the pairs as the unit), and — from the same measurements — as if
+    each case had had its first pair of processes only."""
     a = ab.Side("a", sys.executable, rootdir, None, 0.0)
     b_same = ab.Side("b", sys.executable, rootdir, None, 0.0)
     b_slow = ab.Side("b", sys.executable, rootdir, None, 10.0)
-    hits = fps = 0
-    ratios_aa, ratios_ab = [], []
+    nights = []
     for repeat in range(repeats):
-        aa = {c: ab.measure_case(c, a, b_same, 12, 20, seed=repeat * 100 + i) for i, c in enumerate(cases)}
-        slow = {c: ab.measure_case(c, a, b_slow, 12, 20, seed=repeat * 100 + i) for i, c in enumerate(cases)}
-        fps += sum(v.verdict != "unchanged" for v in ab.judge_paired(aa))
-        hits += sum(v.verdict == "regressed" for v in ab.judge_paired(slow))
-        ratios_aa += [math.exp(np.mean(np.log(r))) for r in aa.values()]
-        ratios_ab += [math.exp(np.mean(np.log(r))) for r in slow.values()]
-    total = repeats * len(cases)
+        nights.append({
+            "aa": {c: ab.measure_case(c, a, b_same, trials, 20, repeat * 100 + i, processes)
+                   for i, c in enumerate(cases)},
+            "slow": {c: ab.measure_case(c, a, b_slow, trials, 20, repeat * 100 + i, processes)
+                     for i, c in enumerate(cases)},
+        })
+
+    def scored(first_pair_only: bool) -> dict[str, Any]:
+        fps = hits = 0
+        mdc = []
+        for night in nights:
+            aa, slow = ({c: (r[:1] if first_pair_only else r) for c, r in night[k].items()} for k in ("aa", "slow"))
+            judged = ab.judge_paired(aa)
+            fps += sum(v.verdict != "unchanged" for v in judged)
+            mdc += [v.min_detectable_change for v in judged if v.min_detectable_change is not None]
+            hits += sum(v.verdict == "regressed" for v in ab.judge_paired(slow))
+        total = repeats * len(cases)
+        return {"recall_at_10pct": hits / total, "flagged_at_10pct": f"{hits} of {total}",
+                "false_positive_rate": fps / total, "aa_flagged": f"{fps} of {total}",
+                "median_detectable_change": float(np.median(mdc))}
+
+    def pair_ratios(kind: str) -> list[float]:
+        return [math.exp(float(np.mean(np.log(p)))) for n in nights for r in n[kind].values() for p in r]
+
+    aa_pairs, slow_pairs = pair_ratios("aa"), pair_ratios("slow")
     return {
-        "cases": cases, "repeats": repeats,
-        "recall_at_10pct": hits / total, "false_positive_rate": fps / total,
-        "aa_ratio_range": [min(ratios_aa), max(ratios_aa)], "ab_ratio_range": [min(ratios_ab), max(ratios_ab)],
+        "cases": cases, "repeats": repeats, "processes": processes, "trials": trials,
+        "pairs": scored(False), "first_pair_only": scored(True),
+        "aa_pair_ratio_range": [min(aa_pairs), max(aa_pairs)],
+        "ab_pair_ratio_range": [min(slow_pairs), max(slow_pairs)],
+        "ratios": nights,
     }
 
 
@@ -235,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", choices=("nightly", "paired"), default=None)
+    parser.add_argument("--paired-processes", type=int, default=ab.PROCESSES, metavar="N",
+                        help=f"paired mode: pairs of worker processes per case (default {ab.PROCESSES})")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--models", required=True, help="comma list, e.g. resnet18,mobilenet_v2")
     parser.add_argument("--backends", required=True,
@@ -270,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         if args.only in (None, "paired"):
-            summary["paired"] = paired(rootdir, args.repeats, cases)
+            summary["paired"] = paired(rootdir, args.repeats, cases, args.paired_processes)
             print(json.dumps(summary, indent=2), flush=True)
         if args.only in (None, "nightly"):
             summary["nightly"] = nightly(rootdir, args.runs, folder, matrix,

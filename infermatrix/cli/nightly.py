@@ -20,7 +20,7 @@ from pathlib import Path
 
 from infermatrix.cache import resolve_cache_dir
 from infermatrix.nightly import night
-from infermatrix.nightly.paired import CALLS, TRIALS
+from infermatrix.nightly.paired import CALLS, PROCESSES, TRIALS
 from infermatrix.nightly.store import BRANCH, ResultsStore
 
 #: fresh processes per latency case every night (measured: docs/verdicts.md "Measured here")
@@ -62,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-paired", action="store_true", help="history mode only")
     p.add_argument("--paired-trials", type=int, default=TRIALS)
     p.add_argument("--paired-calls", type=int, default=CALLS, help="calls per side per trial")
+    p.add_argument("--paired-processes", type=int, default=PROCESSES, metavar="N",
+                   help=f"pairs of worker processes per case in paired mode (default {PROCESSES})")
     p.add_argument("--pip-arg", action="append", default=[], metavar="ARG",
                    help="passed to pip when a reference environment is built (e.g. --pip-arg=--extra-index-url=URL)")
     p.add_argument("--inject-slowdown", action="append", default=[], metavar="BACKEND=PERCENT",
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         results_dir=(args.results or repo / "results").resolve(), report_dir=(args.out or repo / "report").resolve(),
         store=ResultsStore(repo, (args.store or repo / ".infermatrix-results").resolve(), args.branch, args.remote),
         cache_root=resolve_cache_dir(None, repo), export=not args.no_export, paired=not args.no_paired,
-        trials=args.paired_trials, calls=args.paired_calls, pip_args=list(args.pip_arg),
+        trials=args.paired_trials, calls=args.paired_calls, processes=args.paired_processes,
+        pip_args=list(args.pip_arg),
         slowdowns=slowdowns)
     print(f"infermatrix nightly: environments, one after another: {', '.join(envs)}", flush=True)
     try:

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                         "python -m infermatrix report --paired shows them)")
     parser.add_argument("--trials", type=int, default=paired.TRIALS)
     parser.add_argument("--calls", type=int, default=paired.CALLS, help="calls per side per trial")
+    parser.add_argument("--processes", type=int, default=paired.PROCESSES, metavar="N",
+                        help=f"pairs of worker processes per case (default {paired.PROCESSES})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--alpha", type=float, default=verdicts.Policy.alpha)
     parser.add_argument("--min-effect", type=float, default=verdicts.Policy.min_effect)
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     repo = args.repo.resolve()
     outcome = paired.run_paired(reference, current, repo, resolve_cache_dir(None, repo), trials=args.trials,
-                                calls=args.calls, seed=args.seed, slowdowns=slowdowns, pip_args=args.pip_arg,
+                                calls=args.calls, seed=args.seed, processes=args.processes, slowdowns=slowdowns,
+                                pip_args=args.pip_arg,
                                 policy=verdicts.Policy(alpha=args.alpha, min_effect=args.min_effect),
                                 reference_source=source, log=lambda line: print(line, file=sys.stderr, flush=True))
     print("\n".join(outcome.lines()))

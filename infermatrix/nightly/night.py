@@ -175,6 +175,7 @@ class NightConfig:
     paired: bool = True
     trials: int = paired_mode.TRIALS
     calls: int = paired_mode.CALLS
+    processes: int = paired_mode.PROCESSES
     pip_args: list[str] = dataclasses.field(default_factory=list)
     slowdowns: dict[str, float] = dataclasses.field(default_factory=dict)
     #: the UTC time that names the night in the store
@@ -310,7 +311,8 @@ def _paired(config: NightConfig, reference: dict[str, Any], run: dict[str, Any],
         log(f"infermatrix nightly: paired mode off tonight: {exc}")
         return None
     return paired_mode.run_paired(reference, run, config.repo, config.cache_root, trials=config.trials,
-                                  calls=config.calls, slowdowns=config.slowdowns, pip_args=config.pip_args,
+                                  calls=config.calls, processes=config.processes, slowdowns=config.slowdowns,
+                                  pip_args=config.pip_args,
                                   reference_source="the newest accepted baseline", ensure_env=ensure_env, log=log)
 
 

@@ -32,6 +32,8 @@ from infermatrix.results.verdicts import Policy, Verdict
 
 MODE_PAIRED, MODE_HISTORY = "paired", "history"
 TRIALS, CALLS = 12, 20
+#: pairs of worker processes per case (infermatrix.cli.ab.measure_case)
+PROCESSES = ab.PROCESSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +52,8 @@ class PairedOutcome:
     #: which run the cases were paired against: its time, source, commit per environment
     reference: dict[str, Any]
     verdicts: list[Verdict] = dataclasses.field(default_factory=list)
-    trial_ratios: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    #: per case, the trials' ratios of each pair of worker processes
+    trial_ratios: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)
     environment_of: dict[str, str] = dataclasses.field(default_factory=dict)
     #: benchmark name -> why the paired comparison did not judge it (history mode does)
     not_judged: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -74,7 +77,7 @@ class PairedOutcome:
                                  v.get("p_value"), v.get("q_value"), v.get("min_detectable_change"),
                                  int(v.get("history_runs") or 0), v.get("drift"), str(v.get("reason") or "")))
         return cls(dict(data.get("reference") or {}), found,
-                   {k: list(v.get("trial_ratios") or []) for k, v in data["verdicts"].items()},
+                   {k: _pairs(v.get("trial_ratios") or []) for k, v in data["verdicts"].items()},
                    {k: str(v.get("environment")) for k, v in data["verdicts"].items()},
                    dict(data.get("not_judged") or {}), dict(data.get("environments") or {}))
 
@@ -89,7 +92,9 @@ class PairedOutcome:
         commits = sorted({str(e.get("commit") or "?")[:12] for e in self.environments.values()})
         out = [f"Paired against the accepted baseline of {self.reference.get('datetime') or '?'} "
                f"(commit {', '.join(commits) or '?'}); ratio = tonight / reference, per case over "
-               f"{max((len(r) for r in self.trial_ratios.values()), default=0)} interleaved trials."]
+               f"{max((len(r) for r in self.trial_ratios.values()), default=0)} pair(s) of worker processes, "
+               f"{max((sum(len(p) for p in r) for r in self.trial_ratios.values()), default=0)} interleaved "
+               "trials in all."]
         for name, env in sorted(self.environments.items()):
             if env.get("error"):
                 out.append(f"- reference environment {name}: not re-created: {env['error'].splitlines()[0]}")
@@ -104,6 +109,13 @@ class PairedOutcome:
             out += [f"- `{name}`: {why.splitlines()[0] if why else why}"
                     for name, why in sorted(self.not_judged.items())]
         return out
+
+
+def _pairs(stored: Any) -> list[list[float]]:
+    """Stored trial ratios as pairs (an outcome written before the pairs: one flat list)."""
+    if stored and not isinstance(stored[0], list):
+        return [[float(r) for r in stored]]
+    return [[float(r) for r in pair] for pair in stored]
 
 
 def plan(reference_run: Mapping[str, Any], current_run: Mapping[str, Any]) -> tuple[list[PairedCase], dict[str, str]]:
@@ -135,7 +147,7 @@ def plan(reference_run: Mapping[str, Any], current_run: Mapping[str, Any]) -> tu
 
 
 def run_paired(reference_run: Mapping[str, Any], current_run: Mapping[str, Any], repo: Path, cache_root: Path, *,
-               trials: int = TRIALS, calls: int = CALLS, seed: int = 0,
+               trials: int = TRIALS, calls: int = CALLS, seed: int = 0, processes: int = PROCESSES,
                slowdowns: Mapping[str, float] | None = None, pip_args: Sequence[str] = (),
                policy: Policy | None = None, reference_source: str = "",
                ensure_env: Callable[..., refenv.RefEnv] | None = None,
@@ -147,7 +159,7 @@ def run_paired(reference_run: Mapping[str, Any], current_run: Mapping[str, Any],
     locks = environments(reference_run, "the reference baseline")
     outcome = PairedOutcome({"datetime": reference_run.get("datetime"), "source": reference_source},
                             not_judged=not_judged)
-    ratios: dict[str, list[float]] = {}
+    ratios: dict[str, list[list[float]]] = {}
     for env_name in sorted({c.reference_env for c in cases}):
         lock: EnvLock = locks[env_name]
         env_cases = [c for c in cases if c.reference_env == env_name]
@@ -167,10 +179,11 @@ def run_paired(reference_run: Mapping[str, Any], current_run: Mapping[str, Any],
         for i, case in enumerate(env_cases):
             current_side = ab.Side("current", case.current_python, repo, None,
                                    float((slowdowns or {}).get(case.backend, 0.0)), shared)
-            log(f"infermatrix: paired {case.case_id}: {trials} trials x {calls} calls per side")
+            log(f"infermatrix: paired {case.case_id}: {processes} pair(s) of processes, {trials} trials x "
+                f"{calls} calls per side")
             try:
                 ratios[case.name] = ab.measure_case(case.case_id, reference_side, current_side, trials, calls,
-                                                    seed + i)
+                                                    seed + i, processes)
             except (RuntimeError, OSError, ValueError) as exc:
                 not_judged[case.name] = f"paired timing failed: {exc}".replace("side A", "the reference side") \
                     .replace("side B", "tonight's side")

@@ -862,26 +862,65 @@ def _pooled(name: str, members: Sequence[Estimate], noise: SharedNoise) -> tuple
 # ---- paired -----------------------------------------------------------------------------------
 
 
-def paired(ratios_by_case: Mapping[str, Sequence[float]], policy: Policy | None = None,
+def paired(ratios_by_case: Mapping[str, Sequence[float] | Sequence[Sequence[float]]], policy: Policy | None = None,
            labels: Mapping[str, Mapping[str, str]] | None = None) -> Summary:
     """Paired A/B verdicts (``mode="paired"``): each case's per-trial ratios B/A, judged by the
     same rule as the history verdicts — the mean log ratio against its standard error, BH across
     cases — and its groups pooled the same way. ``labels`` (case -> backend, precision, model,
-    device, scenario) default to what the key (a case id or benchmark name) says."""
+    device, scenario) default to what the key (a case id or benchmark name) says.
+
+    A case's ratios are one list (one pair of worker processes) or a list per pair of
+    processes. One pair: the trials are the unit (a t test on them). Several: the *pairs* are
+    — a case can settle at one of two levels per process (13–19% apart here), which no
+    number of trials inside one pair of processes averages out; interleaving takes out the
+    machine's drift, not the level each side's process started at. The pairs' spread is then
+    estimated with few degrees of freedom, so it is moderated across the cases as the
+    history verdicts moderate theirs (:func:`prior_spread`), never below what the trials
+    inside the pairs show."""
     policy = policy or Policy()
+    pairs_of = {key: _as_pairs(ratios) for key, ratios in ratios_by_case.items()}
+    spread_of: dict[str, tuple[float, int]] = {}
+    for key, pairs in pairs_of.items():
+        if len(pairs) >= 2:
+            means = [float(np.mean(np.log(p))) for p in pairs]
+            spread_of[key] = (float(np.var(means, ddof=1)), len(pairs) - 1)
+    s0, d0 = prior_spread([v for v, _ in spread_of.values()], [d for _, d in spread_of.values()], policy)
     estimates = []
-    for key in sorted(ratios_by_case):
-        logs = np.log(np.asarray(ratios_by_case[key], dtype=float))
-        n = len(logs)
-        sd = max(float(np.std(logs, ddof=1)), 1e-4) if n > 1 else math.inf
+    for key in sorted(pairs_of):
+        pairs = pairs_of[key]
         found = dict((labels or {}).get(key) or _labels_of_key(key))
-        estimates.append(Estimate(key, float(np.mean(logs)), sd / math.sqrt(n), max(1, n - 1), 0.0, found))
+        if len(pairs) == 1:
+            logs = np.log(np.asarray(pairs[0], dtype=float))
+            n = len(logs)
+            sd = max(float(np.std(logs, ddof=1)), 1e-4) if n > 1 else math.inf
+            estimates.append(Estimate(key, float(np.mean(logs)), sd / math.sqrt(n), max(1, n - 1), 0.0, found))
+            continue
+        means = [float(np.mean(np.log(p))) for p in pairs]
+        own, df = spread_of[key]
+        moderated = s0 if not math.isfinite(d0) else (d0 * s0 + df * own) / (d0 + df)
+        # a pair's mean varies at least as much as its own trials say it does
+        within = [float(np.var(np.log(p), ddof=1)) / len(p) for p in pairs if len(p) > 1]
+        variance = max(moderated, float(np.mean(within)) if within else 0.0, 1e-8)
+        estimates.append(Estimate(key, float(np.mean(means)), math.sqrt(variance / len(pairs)), d0 + df, 0.0, found))
     cases = [Verdict(d.key, d.verdict, d.ratio, d.ci95, d.p_value, d.q_value, d.min_detectable_change,
-                     len(ratios_by_case[d.key]), None, d.reason.replace("slower", "slower: B than A")
+                     sum(len(p) for p in pairs_of[d.key]), None, d.reason.replace("slower", "slower: B than A")
                      .replace("faster", "faster: B than A"), "paired", "")
              for d in decide(estimates, policy)]
     cases.sort(key=_case_order)
     return Summary(tuple(cases), tuple(judge_groups(estimates, policy, mode="paired")))
+
+
+def _as_pairs(ratios: Sequence[float] | Sequence[Sequence[float]]) -> list[list[float]]:
+    """A case's trial ratios as a list per pair of processes (a flat list: one pair)."""
+    pairs: list[list[float]] = []
+    flat: list[float] = []
+    for item in ratios:
+        if isinstance(item, (list, tuple, np.ndarray)):
+            if len(item):
+                pairs.append([float(r) for r in item])
+        else:
+            flat.append(float(item))  # type: ignore[arg-type]  # (not a sequence: a ratio)
+    return pairs if pairs else [flat]
 
 
 # ---- the table --------------------------------------------------------------------------------
