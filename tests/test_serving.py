@@ -91,9 +91,12 @@ def test_no_server_outlives_the_process_that_started_it(tmp_path: Path, how: str
     pid_file = tmp_path / "server.pid"
     starter = tmp_path / "starter.py"
     starter.write_text(
-        "import sys, time\n"
+        "import signal, sys, time\n"
         "from pathlib import Path\n"
         "from infermatrix.serving.process import ServerProcess, free_port\n"
+        # Ctrl-C as in a terminal, even when pytest itself runs as a background job (which
+        # starts its children with SIGINT ignored)
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "port = free_port()\n"
         f"s = ServerProcess.start([sys.executable, {FAKE!r}, str(port), '--pid-file', {str(pid_file)!r}],\n"
         f"                        Path({str(tmp_path / 'log')!r}), f'http://127.0.0.1:{{port}}', timeout_s=60)\n"
