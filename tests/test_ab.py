@@ -107,3 +107,29 @@ def test_ab_names_an_unknown_or_unrunnable_case(tmp_path: Path, monkeypatch: pyt
     assert "unknown case 'nosuch-numpy-cpu-fp32-b1'" in capsys.readouterr().err
     assert ab.main(["--cases", "tinymlp-numpy-fakegpu-fp32-b1", *base]) == 2
     assert "no fake GPU on this machine" in capsys.readouterr().err
+
+
+def test_the_detectors_paired_measurement_scores_pairs_and_the_first_pair_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m infermatrix detector --only paired``: A/A and +10% on every case, each by
+    pairs of processes; judged by the pairs, and as if each case had had its first pair only."""
+    from infermatrix.cli import detector
+
+    rng = np.random.default_rng(5)
+    asked = []
+
+    def measure_case(case_id: str, a: ab.Side, b: ab.Side, trials: int, calls: int, seed: int,
+                     processes: int = 1) -> list[list[float]]:
+        asked.append((case_id, b.inject_slowdown, processes))
+        slowdown = 1 + b.inject_slowdown / 100
+        return [list(slowdown * np.exp(rng.normal(0, 0.01, 4))) for _ in range(processes)]
+
+    monkeypatch.setattr(ab, "measure_case", measure_case)
+    cases = [f"case{i}" for i in range(6)]
+    found = detector.paired(Path("."), 2, cases, processes=3)
+    assert len(asked) == 2 * 2 * 6 and {p for _, _, p in asked} == {3}
+    assert {s for _, s, _ in asked} == {0.0, 10.0}
+    assert found["pairs"]["flagged_at_10pct"] == "12 of 12" and found["pairs"]["aa_flagged"] == "0 of 12"
+    assert found["first_pair_only"]["aa_flagged"] == "0 of 12"
+    assert len(found["ratios"]) == 2 and all(len(r) == 3 for r in found["ratios"][0]["aa"].values())
+    assert 0.95 < found["aa_pair_ratio_range"][0] <= found["aa_pair_ratio_range"][1] < 1.05

@@ -208,7 +208,8 @@ def test_each_case_is_compared_with_the_original_model_a_variants_case_and_the_o
                 return run_torch(module, model, inputs)
 
         case = Case(model, backend, Target("cpu", "fp32"), 2)
-        found = runner.agreement_with_original(case, runner.gate_outputs(case, Session(), variant_cache, 8),
+        got = runner.gate_outputs(case, Session(), variant_cache, 8)
+        found = runner.agreement_with_original(case, got, reference.reference_outputs(model, 8, variant_cache),
                                                variant_cache)
         assert found is not None
         return found
@@ -222,7 +223,7 @@ def test_each_case_is_compared_with_the_original_model_a_variants_case_and_the_o
     monkeypatch.setattr(reference, "reference_outputs", lambda *a: (_ for _ in ()).throw(
         reference.ReferenceUnavailable("resnet18: no cached fp32 reference")))
     case = Case(announced["resnet18.sparse90"], backend, Target("cpu", "fp32"), 2)
-    assert runner.agreement_with_original(case, [np.zeros((8, 1000))], variant_cache) == {
+    assert runner.agreement_with_original(case, [np.zeros((8, 1000))], [np.ones((8, 1000))], variant_cache) == {
         "of": "resnet18", "why": "resnet18: no cached fp32 reference"}
 
 

@@ -114,30 +114,31 @@ def gate_outputs(case: Case, session: Session, cache_root: Path, min_samples: in
     return run_in_batches(session, reference.accuracy_inputs(case.model, n), case.batch_size)
 
 
-def check_accuracy(case: Case, session: Session, cache_root: Path, min_samples: int,
-                   got: list[NDArray[Any]] | None = None) -> AccuracyReport:
-    """The gate: ``got`` (else the session's outputs, run now) against the model's fp32 reference."""
-    if got is None:
-        got = gate_outputs(case, session, cache_root, min_samples)
-    expected = reference.reference_outputs(case.model, len(got[0]), cache_root)
+def check_accuracy(case: Case, session: Session, got: list[NDArray[Any]],
+                   expected: list[NDArray[Any]]) -> AccuracyReport:
+    """The gate: the session's outputs ``got`` against the model's fp32 reference ``expected``."""
     return compare_outputs(got, expected, case.target.precision, classifier=case.model.task == "classification",
                            backend_config=session.config)
 
 
-def agreement_with_original(case: Case, got: list[NDArray[Any]], cache_root: Path) -> dict[str, Any] | None:
+def agreement_with_original(case: Case, got: list[NDArray[Any]], own_reference: list[NDArray[Any]],
+                            cache_root: Path) -> dict[str, Any] | None:
     """This case's first output on the gate's inputs against the *original* model's fp32
-    reference (a model's own, for a model), as a variant's fp32 agreement is computed: so a
-    variant at int8 (QAT, prune-then-quantize) and the original at post-training int8 are
-    compared with the same thing. Where only torch could make the original's reference and
-    it is not cached, the record says so instead."""
+    reference (``own_reference``, the gate's, for a model), as a variant's fp32 agreement is
+    computed: so a variant at int8 (QAT, prune-then-quantize) and the original at
+    post-training int8 are compared with the same thing. Where only torch could make the
+    original's reference and it is not cached, the record says so instead."""
     from infermatrix.case.variants import original_of
 
-    model = original_of(case.model) if case.model.variant_of is not None else case.model
+    classifier = case.model.task == "classification"
+    if case.model.variant_of is None:
+        return {"of": case.model.name, **agreement_figures(own_reference[0], got[0], classifier)}
+    model = original_of(case.model)
     try:
         expected = reference.reference_outputs(model, len(got[0]), cache_root)
     except reference.ReferenceUnavailable as missing:
         return {"of": model.name, "why": str(missing)}
-    return {"of": model.name, **agreement_figures(expected[0], got[0], case.model.task == "classification")}
+    return {"of": model.name, **agreement_figures(expected[0], got[0], classifier)}
 
 
 def prove_precision(case: Case, session: Session) -> PrecisionReport:
@@ -187,8 +188,9 @@ def prepare(
             session.times.first_inference_s = time.perf_counter() - t0
         warmup_calls = warm_up(lambda: session.run(inputs), policy)
         got = gate_outputs(case, session, cache_root, accuracy_samples)
-        accuracy = check_accuracy(case, session, cache_root, accuracy_samples, got)
-        against_original = agreement_with_original(case, got, cache_root)
+        expected = reference.reference_outputs(case.model, len(got[0]), cache_root)
+        accuracy = check_accuracy(case, session, got, expected)
+        against_original = agreement_with_original(case, got, expected, cache_root)
         precision = prove_precision(case, session)
         flops = reference.flops_per_sample(case.model, cache_root)
     except BaseException:
