@@ -110,7 +110,7 @@ def test_ab_names_an_unknown_or_unrunnable_case(tmp_path: Path, monkeypatch: pyt
 
 
 def test_the_detectors_paired_measurement_scores_pairs_and_the_first_pair_alone(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``python -m infermatrix detector --only paired``: A/A and +10% on every case, each by
     pairs of processes; judged by the pairs, and as if each case had had its first pair only."""
     from infermatrix.cli import detector
@@ -126,7 +126,9 @@ def test_the_detectors_paired_measurement_scores_pairs_and_the_first_pair_alone(
 
     monkeypatch.setattr(ab, "measure_case", measure_case)
     cases = [f"case{i}" for i in range(6)]
-    found = detector.paired(Path("."), 2, cases, processes=3)
+    saved = tmp_path / "paired-ratios.json"
+    found = detector.paired(Path("."), 2, cases, processes=3, save=saved)
+    assert json.loads(saved.read_text()) == found["ratios"]  # kept case by case, whole at the end
     assert len(asked) == 2 * 2 * 6 and {p for _, _, p in asked} == {3}
     assert {s for _, s, _ in asked} == {0.0, 10.0}
     assert found["pairs"]["flagged_at_10pct"] == "12 of 12" and found["pairs"]["aa_flagged"] == "0 of 12"

@@ -17,7 +17,7 @@ The transformation runs once per (model, weights, variant) and is cached: as a s
 where the variant can build an empty module of its structure (``VariantSpec.skeleton``),
 else as the whole pickled module (torch-pruning's narrowed layers exist only as made).
 Two accuracy questions stay apart: the gate compares each backend with the *variant's*
-fp32 reference, and :func:`agreement` (stored beside the cached module) says how far the
+fp32 reference, and :func:`compare` (stored beside the cached module) says how far the
 variant moved from the original model.
 """
 
@@ -131,7 +131,7 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
     module = module.eval()
     seconds = time.perf_counter() - started
     # the original's and the variant's outputs on the held-out inputs, once for both checks
-    theirs, ours = outputs(teacher, original), outputs(module, original)
+    theirs, ours = original_outputs(teacher, original, cache_root), outputs(module, original)
     check_not_collapsed(theirs, ours, model.name)
     info = {"name": variant.name, "description": variant.description, "of": original.name,
             "agreement_method": AGREEMENT_METHOD,
@@ -158,6 +158,25 @@ def outputs(module: Any, model: ModelSpec, samples: int = AGREEMENT_SAMPLES) -> 
 
     found = run_torch(module, model, make_inputs(model.inputs, samples, model.eval_seed))[0]
     return torch.from_numpy(found).reshape(samples, -1)
+
+
+def original_outputs(teacher: Any, original: ModelSpec, cache_root: Path) -> Any:
+    """:func:`outputs` of the original, kept in its cache: every variant of a model compares
+    with the same held-out outputs (on VGG-19 each computation is ~10 s of the preparation)."""
+    import torch
+
+    from infermatrix.cache import CacheDamaged, load_arrays, save_arrays
+    from infermatrix.gate.reference import model_cache
+
+    path = model_cache(original, cache_root).path(f"held-out-outputs-n{AGREEMENT_SAMPLES}.npz")
+    if path.exists():
+        try:
+            return torch.from_numpy(load_arrays(path)[0])
+        except CacheDamaged:
+            path.unlink(missing_ok=True)  # made again below
+    found = outputs(teacher, original)
+    save_arrays(path, [found.numpy()])
+    return found
 
 
 def spread(out: Any) -> float:
@@ -194,11 +213,6 @@ def size_info(module: Any) -> dict[str, Any]:
         total += parameter.numel()
         nonzero += int((parameter != 0).sum())
     return {"parameters": total, "nonzero_parameters": nonzero, "fp32_bytes": 4 * total}
-
-
-def agreement(original: Any, variant: Any, model: ModelSpec) -> dict[str, Any]:
-    """How far the variant moved from the original on held-out seeded inputs (:func:`compare`)."""
-    return compare(outputs(original, model), outputs(variant, model), model.task)
 
 
 def compare(original_out: Any, variant_out: Any, task: str) -> dict[str, Any]:

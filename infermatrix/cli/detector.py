@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from infermatrix.cache import atomic_write_json
 from infermatrix.cli import ab
 from infermatrix.results import verdicts
 
@@ -209,22 +210,23 @@ def analyse(runs: list[dict[str, Any]], backend: str, processes: int,
 
 
 def paired(rootdir: Path, repeats: int, cases: list[str], processes: int = ab.PROCESSES,
-           trials: int = 12) -> dict[str, Any]:
+           trials: int = 12, save: Path | None = None) -> dict[str, Any]:
     """A/A and +10% (side B busy-waits 10% of each call) on every case, ``repeats`` times,
     each case measured by ``processes`` pairs of worker processes; judged as the nightly's
     paired mode judges (the pairs as the unit), and — from the same measurements — as if
-    each case had had its first pair of processes only."""
+    each case had had its first pair of processes only. ``save``: the ratios measured so far
+    are written there after every case (a long measurement stopped early keeps them)."""
     a = ab.Side("a", sys.executable, rootdir, None, 0.0)
     b_same = ab.Side("b", sys.executable, rootdir, None, 0.0)
     b_slow = ab.Side("b", sys.executable, rootdir, None, 10.0)
-    nights = []
+    nights: list[dict[str, dict[str, list[list[float]]]]] = []
     for repeat in range(repeats):
-        nights.append({
-            "aa": {c: ab.measure_case(c, a, b_same, trials, 20, repeat * 100 + i, processes)
-                   for i, c in enumerate(cases)},
-            "slow": {c: ab.measure_case(c, a, b_slow, trials, 20, repeat * 100 + i, processes)
-                     for i, c in enumerate(cases)},
-        })
+        nights.append({"aa": {}, "slow": {}})
+        for i, c in enumerate(cases):
+            nights[-1]["aa"][c] = ab.measure_case(c, a, b_same, trials, 20, repeat * 100 + i, processes)
+            nights[-1]["slow"][c] = ab.measure_case(c, a, b_slow, trials, 20, repeat * 100 + i, processes)
+            if save is not None:
+                atomic_write_json(save, nights)
 
     def scored(first_pair_only: bool) -> dict[str, Any]:
         fps = hits = 0
@@ -296,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         if args.only in (None, "paired"):
-            summary["paired"] = paired(rootdir, args.repeats, cases, args.paired_processes)
+            summary["paired"] = paired(rootdir, args.repeats, cases, args.paired_processes,
+                                       save=folder / "paired-ratios.json")
             print(json.dumps(summary, indent=2), flush=True)
         if args.only in (None, "nightly"):
             summary["nightly"] = nightly(rootdir, args.runs, folder, matrix,

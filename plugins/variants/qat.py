@@ -45,7 +45,7 @@ def quantization_aware(module: Any, model: ModelSpec, seed: int) -> Any:
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
     from torchao.quantization.qat.linear import FakeQuantizedLinear
 
-    from infermatrix.case.variants import agreement, distil
+    from infermatrix.case.variants import compare, distil, outputs
 
     teacher = copy.deepcopy(module)
     config = QATConfig(activation_config=IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False),
@@ -55,13 +55,14 @@ def quantization_aware(module: Any, model: ModelSpec, seed: int) -> Any:
     fake = [m for m in module.modules() if isinstance(m, FakeQuantizedLinear)]
     if not fake:
         raise RuntimeError(f"{model.name}: torchao's QAT found no Linear layer to fake-quantize")
-    before = agreement(teacher, module, model)  # int8 simulated, as post-training quantization leaves it
+    theirs = outputs(teacher, model)  # the original's held-out outputs, for both figures
+    before = compare(theirs, outputs(module, model), model.task)  # int8 simulated, as post-training int8 leaves it
     for parameter in module.parameters():
         parameter.requires_grad_(True)
     # SGD: steps in proportion to the gradient (Adam's ~lr on every parameter of this
     # nearly right network threw it off: centered agreement 0.76 after 10 steps at 1e-5)
     losses = distil(module, teacher, model, STEPS, lr=LEARNING_RATE, sgd=True)
-    after = agreement(teacher, module, model)  # int8 simulated, after QAT
+    after = compare(theirs, outputs(module, model), model.task)  # int8 simulated, after QAT
 
     def unfake(parent: Any) -> None:
         for name, child in parent.named_children():
@@ -89,7 +90,7 @@ def quantization_aware_convolutional(module: Any, model: ModelSpec, seed: int) -
     )
 
     from infermatrix.api.types import make_inputs
-    from infermatrix.case.variants import agreement, distil
+    from infermatrix.case.variants import compare, distil, outputs
 
     teacher = copy.deepcopy(module)
     example = tuple(torch.from_numpy(a) for a in make_inputs(model.inputs, 2, model.eval_seed).values())
@@ -102,11 +103,12 @@ def quantization_aware_convolutional(module: Any, model: ModelSpec, seed: int) -
     prepared = prepare_qat_pt2e(graph, quantizer)
     move_exported_model_to_eval(prepared)  # batch norm keeps its statistics, dropout is off
     allow_exported_model_train_eval(prepared)  # distil() calls eval(): torchao's own switch, not nn.Module's
-    before = agreement(teacher, prepared, model)
+    theirs = outputs(teacher, model)  # the original's held-out outputs, for both figures
+    before = compare(theirs, outputs(prepared, model), model.task)
     for parameter in prepared.parameters():
         parameter.requires_grad_(True)
     losses = distil(prepared, teacher, model, STEPS, lr=LEARNING_RATE, sgd=True)
-    after = agreement(teacher, prepared, model)
+    after = compare(theirs, outputs(prepared, model), model.task)
     # the trained weights, back in the original's structure (the exported graph keeps their names)
     names = set(teacher.state_dict())
     trained = {k: v.detach().clone() for k, v in prepared.state_dict().items() if k in names}
