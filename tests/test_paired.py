@@ -27,11 +27,18 @@ def test_every_side_gets_its_calls_in_every_trial(blocks: bool) -> None:
 def test_ratios_reflect_a_real_difference() -> None:
     import time
 
+    # busy waits, not sleeps: on a loaded machine a 0.5 ms sleep overslept to 2.4 ms (the
+    # scheduler's wake-up, not the call), which made "fast" as slow as "slow" in a trial
+    def spin(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
     def fast() -> None:
-        time.sleep(0.0005)
+        spin(0.001)
 
     def slow() -> None:
-        time.sleep(0.0015)
+        spin(0.004)
 
     result = interleaved({"fast": fast, "slow": slow}, trials=3, calls_per_trial=5)
     assert min(result.ratios("slow", "fast")) > 1.5

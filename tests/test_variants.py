@@ -322,3 +322,39 @@ def test_the_centered_loss_weighs_what_tells_samples_apart() -> None:
     mean_only = target.mean(0, keepdim=True).expand(8, 10)
     assert float(variants.centered_loss(mean_only, target)) == pytest.approx(1.0, rel=1e-3)
     assert float(variants.centered_loss(target, target)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_variants_preparation_is_bounded_by_compute_not_by_counts_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, announced: dict[str, ModelSpec]) -> None:
+    """The fine-tune's batch and the agreement's sample count shrink with the network's FLOPs
+    (VGG-19's six variants took 8.7 minutes at ResNet-18's counts), within their minimums; the
+    models up to ResNet-50 keep the full counts; what was used is recorded with the variant."""
+    budgets = {name: variants.budget(announced[name], announced[name].build_torch())
+               for name in ("resnet18", "resnet50", "vgg19")}
+    for name in ("resnet18", "resnet50"):
+        assert (budgets[name].training_batch, budgets[name].agreement_samples) == (8, 64), budgets[name]
+    vgg = budgets["vgg19"]
+    assert vgg.flops_per_sample > 30e9
+    assert (vgg.training_batch, vgg.agreement_samples) == (variants.MIN_TRAINING_BATCH, variants.MIN_AGREEMENT_SAMPLES)
+
+    # a limit of 3 samples' worth gives a batch of 3, and the agreement 20 samples' worth 20
+    module = tiny_mlp()
+    flops = variants.budget(TINY, module).flops_per_sample
+    assert flops == 2 * (32 * 64 + 64 * 10)  # FlopCounterMode: a multiply-add is 2
+    monkeypatch.setattr(variants, "_budgets", {})
+    monkeypatch.setattr(variants, "TRAINING_STEP_FLOPS", 3 * flops + 1)
+    monkeypatch.setattr(variants, "AGREEMENT_FLOPS", 20 * flops)
+    assert (variants.budget(TINY, module).training_batch, variants.budget(TINY, module).agreement_samples) == (3, 20)
+    teacher, student = tiny_mlp(), tiny_mlp()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    assert variants.distil(student, teacher, TINY, 2)["batch_size"] == 3
+    assert variants.outputs(teacher, TINY).shape == (20, 10)
+
+    model = variants.derive(TINY, VariantSpec("halved", "", lambda m, model, seed: m))
+    from infermatrix.gate.reference import build_torch_model
+
+    build_torch_model(model, tmp_path)
+    info = variants.variant_info(model, tmp_path)
+    assert info is not None and info["agreement"]["samples"] == 20
+    assert info["budget"]["training_batch"] == 3 and info["budget"]["flops_per_sample"] == flops

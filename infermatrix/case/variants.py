@@ -39,6 +39,18 @@ INFO_FILE = "variant.json"
 #: samples (never used to train a variant; training draws from ``TRAIN_SEED`` up).
 AGREEMENT_SAMPLES = 64
 TRAIN_SEED = 50_000
+#: A variant's preparation is bounded by compute, not by counts alone: its fine-tune steps and
+#: its agreement check cost in proportion to the network, and at a batch of 8 and 64 held-out
+#: samples VGG-19 (39 GFLOP a sample, 11x ResNet-18) took 8.7 minutes for its six variants on
+#: 2 cores. So each training step's batch may send at most ``TRAINING_STEP_FLOPS`` through the
+#: original, and the agreement check at most ``AGREEMENT_FLOPS`` (forward FLOPs, torch's
+#: FlopCounterMode, a multiply-add counted as 2). Every model up to ResNet-50 (8.2 GFLOP) keeps
+#: the batch of 8 and the 64 samples; a larger one gets fewer, never fewer than the minimums.
+TRAINING_BATCH = 8
+TRAINING_STEP_FLOPS = 70e9
+AGREEMENT_FLOPS = 600e9
+MIN_TRAINING_BATCH = 2  # the centered loss needs two samples to have something to tell apart
+MIN_AGREEMENT_SAMPLES = 16
 #: How ``agreement`` is computed; a cached variant whose figures came another way is made again.
 AGREEMENT_METHOD = "centered-by-original-mean"
 
@@ -131,10 +143,11 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
     module = module.eval()
     seconds = time.perf_counter() - started
     # the original's and the variant's outputs on the held-out inputs, once for both checks
-    theirs, ours = original_outputs(teacher, original, cache_root), outputs(module, original)
+    theirs = original_outputs(teacher, original, cache_root)
+    ours = outputs(module, original, budget(original, teacher).agreement_samples)
     check_not_collapsed(theirs, ours, model.name)
     info = {"name": variant.name, "description": variant.description, "of": original.name,
-            "agreement_method": AGREEMENT_METHOD,
+            "agreement_method": AGREEMENT_METHOD, "budget": budget(original, teacher).as_dict(),
             "prepare_s": round(seconds, 2), **size_info(module), "original": size_info(teacher),
             "agreement": compare(theirs, ours, original.task), **training}
     buffer = io.BytesIO()
@@ -146,16 +159,56 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
     return module
 
 
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What one model's variants may spend: see ``TRAINING_STEP_FLOPS``."""
+
+    flops_per_sample: int
+    training_batch: int
+    agreement_samples: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "training_step_flops_limit": TRAINING_STEP_FLOPS,
+                "agreement_flops_limit": AGREEMENT_FLOPS}
+
+
+_budgets: dict[tuple[str, str], Budget] = {}
+
+
+def budget(model: ModelSpec, module: Any) -> Budget:
+    """The batch and held-out sample count for ``model``'s variants, from the forward FLOPs of
+    ``module`` (the original: its structure, whatever its weights) on one sample; counted once
+    per model and process."""
+    key = (model.name, model.version)
+    if key not in _budgets:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        sample = make_inputs(model.inputs, 1, model.eval_seed)
+        with torch.no_grad(), counter:
+            module(*(torch.from_numpy(sample[s.name]) for s in model.inputs))
+        flops = max(int(counter.get_total_flops()), 1)
+        _budgets[key] = Budget(
+            flops_per_sample=flops,
+            training_batch=max(MIN_TRAINING_BATCH, min(TRAINING_BATCH, int(TRAINING_STEP_FLOPS // flops))),
+            agreement_samples=max(MIN_AGREEMENT_SAMPLES, min(AGREEMENT_SAMPLES, int(AGREEMENT_FLOPS // flops))))
+    return _budgets[key]
+
+
 class VariantCollapsed(RuntimeError):
     """A variant whose outputs no longer depend on its input: nothing to measure."""
 
 
-def outputs(module: Any, model: ModelSpec, samples: int = AGREEMENT_SAMPLES) -> Any:
-    """The module's first output on the held-out seeded inputs, one row per sample."""
+def outputs(module: Any, model: ModelSpec, samples: int | None = None) -> Any:
+    """The module's first output on the held-out seeded inputs, one row per sample (as many as
+    the model's :func:`budget` allows, unless ``samples`` says)."""
     import torch
 
     from infermatrix.gate.reference import run_torch
 
+    if samples is None:
+        samples = budget(model, module).agreement_samples
     found = run_torch(module, model, make_inputs(model.inputs, samples, model.eval_seed))[0]
     return torch.from_numpy(found).reshape(samples, -1)
 
@@ -168,13 +221,14 @@ def original_outputs(teacher: Any, original: ModelSpec, cache_root: Path) -> Any
     from infermatrix.cache import CacheDamaged, load_arrays, save_arrays
     from infermatrix.gate.reference import model_cache
 
-    path = model_cache(original, cache_root).path(f"held-out-outputs-n{AGREEMENT_SAMPLES}.npz")
+    samples = budget(original, teacher).agreement_samples
+    path = model_cache(original, cache_root).path(f"held-out-outputs-n{samples}.npz")
     if path.exists():
         try:
             return torch.from_numpy(load_arrays(path)[0])
         except CacheDamaged:
             path.unlink(missing_ok=True)  # made again below
-    found = outputs(teacher, original)
+    found = outputs(teacher, original, samples)
     save_arrays(path, [found.numpy()])
     return found
 
@@ -250,12 +304,13 @@ def centered_loss(out: Any, target: Any) -> Any:
             + torch.nn.functional.mse_loss(mean_o, mean_t) / level)
 
 
-def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size: int = 8,
+def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size: int | None = None,
            lr: float = 1e-3, sgd: bool = False) -> dict[str, float]:
     """Train ``student`` toward ``teacher``'s outputs for ``steps`` steps of seeded inputs
-    (:func:`centered_loss`; Adam, or SGD with ``sgd``). Batch-norm statistics stay as they are (eval mode): these
-    inputs are noise, not data whose statistics a deployed model should learn. Returns the
-    first and last loss."""
+    (:func:`centered_loss`; Adam, or SGD with ``sgd``), each a batch of the model's
+    :func:`budget` unless ``batch_size`` says. Batch-norm statistics stay as they are (eval
+    mode): these inputs are noise, not data whose statistics a deployed model should learn.
+    Returns the first and last loss and the batch size."""
     import torch
 
     def first(out: Any) -> Any:
@@ -263,6 +318,8 @@ def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size:
 
     teacher.eval()
     student.eval()
+    if batch_size is None:
+        batch_size = budget(model, teacher).training_batch
     trained = [p for p in student.parameters() if p.requires_grad]
     # Adam moves every parameter by about ``lr`` whatever its gradient: a fine-tune of a
     # nearly right network (QAT) wants steps in proportion to the gradient, so SGD there
@@ -279,4 +336,5 @@ def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size:
         losses.append(float(loss.detach()))
     for parameter in student.parameters():
         parameter.requires_grad_(False)
-    return {"first_loss": losses[0] if losses else 0.0, "last_loss": losses[-1] if losses else 0.0}
+    return {"first_loss": losses[0] if losses else 0.0, "last_loss": losses[-1] if losses else 0.0,
+            "batch_size": batch_size}

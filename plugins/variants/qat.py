@@ -162,7 +162,7 @@ VARIANTS = [VariantSpec("qat", f"{STEPS} steps of torchao QAT distilled from the
                         "int8-dynamic's scheme on every Linear (Linear-heavy models), static int8 by PT2E's "
                         "X86InductorQuantizer (convolutional networks)",
                         quantization_aware_any, _quantizable, skeleton=_original_structure, keras=same_layers,
-                        version="2")]
+                        version="3")]
 
 
 @pytest.hookimpl
