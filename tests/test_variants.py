@@ -358,3 +358,75 @@ def test_a_variants_preparation_is_bounded_by_compute_not_by_counts_alone(
     info = variants.variant_info(model, tmp_path)
     assert info is not None and info["agreement"]["samples"] == 20
     assert info["budget"]["training_batch"] == 3 and info["budget"]["flops_per_sample"] == flops
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_magnitude_pruning_zeroes_what_torchs_global_unstructured_pruning_zeroes(sparsity: float) -> None:
+    """The sparse variants find the global magnitude threshold by one selection (torch's
+    ``topk`` of 90% of VGG-19's weights took ~40 s); the zeros are torch.nn.utils.prune's."""
+    from torch.nn.utils import prune
+
+    from plugins.variants.sparsity import zero_smallest
+
+    torch.manual_seed(3)
+    ours = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    theirs = copy_of(ours)
+    zero_smallest(ours, sparsity)
+    layers = [(m, "weight") for m in theirs.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=sparsity)
+    for layer, name in layers:
+        prune.remove(layer, name)
+    expected = theirs.state_dict()  # (prune.remove re-registers weight: compare by name)
+    for name, value in ours.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    zeros = sum(int((m.weight == 0).sum()) for m, _ in layers)
+    assert zeros == round(sparsity * sum(m.weight.numel() for m, _ in layers))
+
+    # ties at the threshold: exactly the share asked, no more
+    tied = torch.nn.Linear(10, 10, bias=False)
+    with torch.no_grad():
+        tied.weight.fill_(0.5)
+    zero_smallest(tied, sparsity)
+    assert int((tied.weight == 0).sum()) == round(sparsity * 100)
+
+
+def copy_of(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module)
+
+
+def test_a_fine_tune_takes_no_more_steps_than_its_compute_allows() -> None:
+    heavy = variants.Budget(flops_per_sample=int(variants.TRAINING_FLOPS // 40), training_batch=2, agreement_samples=16)
+    assert heavy.training_steps(40) == 20 and heavy.training_steps(10) == 10
+    huge = dataclasses.replace(heavy, flops_per_sample=int(variants.TRAINING_FLOPS))
+    assert huge.training_steps(40) == variants.MIN_TRAINING_STEPS
+    light = dataclasses.replace(heavy, flops_per_sample=1000)
+    assert light.training_steps(40) == 40
+
+
+def test_a_models_variants_share_the_originals_training_outputs_and_a_foreign_teacher_gets_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    monkeypatch.setattr(variants, "_targets", {})
+    torch.manual_seed(5)
+    teacher = tiny_mlp()
+    twin = copy.deepcopy(teacher)  # what each variant gets: a copy of the original
+    calls: list[int] = []
+    for module in (teacher, twin):
+        module.register_forward_hook(lambda *_: calls.append(1))
+    batches = variants.training_batches(TINY, 4, 2)
+    first = variants.teacher_targets(teacher, TINY, batches[:2])
+    assert len(calls) == 2
+    again = variants.teacher_targets(twin, TINY, batches)
+    assert len(calls) == 2 + 1 + 2  # one pass to recognise the original, then only the two new batches
+    assert all(torch.equal(a, b) for a, b in zip(first, again[:2], strict=True))
+    with torch.no_grad():
+        assert all(torch.equal(t, twin(*b)) for t, b in zip(again, batches, strict=True))
+
+    other = tiny_mlp()  # another network: its own outputs, and the original's stay kept
+    theirs = variants.teacher_targets(other, TINY, batches)
+    with torch.no_grad():
+        assert all(torch.equal(t, other(*b)) for t, b in zip(theirs, batches, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(variants.teacher_targets(twin, TINY, batches), again, strict=True))

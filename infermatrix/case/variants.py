@@ -43,13 +43,17 @@ TRAIN_SEED = 50_000
 #: its agreement check cost in proportion to the network, and at a batch of 8 and 64 held-out
 #: samples VGG-19 (39 GFLOP a sample, 11x ResNet-18) took 8.7 minutes for its six variants on
 #: 2 cores. So each training step's batch may send at most ``TRAINING_STEP_FLOPS`` through the
-#: original, and the agreement check at most ``AGREEMENT_FLOPS`` (forward FLOPs, torch's
-#: FlopCounterMode, a multiply-add counted as 2). Every model up to ResNet-50 (8.2 GFLOP) keeps
-#: the batch of 8 and the 64 samples; a larger one gets fewer, never fewer than the minimums.
+#: original, a whole fine-tune at most ``TRAINING_FLOPS``, and the agreement check at most
+#: ``AGREEMENT_FLOPS`` (forward FLOPs, torch's FlopCounterMode, a multiply-add counted as 2).
+#: ResNet-18 and MobileNetV2 keep every count; ResNet-50 keeps the batch of 8 and the 64
+#: samples; the larger ones get smaller batches, fewer samples and, for the 40-step students,
+#: fewer steps — never fewer than the minimums.
 TRAINING_BATCH = 8
 TRAINING_STEP_FLOPS = 70e9
+TRAINING_FLOPS = 1.6e12
 AGREEMENT_FLOPS = 600e9
 MIN_TRAINING_BATCH = 2  # the centered loss needs two samples to have something to tell apart
+MIN_TRAINING_STEPS = 10
 MIN_AGREEMENT_SAMPLES = 16
 #: How ``agreement`` is computed; a cached variant whose figures came another way is made again.
 AGREEMENT_METHOD = "centered-by-original-mean"
@@ -134,6 +138,8 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
                 weights.save_state(module, cache.path(WEIGHTS_FILE))
             return module.eval()
     teacher = build_torch_model(original, cache_root)
+    # the original's held-out outputs first: a transformation that reports agreement (QAT) reads them
+    theirs = original_outputs(teacher, original, cache_root)
     started = time.perf_counter()
     torch.manual_seed(variant.seed)
     # a copy: transformations change modules in place, and the original is compared below
@@ -143,7 +149,6 @@ def build_variant(model: ModelSpec, cache_root: Path) -> Any:
     module = module.eval()
     seconds = time.perf_counter() - started
     # the original's and the variant's outputs on the held-out inputs, once for both checks
-    theirs = original_outputs(teacher, original, cache_root)
     ours = outputs(module, original, budget(original, teacher).agreement_samples)
     check_not_collapsed(theirs, ours, model.name)
     info = {"name": variant.name, "description": variant.description, "of": original.name,
@@ -167,9 +172,14 @@ class Budget:
     training_batch: int
     agreement_samples: int
 
+    def training_steps(self, steps: int) -> int:
+        """``steps``, or as many as ``TRAINING_FLOPS`` allows at this batch (at least the minimum)."""
+        allowed = int(TRAINING_FLOPS // (self.training_batch * self.flops_per_sample))
+        return min(steps, max(MIN_TRAINING_STEPS, allowed))
+
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "training_step_flops_limit": TRAINING_STEP_FLOPS,
-                "agreement_flops_limit": AGREEMENT_FLOPS}
+                "training_flops_limit": TRAINING_FLOPS, "agreement_flops_limit": AGREEMENT_FLOPS}
 
 
 _budgets: dict[tuple[str, str], Budget] = {}
@@ -213,23 +223,33 @@ def outputs(module: Any, model: ModelSpec, samples: int | None = None) -> Any:
     return torch.from_numpy(found).reshape(samples, -1)
 
 
-def original_outputs(teacher: Any, original: ModelSpec, cache_root: Path) -> Any:
-    """:func:`outputs` of the original, kept in its cache: every variant of a model compares
-    with the same held-out outputs (on VGG-19 each computation is ~10 s of the preparation)."""
+_held_out: dict[tuple[str, int], Any] = {}
+
+
+def original_outputs(teacher: Any, original: ModelSpec, cache_root: Path | None = None) -> Any:
+    """:func:`outputs` of the original (``teacher`` must be it), kept for the process and, with
+    ``cache_root``, in its cache: every variant of a model compares with the same held-out
+    outputs (on VGG-19 each computation is ~5 s of a preparation), and QAT's figures too."""
     import torch
 
     from infermatrix.cache import CacheDamaged, load_arrays, save_arrays
     from infermatrix.gate.reference import model_cache
 
     samples = budget(original, teacher).agreement_samples
-    path = model_cache(original, cache_root).path(f"held-out-outputs-n{samples}.npz")
-    if path.exists():
+    key = (original.cache_key(), samples)
+    if key in _held_out:
+        return _held_out[key]
+    path = model_cache(original, cache_root).path(f"held-out-outputs-n{samples}.npz") if cache_root else None
+    if path is not None and path.exists():
         try:
-            return torch.from_numpy(load_arrays(path)[0])
+            _held_out[key] = torch.from_numpy(load_arrays(path)[0])
+            return _held_out[key]
         except CacheDamaged:
             path.unlink(missing_ok=True)  # made again below
     found = outputs(teacher, original, samples)
-    save_arrays(path, [found.numpy()])
+    if path is not None:
+        save_arrays(path, [found.numpy()])
+    _held_out[key] = found
     return found
 
 
@@ -304,31 +324,63 @@ def centered_loss(out: Any, target: Any) -> Any:
             + torch.nn.functional.mse_loss(mean_o, mean_t) / level)
 
 
-def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size: int | None = None,
-           lr: float = 1e-3, sgd: bool = False) -> dict[str, float]:
-    """Train ``student`` toward ``teacher``'s outputs for ``steps`` steps of seeded inputs
-    (:func:`centered_loss`; Adam, or SGD with ``sgd``), each a batch of the model's
-    :func:`budget` unless ``batch_size`` says. Batch-norm statistics stay as they are (eval
-    mode): these inputs are noise, not data whose statistics a deployed model should learn.
-    Returns the first and last loss and the batch size."""
+_targets: dict[tuple[str, int], list[Any]] = {}
+
+
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def teacher_targets(teacher: Any, model: ModelSpec, batches: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """``teacher``'s outputs on :func:`training_batches` ``batches``, kept for the process: a
+    model's variants distil from the same original on the same seeded batches (pruned30,
+    pruned50, distilled and qat of VGG-19: 90 teacher passes of ~0.65 s, 40 of them distinct).
+    A teacher whose first output differs from the one kept is not the original: its own are
+    computed, and not kept."""
     import torch
 
-    def first(out: Any) -> Any:
-        return out[0] if isinstance(out, (tuple, list)) else out
+    if not batches:
+        return []
+    key = (model.cache_key(), int(batches[0][0].shape[0]))
+    with torch.no_grad():
+        first = _first(teacher(*batches[0])).float()
+        kept = _targets.get(key)
+        if kept is None:
+            kept = _targets[key] = [first]
+        elif not torch.equal(kept[0], first):
+            kept = [first]  # another teacher than the one kept: its own outputs, not kept
+        for batch in batches[len(kept):]:
+            kept.append(_first(teacher(*batch)).float())
+    return kept[:len(batches)]
+
+
+def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size: int | None = None,
+           lr: float = 1e-3, sgd: bool = False) -> dict[str, Any]:
+    """Train ``student`` toward ``teacher``'s outputs for ``steps`` steps of seeded inputs
+    (:func:`centered_loss`; Adam, or SGD with ``sgd``), each a batch of the model's
+    :func:`budget` unless ``batch_size`` says, and no more steps than the budget allows.
+    Batch-norm statistics stay as they are (eval mode): these inputs are noise, not data whose
+    statistics a deployed model should learn. Returns the first and last loss, the batch size
+    and the steps taken."""
+    import torch
 
     teacher.eval()
     student.eval()
     if batch_size is None:
         batch_size = budget(model, teacher).training_batch
+    steps = budget(model, teacher).training_steps(steps)
+    batches = training_batches(model, steps, batch_size)
+    targets = teacher_targets(teacher, model, batches)
     trained = [p for p in student.parameters() if p.requires_grad]
     # Adam moves every parameter by about ``lr`` whatever its gradient: a fine-tune of a
     # nearly right network (QAT) wants steps in proportion to the gradient, so SGD there
-    optimizer = torch.optim.SGD(trained, lr=lr) if sgd else torch.optim.Adam(trained, lr=lr)
+    # Adam fused: its step touches every parameter several times, and on VGG's 133-143 M
+    # parameters the per-parameter loop took 1.1 s a step against 0.14 s fused, at a batch of 2
+    # more than the student's whole forward pass
+    optimizer = torch.optim.SGD(trained, lr=lr) if sgd else torch.optim.Adam(trained, lr=lr, fused=True)
     losses = []
-    for batch in training_batches(model, steps, batch_size):
-        with torch.no_grad():
-            target = first(teacher(*batch)).float()
-        out = first(student(*batch)).float()
+    for batch, target in zip(batches, targets, strict=True):
+        out = _first(student(*batch)).float()
         loss = centered_loss(out, target)
         optimizer.zero_grad()
         loss.backward()
@@ -337,4 +389,4 @@ def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size:
     for parameter in student.parameters():
         parameter.requires_grad_(False)
     return {"first_loss": losses[0] if losses else 0.0, "last_loss": losses[-1] if losses else 0.0,
-            "batch_size": batch_size}
+            "batch_size": batch_size, "steps": steps}

@@ -73,7 +73,7 @@ def distilled(module: Any, model: ModelSpec, seed: int) -> Any:
                     for i in range(4)]
     weights.estimate_batchnorm_statistics(student, stat_batches)
     losses = distil(student, module, model, STEPS, lr=LEARNING_RATE)
-    return student, {"training": {"steps": STEPS, "optimizer": f"Adam lr {LEARNING_RATE:g}", **losses}}
+    return student, {"training": {"optimizer": f"Adam lr {LEARNING_RATE:g}", **losses}}
 
 
 def _has_student(model: ModelSpec) -> bool:

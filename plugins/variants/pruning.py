@@ -39,7 +39,7 @@ def prune_channels(module: Any, model: ModelSpec, ratio: float) -> Any:
     for parameter in module.parameters():
         parameter.requires_grad_(True)
     losses = distil(module, teacher, model, RECOVERY_STEPS, lr=1e-4)
-    return module, {"training": {"steps": RECOVERY_STEPS, "optimizer": "Adam lr 0.0001", **losses}}
+    return module, {"training": {"optimizer": "Adam lr 0.0001", **losses}}
 
 
 def _pruned(ratio: float) -> Any:

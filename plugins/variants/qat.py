@@ -45,7 +45,7 @@ def quantization_aware(module: Any, model: ModelSpec, seed: int) -> Any:
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
     from torchao.quantization.qat.linear import FakeQuantizedLinear
 
-    from infermatrix.case.variants import compare, distil, outputs
+    from infermatrix.case.variants import compare, distil, original_outputs, outputs
 
     teacher = copy.deepcopy(module)
     config = QATConfig(activation_config=IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False),
@@ -55,7 +55,7 @@ def quantization_aware(module: Any, model: ModelSpec, seed: int) -> Any:
     fake = [m for m in module.modules() if isinstance(m, FakeQuantizedLinear)]
     if not fake:
         raise RuntimeError(f"{model.name}: torchao's QAT found no Linear layer to fake-quantize")
-    theirs = outputs(teacher, model)  # the original's held-out outputs, for both figures
+    theirs = original_outputs(teacher, model)  # the original's held-out outputs, for both figures
     before = compare(theirs, outputs(module, model), model.task)  # int8 simulated, as post-training int8 leaves it
     for parameter in module.parameters():
         parameter.requires_grad_(True)
@@ -73,7 +73,7 @@ def quantization_aware(module: Any, model: ModelSpec, seed: int) -> Any:
 
     unfake(module)
     assert not any(isinstance(m, FakeQuantizedLinear) for m in module.modules())
-    return module, {"training": {"steps": STEPS, "optimizer": f"SGD lr {LEARNING_RATE:g}", **losses,
+    return module, {"training": {"optimizer": f"SGD lr {LEARNING_RATE:g}", **losses,
                                  "int8_simulated_agreement_before": before, "int8_simulated_agreement_after": after}}
 
 
@@ -90,7 +90,7 @@ def quantization_aware_convolutional(module: Any, model: ModelSpec, seed: int) -
     )
 
     from infermatrix.api.types import make_inputs
-    from infermatrix.case.variants import compare, distil, outputs
+    from infermatrix.case.variants import compare, distil, original_outputs, outputs
 
     teacher = copy.deepcopy(module)
     example = tuple(torch.from_numpy(a) for a in make_inputs(model.inputs, 2, model.eval_seed).values())
@@ -103,7 +103,7 @@ def quantization_aware_convolutional(module: Any, model: ModelSpec, seed: int) -
     prepared = prepare_qat_pt2e(graph, quantizer)
     move_exported_model_to_eval(prepared)  # batch norm keeps its statistics, dropout is off
     allow_exported_model_train_eval(prepared)  # distil() calls eval(): torchao's own switch, not nn.Module's
-    theirs = outputs(teacher, model)  # the original's held-out outputs, for both figures
+    theirs = original_outputs(teacher, model)  # the original's held-out outputs, for both figures
     before = compare(theirs, outputs(prepared, model), model.task)
     for parameter in prepared.parameters():
         parameter.requires_grad_(True)
@@ -118,7 +118,7 @@ def quantization_aware_convolutional(module: Any, model: ModelSpec, seed: int) -
         if "running_" in name and not torch.equal(value, teacher.get_buffer(name)):
             raise RuntimeError(f"{model.name}: QAT changed batch-norm statistics {name}: it trained in training "
                                "mode on noise inputs, which would make the variant's statistics the noise's")
-    return result, {"training": {"steps": STEPS, "optimizer": f"SGD lr {LEARNING_RATE:g}", **losses,
+    return result, {"training": {"optimizer": f"SGD lr {LEARNING_RATE:g}", **losses,
                                  "scheme": "PT2E X86InductorQuantizer QAT: static int8, per-channel weights",
                                  "int8_simulated_agreement_before": before, "int8_simulated_agreement_after": after}}
 

@@ -1,8 +1,8 @@
 """Unstructured magnitude pruning: the smallest weights set to zero, shapes unchanged.
 
 ``sparse50`` / ``sparse90`` zero 50% / 90% of the weights of every convolution and linear
-layer, chosen globally by magnitude (``torch.nn.utils.prune.global_unstructured``, then made
-permanent). No fine-tune: the point of this variant is what each backend makes of zeros —
+layer, chosen globally by magnitude (the mask of ``torch.nn.utils.prune.global_unstructured``,
+applied for good). No fine-tune: the point of this variant is what each backend makes of zeros —
 dense kernels run them at the dense speed, so expect no speed-up where a backend has no
 sparse kernels; the trade-off table shows it.
 """
@@ -18,13 +18,25 @@ from infermatrix.case.variants import same_layers
 
 
 def zero_smallest(module: Any, sparsity: float) -> Any:
+    """Zero the ``sparsity`` share of all conv and linear weights with the smallest magnitude,
+    ranked globally — the mask of ``torch.nn.utils.prune.global_unstructured`` with
+    ``L1Unstructured`` (the test compares the two), found by one selection instead of its
+    ``topk``: on VGG-19's 143 M weights ``topk`` of 90% of them took ~40 s, ``kthvalue`` takes
+    about a second. Ties at the threshold are zeroed in layer order until the count is exact."""
     import torch
-    from torch.nn.utils import prune
 
-    layers = [(m, "weight") for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=sparsity)
-    for layer, name in layers:
-        prune.remove(layer, name)  # the mask applied for good: a plain module with zeros
+    layers = [m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        magnitudes = torch.cat([layer.weight.detach().abs().flatten() for layer in layers])
+        count = round(sparsity * magnitudes.numel())  # as torch.nn.utils.prune counts ``amount``
+        if count == 0:
+            return module
+        threshold = torch.kthvalue(magnitudes, count).values
+        zero = magnitudes < threshold
+        at_threshold = magnitudes == threshold
+        zero |= at_threshold & (torch.cumsum(at_threshold, 0) <= count - int(zero.sum()))
+        for layer, mask in zip(layers, torch.split(zero, [layer.weight.numel() for layer in layers]), strict=True):
+            layer.weight.masked_fill_(mask.view_as(layer.weight), 0.0)
     return module
 
 
