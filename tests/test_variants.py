@@ -16,6 +16,13 @@ from infermatrix.case import matrix, variants
 torch = pytest.importorskip("torch")
 
 
+@pytest.fixture(autouse=True)
+def fresh_memos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with empty per-process memos (budgets, the original's outputs)."""
+    for name in ("_budgets", "_held_out", "_targets"):
+        monkeypatch.setattr(variants, name, {})
+
+
 @pytest.fixture(scope="module")
 def announced() -> dict[str, ModelSpec]:
     return {m.name: m for m in host.announced(host.plugin_manager().hook)[0]}
@@ -382,12 +389,15 @@ def test_magnitude_pruning_zeroes_what_torchs_global_unstructured_pruning_zeroes
     zeros = sum(int((m.weight == 0).sum()) for m, _ in layers)
     assert zeros == round(sparsity * sum(m.weight.numel() for m, _ in layers))
 
-    # ties at the threshold: exactly the share asked, no more
-    tied = torch.nn.Linear(10, 10, bias=False)
-    with torch.no_grad():
-        tied.weight.fill_(0.5)
-    zero_smallest(tied, sparsity)
-    assert int((tied.weight == 0).sum()) == round(sparsity * 100)
+    # ties at the threshold: exactly the share asked, the smaller magnitudes first
+    for small in (0, 50):
+        tied = torch.nn.Linear(10, 10, bias=False)
+        with torch.no_grad():
+            tied.weight.fill_(0.5)
+            tied.weight.view(-1)[:small] = -0.1
+        zero_smallest(tied, sparsity)
+        assert int((tied.weight == 0).sum()) == round(sparsity * 100)
+        assert bool((tied.weight.view(-1)[:small] == 0).all())  # every smaller one is among the zeros
 
 
 def copy_of(module: torch.nn.Module) -> torch.nn.Module:
@@ -399,6 +409,7 @@ def copy_of(module: torch.nn.Module) -> torch.nn.Module:
 def test_a_fine_tune_takes_no_more_steps_than_its_compute_allows() -> None:
     heavy = variants.Budget(flops_per_sample=int(variants.TRAINING_FLOPS // 40), training_batch=2, agreement_samples=16)
     assert heavy.training_steps(40) == 20 and heavy.training_steps(10) == 10
+    assert heavy.training_steps(40, batch_size=4) == variants.MIN_TRAINING_STEPS  # an explicit batch counts
     huge = dataclasses.replace(heavy, flops_per_sample=int(variants.TRAINING_FLOPS))
     assert huge.training_steps(40) == variants.MIN_TRAINING_STEPS
     light = dataclasses.replace(heavy, flops_per_sample=1000)

@@ -172,9 +172,10 @@ class Budget:
     training_batch: int
     agreement_samples: int
 
-    def training_steps(self, steps: int) -> int:
-        """``steps``, or as many as ``TRAINING_FLOPS`` allows at this batch (at least the minimum)."""
-        allowed = int(TRAINING_FLOPS // (self.training_batch * self.flops_per_sample))
+    def training_steps(self, steps: int, batch_size: int | None = None) -> int:
+        """``steps``, or as many as ``TRAINING_FLOPS`` allows at ``batch_size`` (the budget's
+        batch unless given), at least the minimum."""
+        allowed = int(TRAINING_FLOPS // ((batch_size or self.training_batch) * self.flops_per_sample))
         return min(steps, max(MIN_TRAINING_STEPS, allowed))
 
     def as_dict(self) -> dict[str, Any]:
@@ -182,14 +183,15 @@ class Budget:
                 "training_flops_limit": TRAINING_FLOPS, "agreement_flops_limit": AGREEMENT_FLOPS}
 
 
-_budgets: dict[tuple[str, str], Budget] = {}
+_budgets: dict[tuple[Any, ...], Budget] = {}
 
 
 def budget(model: ModelSpec, module: Any) -> Budget:
     """The batch and held-out sample count for ``model``'s variants, from the forward FLOPs of
     ``module`` (the original: its structure, whatever its weights) on one sample; counted once
-    per model and process."""
-    key = (model.name, model.version)
+    per model and process. The limits bound what goes through the original; a student's own
+    passes come on top, and the minimums may exceed the limits (VGG-19: 79 GFLOP a step)."""
+    key = (model.name, model.version, tuple((s.name, s.shape) for s in model.inputs))
     if key not in _budgets:
         import torch
         from torch.utils.flop_counter import FlopCounterMode
@@ -334,7 +336,7 @@ def _first(out: Any) -> Any:
 def teacher_targets(teacher: Any, model: ModelSpec, batches: Sequence[tuple[Any, ...]]) -> list[Any]:
     """``teacher``'s outputs on :func:`training_batches` ``batches``, kept for the process: a
     model's variants distil from the same original on the same seeded batches (pruned30,
-    pruned50, distilled and qat of VGG-19: 90 teacher passes of ~0.65 s, 40 of them distinct).
+    pruned50, distilled and qat of VGG-19: 70 teacher passes of ~0.65 s, 20 of them distinct).
     A teacher whose first output differs from the one kept is not the original: its own are
     computed, and not kept."""
     import torch
@@ -368,7 +370,7 @@ def distil(student: Any, teacher: Any, model: ModelSpec, steps: int, batch_size:
     student.eval()
     if batch_size is None:
         batch_size = budget(model, teacher).training_batch
-    steps = budget(model, teacher).training_steps(steps)
+    steps = budget(model, teacher).training_steps(steps, batch_size)
     batches = training_batches(model, steps, batch_size)
     targets = teacher_targets(teacher, model, batches)
     trained = [p for p in student.parameters() if p.requires_grad]

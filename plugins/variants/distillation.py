@@ -80,7 +80,8 @@ def _has_student(model: ModelSpec) -> bool:
     return model.family in ("resnet", "mobilenet", "vgg", "bert")
 
 
-VARIANTS = [VariantSpec("distilled", f"a smaller student of the family distilled for {STEPS} steps",
+VARIANTS = [VariantSpec("distilled", f"a smaller student of the family distilled for up to {STEPS} steps "
+                        "(fewer where the compute budget says)",
                         distilled, _has_student, skeleton=student_of, keras=student_keras, version="3")]
 
 

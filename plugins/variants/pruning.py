@@ -56,7 +56,7 @@ def _convolutional(model: ModelSpec) -> bool:
 VARIANTS = [
     VariantSpec(f"pruned{int(ratio * 100)}",
                 f"{int(ratio * 100)}% of channels removed (torch-pruning, L2 group magnitude), "
-                f"then {RECOVERY_STEPS} steps distilled from the original",
+                f"then up to {RECOVERY_STEPS} steps distilled from the original",
                 _pruned(ratio), _convolutional, keras=same_layers, version="3")
     for ratio in (0.3, 0.5)
 ]

@@ -56,13 +56,14 @@ def quantization_aware(module: Any, model: ModelSpec, seed: int) -> Any:
     if not fake:
         raise RuntimeError(f"{model.name}: torchao's QAT found no Linear layer to fake-quantize")
     theirs = original_outputs(teacher, model)  # the original's held-out outputs, for both figures
-    before = compare(theirs, outputs(module, model), model.task)  # int8 simulated, as post-training int8 leaves it
+    # int8 simulated, as post-training int8 leaves it
+    before = compare(theirs, outputs(module, model, len(theirs)), model.task)
     for parameter in module.parameters():
         parameter.requires_grad_(True)
     # SGD: steps in proportion to the gradient (Adam's ~lr on every parameter of this
     # nearly right network threw it off: centered agreement 0.76 after 10 steps at 1e-5)
     losses = distil(module, teacher, model, STEPS, lr=LEARNING_RATE, sgd=True)
-    after = compare(theirs, outputs(module, model), model.task)  # int8 simulated, after QAT
+    after = compare(theirs, outputs(module, model, len(theirs)), model.task)  # int8 simulated, after QAT
 
     def unfake(parent: Any) -> None:
         for name, child in parent.named_children():
@@ -104,11 +105,11 @@ def quantization_aware_convolutional(module: Any, model: ModelSpec, seed: int) -
     move_exported_model_to_eval(prepared)  # batch norm keeps its statistics, dropout is off
     allow_exported_model_train_eval(prepared)  # distil() calls eval(): torchao's own switch, not nn.Module's
     theirs = original_outputs(teacher, model)  # the original's held-out outputs, for both figures
-    before = compare(theirs, outputs(prepared, model), model.task)
+    before = compare(theirs, outputs(prepared, model, len(theirs)), model.task)
     for parameter in prepared.parameters():
         parameter.requires_grad_(True)
     losses = distil(prepared, teacher, model, STEPS, lr=LEARNING_RATE, sgd=True)
-    after = compare(theirs, outputs(prepared, model), model.task)
+    after = compare(theirs, outputs(prepared, model, len(theirs)), model.task)
     # the trained weights, back in the original's structure (the exported graph keeps their names)
     names = set(teacher.state_dict())
     trained = {k: v.detach().clone() for k, v in prepared.state_dict().items() if k in names}
