@@ -193,14 +193,9 @@ def budget(model: ModelSpec, module: Any) -> Budget:
     passes come on top, and the minimums may exceed the limits (VGG-19: 79 GFLOP a step)."""
     key = (model.name, model.version, tuple((s.name, s.shape) for s in model.inputs))
     if key not in _budgets:
-        import torch
-        from torch.utils.flop_counter import FlopCounterMode
+        from infermatrix.gate.reference import count_flops
 
-        counter = FlopCounterMode(display=False)
-        sample = make_inputs(model.inputs, 1, model.eval_seed)
-        with torch.no_grad(), counter:
-            module(*(torch.from_numpy(sample[s.name]) for s in model.inputs))
-        flops = max(int(counter.get_total_flops()), 1)
+        flops = max(count_flops(module, model), 1)
         _budgets[key] = Budget(
             flops_per_sample=flops,
             training_batch=max(MIN_TRAINING_BATCH, min(TRAINING_BATCH, int(TRAINING_STEP_FLOPS // flops))),

@@ -154,21 +154,29 @@ def flops_per_sample(model: ModelSpec, cache_root: Path) -> int | None:
     if model.build_torch is None or not torch_available():
         return None
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     module = build_torch_model(model, cache_root)
-    counter = FlopCounterMode(display=False)
-    sample = make_inputs(model.inputs, 1, model.eval_seed)
     started = time.perf_counter()
-    with torch.inference_mode(), counter:
-        module(*(torch.from_numpy(sample[s.name]) for s in model.inputs))
-    flops = int(counter.get_total_flops())
+    flops = count_flops(module, model)
     cache.write_json(
         "flops.json",
         {"flops_per_sample": flops, "counted_by": "torch.utils.flop_counter.FlopCounterMode",
          "seconds": time.perf_counter() - started, "torch": torch.__version__},
     )
     return flops
+
+
+def count_flops(module: Any, model: ModelSpec) -> int:
+    """Floating-point operations of ``module``'s forward pass on one seeded sample of ``model``
+    (torch's FlopCounterMode, a multiply-add counted as 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    sample = make_inputs(model.inputs, 1, model.eval_seed)
+    with torch.inference_mode(), counter:
+        module(*(torch.from_numpy(sample[s.name]) for s in model.inputs))
+    return int(counter.get_total_flops())
 
 
 def ensure_weights_file(model: ModelSpec, cache_root: Path) -> None:
