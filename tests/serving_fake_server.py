@@ -26,7 +26,7 @@ def make_app(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from aiohttp import web
 
     lock = asyncio.Lock()
-    seen: dict[str, int] = {"completions": 0, "connections": 0}
+    seen: dict[str, int] = {"completions": 0, "connections": 0, "text_prompts": 0}
     peers: set[object] = set()
     tokenizer = None
     if args.tokenizer:
@@ -53,7 +53,11 @@ def make_app(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         seen["connections"] = len(peers)
         if args.mode == "fail":
             return web.Response(status=500, text="broken on purpose")
-        ids = [int(t) for t in body["prompt"]]
+        prompt = body["prompt"]
+        if isinstance(prompt, str):  # a prompt sent as text: here, the ids written out (or the tokenizer's)
+            seen["text_prompts"] += 1
+            prompt = prompt.split() if tokenizer is None else tokenizer.encode(prompt, add_special_tokens=False)
+        ids = [int(t) for t in prompt]
         new = int(body["max_tokens"])
         tokens = language.continuation([ids], new + 1, args.seed, args.vocab)[0]
         tokens = tokens[1:new + 1] if args.mode == "wrong" else tokens[:new]

@@ -162,6 +162,29 @@ def test_warmup_requests_run_but_are_never_counted_and_every_request_reuses_thei
     assert seen["connections"] <= 2, seen
 
 
+class IdsAsText:
+    """A tokenizer whose text is the token ids written out (the fake server reads them back)."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return " ".join(str(i) for i in ids)
+
+
+def test_prompts_sent_as_text_are_the_same_prompts_and_the_server_receives_text(fake: ServerProcess) -> None:
+    """``vllm bench serve`` sends text prompts (the server tokenizes them); the fidelity tool's
+    client can send its seeded prompts the same way: same requests, same tokens back."""
+    endpoint = Endpoint(fake.base_url, "tinyllama", {})
+    requests = client.requests_for(3, 4, 0, 2000, (6, 6), (3, 3))
+    as_text = client.as_text(requests, IdsAsText())
+    assert [r.prompt for r in as_text] == [r.prompt for r in requests]
+    assert as_text[0].text == " ".join(str(i) for i in requests[0].prompt)
+    by_ids, _, _ = client.run_point(endpoint, requests, LoadPoint(concurrency=1), own_process=False)
+    by_text, _, _ = client.run_point(endpoint, as_text, LoadPoint(concurrency=1), own_process=False)
+    assert all(r.success for r in by_ids + by_text)
+    assert [r.token_ids for r in by_text] == [r.token_ids for r in by_ids] and by_ids[0].token_ids
+    with urllib.request.urlopen(fake.base_url + "/stats", timeout=5) as response:
+        assert json.loads(response.read())["text_prompts"] == 3  # only the text requests came as text
+
+
 def test_concurrency_queues_on_a_server_that_does_not_batch_and_goodput_follows_the_slo(fake: ServerProcess) -> None:
     endpoint = Endpoint(fake.base_url, "tinyllama", {})
     requests = client.requests_for(8, 2, 0, 2000, (8, 8), (4, 4))

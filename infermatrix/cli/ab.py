@@ -39,6 +39,10 @@ from infermatrix.results.verdicts import Policy, Verdict, paired
 
 #: pairs of worker processes per case (measured: docs/verdicts.md, paired mode)
 PROCESSES = 3
+#: interleaved trials per case, split among the pairs: 8 a pair, so that each pair's median trial
+#: stands when a few of its trials are hit by outside load (docs/verdicts.md, fifth session);
+#: trials are cheap next to the workers' start
+TRIALS = 24
 
 
 def worker_module(rootdir: Path) -> str:
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                             help="run this side from a temporary git worktree of the checkout at REV")
         parser.add_argument(f"--{side}-threads", type=int, default=None)
         parser.add_argument(f"--{side}-inject-slowdown", type=float, default=0.0, metavar="PERCENT")
-    parser.add_argument("--trials", type=int, default=12, help="interleaved trials in all, split among the pairs")
+    parser.add_argument("--trials", type=int, default=TRIALS,
+                        help=f"interleaved trials in all, split among the pairs (default {TRIALS})")
     parser.add_argument("--processes", type=int, default=PROCESSES, metavar="N",
                         help=f"pairs of worker processes per case, one after another (default {PROCESSES}): "
                              "a process can settle at one of two levels, so the verdict counts pairs")

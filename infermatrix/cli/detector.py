@@ -210,7 +210,7 @@ def analyse(runs: list[dict[str, Any]], backend: str, processes: int,
 
 
 def paired(rootdir: Path, repeats: int, cases: list[str], processes: int = ab.PROCESSES,
-           trials: int = 12, save: Path | None = None) -> dict[str, Any]:
+           trials: int = ab.TRIALS, save: Path | None = None) -> dict[str, Any]:
     """A/A and +10% (side B busy-waits 10% of each call) on every case, ``repeats`` times,
     each case measured by ``processes`` pairs of worker processes; judged as the nightly's
     paired mode judges (the pairs as the unit), and — from the same measurements — as if

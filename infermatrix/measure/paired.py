@@ -43,12 +43,25 @@ class PairedResult:
         return out
 
 
-def block_timer(call: Callable[[], Any]) -> Callable[[int], float]:
-    """A side run in this process, as :func:`interleaved_blocks` drives it: one untimed call
-    (the other side's runtime may still have threads spinning), then ``calls`` timed calls;
-    their median in seconds."""
+#: untimed calls at the head of every block run for at least this long (at least one call):
+#: the side that ran before may still have threads spinning (ONNX Runtime's pool, OpenMP, TBB),
+#: and on a 2-core machine they take the core this side's threads need. One untimed call was
+#: not enough: mobilenet_v2 onnxruntime int8 A/A (~1 ms a call) read trial ratios 0.5–2.4
+#: (robust sd 0.44–0.68); 50 ms of calls first, 0.05–0.08 (docs/verdicts.md, fifth session)
+LEAD_IN_S = 0.05
+
+
+def block_timer(call: Callable[[], Any], lead_in_s: float | None = None) -> Callable[[int], float]:
+    """A side run in this process, as :func:`interleaved_blocks` drives it: untimed calls for
+    ``lead_in_s`` (at least one: the other side's runtime may still have threads spinning),
+    then ``calls`` timed calls; their median in seconds."""
+    lead_in = LEAD_IN_S if lead_in_s is None else lead_in_s
+
     def run_block(calls: int) -> float:
+        started = time.perf_counter()
         call()
+        while time.perf_counter() - started < lead_in:
+            call()
         samples = []
         for _ in range(calls):
             started = time.perf_counter()

@@ -31,7 +31,7 @@ from infermatrix.results import CaseResult
 from infermatrix.results.verdicts import Policy, Verdict
 
 MODE_PAIRED, MODE_HISTORY = "paired", "history"
-TRIALS, CALLS = 12, 20
+TRIALS, CALLS = ab.TRIALS, 20
 #: pairs of worker processes per case (infermatrix.cli.ab.measure_case)
 PROCESSES = ab.PROCESSES
 

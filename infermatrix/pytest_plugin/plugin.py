@@ -33,6 +33,7 @@ from infermatrix.api.types import (
 )
 from infermatrix.cache import ENV_CACHE_DIR, CacheError, resolve_cache_dir
 from infermatrix.case import matrix
+from infermatrix.cli import ab
 from infermatrix.gate import accuracy, reference
 from infermatrix.isolation.pool import DEFAULT_CASE_TIMEOUT_S, RemoteCase, WorkerPool, plugin_specs
 from infermatrix.isolation.worker import PrepareRequest
@@ -165,8 +166,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="with --benchmark-compare: also time each latency case interleaved against a re-creation "
                     "of the newest baseline's environment (its recorded package versions and commit, cached by the "
                     "lock's hash) and judge it on the paired ratio (docs/nightly.md)")
-    group.addoption("--paired-trials", type=int, default=12, metavar="N",
-                    help="with --benchmark-compare-paired: interleaved trials per case (default: 12)")
+    group.addoption("--paired-trials", type=int, default=ab.TRIALS, metavar="N",
+                    help=f"with --benchmark-compare-paired: interleaved trials per case (default: {ab.TRIALS})")
     group.addoption("--paired-calls", type=int, default=20, metavar="N",
                     help="with --benchmark-compare-paired: calls per side per trial (default: 20)")
     group.addoption("--regression-fails", choices=("yes", "no"), default="yes",

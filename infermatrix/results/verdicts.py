@@ -862,8 +862,22 @@ def _pooled(name: str, members: Sequence[Estimate], noise: SharedNoise) -> tuple
 # ---- paired -----------------------------------------------------------------------------------
 
 
+def _pair_value(logs: np.ndarray, robust: bool) -> tuple[float, float]:
+    """One pair of processes' log ratio and its own sampling variance, from its trials' log ratios."""
+    n = len(logs)
+    if not robust:
+        return float(np.mean(logs)), (float(np.var(logs, ddof=1)) / n if n > 1 else 0.0)
+    from scipy.stats import median_abs_deviation
+
+    if n > 2:
+        scale = float(median_abs_deviation(logs, scale="normal"))
+    else:
+        scale = float(np.std(logs, ddof=1)) if n > 1 else 0.0
+    return float(np.median(logs)), (math.pi / 2) * scale ** 2 / n
+
+
 def paired(ratios_by_case: Mapping[str, Sequence[float] | Sequence[Sequence[float]]], policy: Policy | None = None,
-           labels: Mapping[str, Mapping[str, str]] | None = None) -> Summary:
+           labels: Mapping[str, Mapping[str, str]] | None = None, robust: bool = True) -> Summary:
     """Paired A/B verdicts (``mode="paired"``): each case's per-trial ratios B/A, judged by the
     same rule as the history verdicts — the mean log ratio against its standard error, BH across
     cases — and its groups pooled the same way. ``labels`` (case -> backend, precision, model,
@@ -882,7 +896,7 @@ def paired(ratios_by_case: Mapping[str, Sequence[float] | Sequence[Sequence[floa
     spread_of: dict[str, tuple[float, int]] = {}
     for key, pairs in pairs_of.items():
         if len(pairs) >= 2:
-            means = [float(np.mean(np.log(p))) for p in pairs]
+            means = [_pair_value(np.log(p), robust)[0] for p in pairs]
             spread_of[key] = (float(np.var(means, ddof=1)), len(pairs) - 1)
     s0, d0 = prior_spread([v for v, _ in spread_of.values()], [d for _, d in spread_of.values()], policy)
     estimates = []
@@ -895,11 +909,12 @@ def paired(ratios_by_case: Mapping[str, Sequence[float] | Sequence[Sequence[floa
             sd = max(float(np.std(logs, ddof=1)), 1e-4) if n > 1 else math.inf
             estimates.append(Estimate(key, float(np.mean(logs)), sd / math.sqrt(n), max(1, n - 1), 0.0, found))
             continue
-        means = [float(np.mean(np.log(p))) for p in pairs]
+        values = [_pair_value(np.log(p), robust) for p in pairs]
+        means = [v for v, _ in values]
         own, df = spread_of[key]
         moderated = s0 if not math.isfinite(d0) else (d0 * s0 + df * own) / (d0 + df)
         # a pair's mean varies at least as much as its own trials say it does
-        within = [float(np.var(np.log(p), ddof=1)) / len(p) for p in pairs if len(p) > 1]
+        within = [w for (_, w), p in zip(values, pairs, strict=True) if len(p) > 1]
         variance = max(moderated, float(np.mean(within)) if within else 0.0, 1e-8)
         estimates.append(Estimate(key, float(np.mean(means)), math.sqrt(variance / len(pairs)), d0 + df, 0.0, found))
     cases = [Verdict(d.key, d.verdict, d.ratio, d.ci95, d.p_value, d.q_value, d.min_detectable_change,

@@ -85,10 +85,15 @@ class Slo:
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """One completion request: a prompt (token ids) and how many tokens to generate."""
+    """One completion request: a prompt (token ids) and how many tokens to generate.
+
+    ``text``: the prompt sent as text instead of token ids (the server tokenizes it), as
+    ``vllm bench serve``'s datasets send theirs — the server's tokenizing is then part of
+    every TTFT (see :func:`as_text`)."""
 
     prompt: tuple[int, ...]
     output_tokens: int
+    text: str | None = None
 
 
 @dataclasses.dataclass
@@ -139,7 +144,7 @@ async def complete(session: Any, endpoint: Endpoint, request: Request) -> Reques
     import aiohttp
 
     body = {"model": endpoint.model,
-            "prompt": list(request.prompt),
+            "prompt": list(request.prompt) if request.text is None else request.text,
             "max_tokens": request.output_tokens,
             **({} if endpoint.temperature is None else {"temperature": endpoint.temperature}),
             "stream": True, "stream_options": {"include_usage": True},
@@ -336,6 +341,15 @@ def requests_for(count: int, seed: int, language_seed: int, vocab_size: int, inp
         prompt = language.segments(order, start, length)[0]
         made.append(Request(tuple(int(t) for t in prompt), new))
     return made
+
+
+def as_text(requests: Sequence[Request], tokenizer: Any) -> list[Request]:
+    """The same requests with their prompts as text, decoded by the model's own tokenizer (a
+    Hugging Face tokenizer). Decoding and the server's re-encoding need not give the same ids
+    back (a byte-level BPE merges differently, the server may add a BOS token), so the count
+    the server saw is what its usage reports, not ``len(prompt)``."""
+    return [dataclasses.replace(r, text=tokenizer.decode(list(r.prompt), skip_special_tokens=True))
+            for r in requests]
 
 
 def parse_range(option: str, text: str) -> tuple[int, int]:

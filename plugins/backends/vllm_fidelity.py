@@ -11,7 +11,10 @@ concurrency) and with the suite's client at the same load (prompts of the same l
 the seeded language, the same output length, requests and concurrency), tool first in
 even rounds and suite first in odd ones — the machine drifts, so the comparison is paired.
 Prints each round's TTFT, TPOT (mean and median), output tokens/s and request/s from both,
-and per figure the median over rounds of the suite / vLLM ratio.
+and per figure the median over rounds of the suite / vLLM ratio. vLLM's random dataset
+sends its prompts as text, which the server tokenizes; the suite's client sends the same
+kind (``--prompts text``, its seeded prompts decoded by the model's tokenizer) or token ids
+as the serve scenario does (``tokens``), or each round both ways (``text,tokens``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def vllm_bench(url: str, model: str, folder: Path, args: argparse.Namespace, see
 
 
 def suite_client(url: str, model: str, vocab: int, language_seed: int, args: argparse.Namespace,
-                 seed: int) -> dict[str, float]:
+                 seed: int, tokenizer: Any = None) -> dict[str, float]:
     from infermatrix.serving import client
     from infermatrix.serving.client import Endpoint, LoadPoint, Slo
 
@@ -62,6 +65,8 @@ def suite_client(url: str, model: str, vocab: int, language_seed: int, args: arg
     lengths_in, lengths_out = (args.input_len, args.input_len), (args.output_len, args.output_len)
     requests = client.requests_for(args.requests, seed, language_seed, vocab, lengths_in, lengths_out)
     warmup = client.requests_for(args.warmup, seed + 10_000, language_seed, vocab, lengths_in, lengths_out)
+    if tokenizer is not None:  # as vLLM's random dataset sends its prompts: text the server tokenizes
+        requests, warmup = client.as_text(requests, tokenizer), client.as_text(warmup, tokenizer)
     results, duration, _ = client.run_point(endpoint, requests, LoadPoint(concurrency=args.concurrency), seed, warmup)
     figures = client.summarize(results, duration, Slo())
     if figures["failed"]:
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infermatrix serve-fidelity", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tinyllama")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--rounds", type=int, default=6, help="pairs of (vllm bench, suite) runs (default 6)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of (vllm bench, suite) runs (default 6)")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -85,11 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="both clients' sampling temperature (default 0: greedy, as the serve scenario); "
                              "a negative value leaves it out: the server's default sampling")
+    parser.add_argument("--prompts", default="text",
+                        help="how the suite's client sends its prompts, a comma list of: text (the server "
+                             "tokenizes them; default, as vLLM's random dataset sends its prompts), tokens (token "
+                             "ids, as the serve scenario sends them); with both, each round runs the suite both ways")
     parser.add_argument("--cache", type=Path, default=None, help="the suite's cache (default: as pytest's)")
     parser.add_argument("--json", type=Path, default=None, help="write every round's figures here")
     args = parser.parse_args(argv)
     if args.temperature < 0:
         args.temperature = None
+    forms = [f.strip() for f in args.prompts.split(",") if f.strip()]
+    if not forms or set(forms) - {"text", "tokens"}:
+        parser.error(f"--prompts {args.prompts!r}: give text, tokens or text,tokens")
 
     from infermatrix import host
     from infermatrix.api.types import PrepareContext, RunOptions
@@ -115,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         print(target.skip_reason, file=sys.stderr)
         return 2
     folder = model_dir(model.name, model.generation, cache)
+    tokenizer = None
+    if "text" in forms:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    sides = ["vllm", *(f"suite-{form}" for form in forms)]
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = vllm.pytest_infermatrix_prepare_server(backend, model, target, PrepareContext(Path(tmp), options))
@@ -125,25 +143,30 @@ def main(argv: list[str] | None = None) -> int:
                   f"requests, concurrency {args.concurrency}, {args.input_len} -> {args.output_len} tokens", flush=True)
             vocab = int(model.generation.config["vocab_size"])
             for index in range(args.rounds):
-                order = ("vllm", "suite") if index % 2 == 0 else ("suite", "vllm")
+                # each side goes first in turn: the machine drifts, so the comparison is paired
+                order = sides[index % len(sides):] + sides[:index % len(sides)]
                 found: dict[str, dict[str, float]] = {}
                 for side in order:
                     if side == "vllm":
                         result = Path(tmp) / f"bench-{index}.json"
                         found[side] = vllm_bench(url, model.name, folder, args, index, result)
                     else:
-                        found[side] = suite_client(url, model.name, vocab, model.generation.seed, args, index)
+                        found[side] = suite_client(url, model.name, vocab, model.generation.seed, args, index,
+                                                   tokenizer if side == "suite-text" else None)
                 rounds.append(found)
                 print(f"round {index + 1} ({' then '.join(order)}): " + "; ".join(
-                    f"{k} {found['suite'][k]:.2f} / {found['vllm'][k]:.2f}" for k in FIGURES), flush=True)
+                    f"{k} " + " / ".join(f"{found[side][k]:.2f}" for side in sides[1:]) + f" / {found['vllm'][k]:.2f}"
+                    for k in FIGURES), flush=True)
         finally:
             server.close()
-    print("\nsuite / vllm bench serve, median over rounds (range):")
-    summary = {}
-    for key in FIGURES:
-        ratios = [r["suite"][key] / r["vllm"][key] for r in rounds if r["vllm"][key]]
-        summary[key] = {"median_ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
-        print(f"  {key:20s} {summary[key]['median_ratio']:.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for side in sides[1:]:
+        print(f"\n{side} / vllm bench serve, median over rounds (range):")
+        summary[side] = {}
+        for key in FIGURES:
+            ratios = [r[side][key] / r["vllm"][key] for r in rounds if r["vllm"][key]]
+            summary[side][key] = {"median_ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+            print(f"  {key:20s} {summary[side][key]['median_ratio']:.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"cache": str(cache), "json": str(args.json)},
                                          "rounds": rounds, "summary": summary}, indent=1, default=str))
