@@ -54,9 +54,12 @@ def make_app(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         if args.mode == "fail":
             return web.Response(status=500, text="broken on purpose")
         prompt = body["prompt"]
-        if isinstance(prompt, str):  # a prompt sent as text: here, the ids written out (or the tokenizer's)
+        if isinstance(prompt, str):  # a prompt sent as text: the ids written out, or the tokenizer's
             seen["text_prompts"] += 1
-            prompt = prompt.split() if tokenizer is None else tokenizer.encode(prompt, add_special_tokens=False)
+            if tokenizer is not None:
+                prompt = tokenizer.encode(prompt, add_special_tokens=False)
+            else:  # text that is not ids written out (a real tokenizer's): continue from token 0
+                prompt = prompt.split() if all(part.isdigit() for part in prompt.split()) else [0]
         ids = [int(t) for t in prompt]
         new = int(body["max_tokens"])
         tokens = language.continuation([ids], new + 1, args.seed, args.vocab)[0]

@@ -232,7 +232,7 @@ def test_options_are_checked_with_their_names() -> None:
     with pytest.raises(ValueError, match="--x '9:3'"):
         client.parse_range("--x", "9:3")
     options = {"--serve-concurrency": "1,x", "--serve-rates": "", "--serve-requests": 4, "--serve-warmup": 0,
-               "--serve-input-lengths": "8", "--serve-output-lengths": "8", "--slo": None}
+               "--serve-input-lengths": "8", "--serve-output-lengths": "8", "--slo": None, "--serve-prompts": "text"}
     with pytest.raises(ValueError, match="--serve-concurrency '1,x'"):
         ServeLoad.from_options(options.__getitem__)
     load = ServeLoad.from_options({**options, "--serve-concurrency": "1,4", "--serve-rates": "2.5"}.__getitem__)
@@ -298,7 +298,11 @@ def test_the_serve_scenario_loads_an_endpoint_after_its_tokens_pass(tmp_path: Pa
     with start_fake(tmp_path, "--ttft-ms", "5", "--tpot-ms", "2") as server:
         proc = run_serve(llama_cache, out, f"--endpoint={server.base_url}", "--backends=openai",
                          "--serve-concurrency=1,2,4", "--serve-rates=30", "--slo=ttft=50,tpot=5")
+        with urllib.request.urlopen(server.base_url + "/stats", timeout=5) as response:
+            seen = json.loads(response.read())
     assert proc.returncode == 0, proc.stdout[-4000:]
+    # the token check sends token ids; the load (4 points of 6 requests, warm-up included) text
+    assert 24 <= seen["text_prompts"] < seen["completions"]
     (bench,) = json.loads(out.read_text())["benchmarks"]
     info = bench["extra_info"]
     assert info["case_id"] == "tinyllama-openai-remote-fp32-b1" and info["scenario"] == "serve"
@@ -306,6 +310,7 @@ def test_the_serve_scenario_loads_an_endpoint_after_its_tokens_pass(tmp_path: Pa
     assert info["isolation"] == "process"
     serve = info["serve"]
     assert [p.get("concurrency", p.get("rate")) for p in serve["points"]] == [1, 2, 4, 30.0]
+    assert serve["load"]["prompts"] == "text"
     for p in serve["points"]:
         assert p["requests"] == 6 and p["failed"] == 0 and p["ttft_ms"]["p50"] >= 5 and "goodput" in p
     assert serve["client_floor"]["ttft_ms"] < 5  # the client's own floor is below what it measures

@@ -8,13 +8,14 @@ Each side is a worker process holding the prepared case (infermatrix.isolation.a
 environment (``--b-python .tox/onnxruntime/bin/python``), another checkout
 (``--b-rootdir`` of a ``git worktree`` at the commit to compare), or another
 configuration. The driver runs randomized multiple interleaved trials: in every trial
-both sides run a short block of calls, in random order, and the trial's ratio is B's
-median over A's. Machine drift and level jumps hit both sides of a trial alike, so the
+both sides run a short block of calls (after 50 ms of untimed ones), in random order, and
+the trial's ratio is B's median over A's. Machine drift and level jumps hit both sides of a trial alike, so the
 ratios are steady where separate runs are not (two interleaved sessions agreed to
 ±1–3% here, against ~17% between processes). But a process can settle at one of two
 levels for its whole life, which interleaving does not take out: each case is measured by
 ``--processes`` pairs of workers one after another (default 3), and the pairs are the
-verdict's unit — their mean log ratio against its standard error, the pairs' spread
+verdict's unit — each pair's median trial log ratio (a block hit by outside load moves a
+mean, not a median), their mean against its standard error, the pairs' spread
 moderated across the cases; Benjamini–Hochberg across cases; the cases' groups (backend, precision, model, device)
 pooled the same way as in ``compare``; the same verdicts (``mode`` "paired"), tables and exit
 code as ``compare``.
@@ -131,8 +132,8 @@ def judge_paired(ratios_by_case: Mapping[str, Sequence[float] | Sequence[Sequenc
                  policy: Policy | None = None) -> list[Verdict]:
     """Each case's per-trial ratios B/A (a list per pair of processes, or one flat list),
     judged by the same rule as the history verdicts (``verdicts.paired``): the mean log ratio
-    against its standard error — of the trials for one pair, of the pairs for several — BH
-    across cases."""
+    against its standard error — of the trials for one pair, of the pairs' median trials for
+    several — BH across cases."""
     return list(paired(ratios_by_case, policy).cases)
 
 

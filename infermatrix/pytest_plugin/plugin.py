@@ -201,6 +201,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="serve: requests run before each load point, never counted (default 4)")
     group.addoption("--serve-input-lengths", default="16:64", metavar="LOW:HIGH",
                     help="serve: prompt lengths in tokens, seeded uniform (default 16:64)")
+    group.addoption("--serve-prompts", choices=("text", "tokens"), default="text",
+                    help="serve scenario: send prompts as text the server tokenizes (default; as real clients "
+                         "and vllm bench serve do) or as token ids (TTFT without the server's tokenizing)")
     group.addoption("--serve-output-lengths", default="32:64", metavar="LOW:HIGH",
                     help="serve: generated tokens per request, seeded uniform (default 32:64)")
     group.addoption("--slo", default=None, metavar="ttft=MS,tpot=MS",

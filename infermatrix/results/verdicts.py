@@ -887,7 +887,11 @@ def paired(ratios_by_case: Mapping[str, Sequence[float] | Sequence[Sequence[floa
     processes. One pair: the trials are the unit (a t test on them). Several: the *pairs* are
     — a case can settle at one of two levels per process (13–19% apart here), which no
     number of trials inside one pair of processes averages out; interleaving takes out the
-    machine's drift, not the level each side's process started at. The pairs' spread is then
+    machine's drift, not the level each side's process started at. A pair's value is its
+    trials' median log ratio (``robust``; False: their mean, as before): a block of calls hit
+    by outside load, or by the other side's spinning threads, moves a mean by its share of
+    the trials, a median barely (docs/verdicts.md, fifth session: 16 against 11 of 18 cases
+    flagged at +10% on the same trials). The pairs' spread is then
     estimated with few degrees of freedom, so it is moderated across the cases as the
     history verdicts moderate theirs (:func:`prior_spread`), never below what the trials
     inside the pairs show."""
@@ -913,7 +917,7 @@ def paired(ratios_by_case: Mapping[str, Sequence[float] | Sequence[Sequence[floa
         means = [v for v, _ in values]
         own, df = spread_of[key]
         moderated = s0 if not math.isfinite(d0) else (d0 * s0 + df * own) / (d0 + df)
-        # a pair's mean varies at least as much as its own trials say it does
+        # a pair's value varies at least as much as its own trials say it does
         within = [w for (_, w), p in zip(values, pairs, strict=True) if len(p) > 1]
         variance = max(moderated, float(np.mean(within)) if within else 0.0, 1e-8)
         estimates.append(Estimate(key, float(np.mean(means)), math.sqrt(variance / len(pairs)), d0 + df, 0.0, found))

@@ -62,6 +62,10 @@ class ServeLoad:
     slo: Slo = dataclasses.field(default_factory=Slo)
     seed: int = 0
     timeout_s: float = 600.0
+    #: how prompts are sent: "text" (decoded by the model folder's tokenizer; the server
+    #: tokenizes it inside every TTFT, as real clients and ``vllm bench serve`` send them, and
+    #: the only form some servers take) or "tokens" (token ids; TTFT without tokenizing)
+    prompts: str = "text"
 
     @classmethod
     def from_options(cls, get: Callable[[str], Any]) -> ServeLoad:
@@ -82,10 +86,13 @@ class ServeLoad:
         rates = numbers("--serve-rates", float)
         if not concurrencies and not rates:
             raise ValueError("--serve-concurrency and --serve-rates are both empty: give at least one load point")
+        prompts = str(get("--serve-prompts"))
+        if prompts not in ("text", "tokens"):
+            raise ValueError(f"--serve-prompts {prompts!r}: give text or tokens")
         return cls(concurrencies, rates, int(get("--serve-requests")), int(get("--serve-warmup")),
                    client.parse_range("--serve-input-lengths", str(get("--serve-input-lengths"))),
                    client.parse_range("--serve-output-lengths", str(get("--serve-output-lengths"))),
-                   Slo.parse(get("--slo")))
+                   Slo.parse(get("--slo")), prompts=prompts)
 
     def points(self) -> list[LoadPoint]:
         return [LoadPoint(concurrency=c) for c in self.concurrencies] + [LoadPoint(rate=r) for r in self.rates]
@@ -142,6 +149,8 @@ class PreparedServer(Drivable):
     extra_info: dict[str, Any] = dataclasses.field(default_factory=dict)
     slowdown: float = 0.0
     precision: PrecisionReport | None = None
+    #: the model folder whose tokenizer turns the seeded prompts into text (``--serve-prompts text``)
+    tokenizer_dir: Path | None = None
 
     def info(self) -> dict[str, Any]:
         return {
@@ -168,11 +177,21 @@ class PreparedServer(Drivable):
         vocab = int(self.spec.config["vocab_size"])
         endpoint = self.session.endpoint
         points: list[dict[str, Any]] = []
+        tokenizer = None
+        if load.prompts == "text":
+            from transformers import AutoTokenizer
+
+            if self.tokenizer_dir is None:
+                raise RuntimeError("--serve-prompts text: no model folder to take the tokenizer from; "
+                                   "use --serve-prompts tokens")
+            tokenizer = AutoTokenizer.from_pretrained(str(self.tokenizer_dir))
         for index, point in enumerate(load.points()):
             requests = client.requests_for(load.requests, load.seed + index, self.spec.seed, vocab,
                                            load.input_lengths, load.output_lengths)
             warmup = client.requests_for(load.warmup, load.seed + 10_000 + index, self.spec.seed, vocab,
                                          load.input_lengths, load.output_lengths)
+            if tokenizer is not None:
+                requests, warmup = client.as_text(requests, tokenizer), client.as_text(warmup, tokenizer)
             results, duration, cpu = client.run_point(endpoint, requests, point, load.seed + index, warmup,
                                                       load.timeout_s)
             figures = client.summarize(results, duration, load.slo, cpu, point)
@@ -189,7 +208,8 @@ class PreparedServer(Drivable):
         self.extra_info.update(serve={
             "points": points, "knee": knee, "client_floor": self.client_floor,
             "load": {"requests": load.requests, "warmup": load.warmup, "input_lengths": list(load.input_lengths),
-                     "output_lengths": list(load.output_lengths), "seed": load.seed, "slo": load.slo.as_dict()},
+                     "output_lengths": list(load.output_lengths), "seed": load.seed, "slo": load.slo.as_dict(),
+                     "prompts": load.prompts},
         })
         failed = sum(p["failed"] for p in points)
         if failed:
@@ -247,7 +267,7 @@ def prepare(case: Any, prepare_session: Callable[[], ServerSession | None], cach
         session.close()
         raise
     return PreparedServer(case, session, spec, report, prepare_s, check_s, rss_before, how, floor,
-                          precision=precision)
+                          precision=precision, tokenizer_dir=folder)
 
 
 def prepare_served(case: Any, prepare_session: Callable[[], ServerSession | None], options: RunOptions,

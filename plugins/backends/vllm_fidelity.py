@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             url = server.endpoint.base_url
             print(f"vLLM up in {server.config['start_s']:.0f} s at {url}; {args.rounds} rounds of {args.requests} "
-                  f"requests, concurrency {args.concurrency}, {args.input_len} -> {args.output_len} tokens", flush=True)
+                  f"requests, concurrency {args.concurrency}, {args.input_len} -> {args.output_len} tokens; figures: "
+                  f"{' / '.join([*sides[1:], 'vllm'])}", flush=True)
             vocab = int(model.generation.config["vocab_size"])
             for index in range(args.rounds):
                 # each side goes first in turn: the machine drifts, so the comparison is paired
