@@ -185,6 +185,15 @@ def test_prompts_sent_as_text_are_the_same_prompts_and_the_server_receives_text(
         assert json.loads(response.read())["text_prompts"] == 3  # only the text requests came as text
 
 
+def test_text_prompts_without_a_tokenizer_fail_and_say_what_to_do(tmp_path: Path) -> None:
+    """No silent fallback to token ids: the record would say text while the server got ids."""
+    from infermatrix.serving.case import text_tokenizer
+
+    for folder in (None, tmp_path):  # no folder; a folder without a tokenizer
+        with pytest.raises(RuntimeError, match="(?s)--serve-prompts text.*--serve-prompts tokens"):
+            text_tokenizer(folder)
+
+
 def test_concurrency_queues_on_a_server_that_does_not_batch_and_goodput_follows_the_slo(fake: ServerProcess) -> None:
     endpoint = Endpoint(fake.base_url, "tinyllama", {})
     requests = client.requests_for(8, 2, 0, 2000, (8, 8), (4, 4))
@@ -301,8 +310,8 @@ def test_the_serve_scenario_loads_an_endpoint_after_its_tokens_pass(tmp_path: Pa
         with urllib.request.urlopen(server.base_url + "/stats", timeout=5) as response:
             seen = json.loads(response.read())
     assert proc.returncode == 0, proc.stdout[-4000:]
-    # the token check sends token ids; the load (4 points of 6 requests, warm-up included) text
-    assert 24 <= seen["text_prompts"] < seen["completions"]
+    # the token check sends token ids (2 prompts); the load text: 4 points of 6 requests + 1 warm-up
+    assert seen["text_prompts"] == 28 and seen["completions"] == 30
     (bench,) = json.loads(out.read_text())["benchmarks"]
     info = bench["extra_info"]
     assert info["case_id"] == "tinyllama-openai-remote-fp32-b1" and info["scenario"] == "serve"

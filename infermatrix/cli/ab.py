@@ -31,11 +31,12 @@ import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from infermatrix.measure.paired import interleaved_blocks
+from infermatrix.measure.paired import LEAD_IN_S, interleaved_blocks
 from infermatrix.results.verdicts import Policy, Verdict, paired
 
 #: pairs of worker processes per case (measured: docs/verdicts.md, paired mode)
@@ -109,8 +110,16 @@ def _measure_pair(case_id: str, a: Side, b: Side, trials: int, calls: int, seed:
                 raise RuntimeError(f"side {name}: {hello['error']}")
 
         def remote_block(proc: subprocess.Popen[str]) -> Callable[[int], float]:
-            # the worker makes one untimed call, then ``calls`` timed ones, and answers their median
-            return lambda calls: float(_ask(proc, {"calls": calls})["median_s"])
+            def run(calls: int) -> float:
+                # the lead-in (paired.LEAD_IN_S): untimed blocks of one call until it has passed;
+                # sent by this driver, so a side running an older worker gets the same lead-in
+                started = time.perf_counter()
+                while time.perf_counter() - started < LEAD_IN_S:
+                    _ask(proc, {"calls": 1})
+                # the worker makes one untimed call, then ``calls`` timed ones, and answers their median
+                return float(_ask(proc, {"calls": calls})["median_s"])
+
+            return run
 
         result = interleaved_blocks({name: remote_block(proc) for name, proc in workers.items()}, trials, calls, seed)
         return result.ratios("B", "A")

@@ -243,7 +243,8 @@ def paired(rootdir: Path, repeats: int, cases: list[str], processes: int = ab.PR
                 "median_detectable_change": float(np.median(mdc))}
 
     def pair_ratios(kind: str) -> list[float]:
-        return [math.exp(float(np.mean(np.log(p)))) for n in nights for r in n[kind].values() for p in r]
+        # each pair as the verdict counts it: its median trial
+        return [math.exp(float(np.median(np.log(p)))) for n in nights for r in n[kind].values() for p in r]
 
     aa_pairs, slow_pairs = pair_ratios("aa"), pair_ratios("slow")
     return {

@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             send({"error": str(exc)})
             return 2
         prepared.slowdown = args.inject_slowdown / 100
-        block = block_timer(prepared.call)  # one untimed call (the other side just ran), then the timed calls
+        # one untimed call, then the timed ones; the lead-in before them is the driver's
+        # (infermatrix.cli.ab), so that both sides get the same whatever their version
+        block = block_timer(prepared.call, lead_in_s=0.0)
         send({"ready": True, "config": dict(prepared.session.config), "version": prepared.case.backend.version,
               "cosine": prepared.accuracy.cosine_similarity})
         for line in sys.stdin:

@@ -89,18 +89,20 @@ def interleaved_blocks(sides: Mapping[str, Callable[[int], float]], trials: int,
 
 
 def interleaved(calls: Mapping[str, Callable[[], Any]], trials: int = 12, calls_per_trial: int = 20,
-                seed: int = 0, warmup: int = 3, blocks: bool = False) -> PairedResult:
+                seed: int = 0, warmup: int = 3, blocks: bool = False, lead_in_s: float | None = None) -> PairedResult:
     """``blocks=False``: calls of all sides shuffled together (for two sessions of one
     runtime). ``blocks=True``: each side runs its calls back to back, sides in a fresh
-    random order every trial, the first call of each block untimed — for sides with
-    different thread runtimes (OpenMP, TBB, ONNX Runtime's pool), whose idle threads
-    spin for a while after each call and would slow whichever side runs next."""
+    random order every trial, each block after untimed calls for ``lead_in_s`` (default
+    :data:`LEAD_IN_S`, at least one call) — for sides with different thread runtimes
+    (OpenMP, TBB, ONNX Runtime's pool), whose idle threads spin for a while after each
+    call and would slow whichever side runs next."""
     names = list(calls)
     for name in names:
         for _ in range(warmup):
             calls[name]()
     if blocks:
-        return interleaved_blocks({name: block_timer(calls[name]) for name in names}, trials, calls_per_trial, seed)
+        return interleaved_blocks({name: block_timer(calls[name], lead_in_s) for name in names}, trials,
+                                  calls_per_trial, seed)
     rng = random.Random(seed)
     results = []
     for _ in range(trials):

@@ -890,8 +890,8 @@ def paired(ratios_by_case: Mapping[str, Sequence[float] | Sequence[Sequence[floa
     machine's drift, not the level each side's process started at. A pair's value is its
     trials' median log ratio (``robust``; False: their mean, as before): a block of calls hit
     by outside load, or by the other side's spinning threads, moves a mean by its share of
-    the trials, a median barely (docs/verdicts.md, fifth session: 16 against 11 of 18 cases
-    flagged at +10% on the same trials). The pairs' spread is then
+    the trials, a median barely (docs/verdicts.md, fifth session: on the same trials 16 of 18
+    cases flagged at +10% against 11 before the lead-in, 15 against 14 after it). The pairs' spread is then
     estimated with few degrees of freedom, so it is moderated across the cases as the
     history verdicts moderate theirs (:func:`prior_spread`), never below what the trials
     inside the pairs show."""

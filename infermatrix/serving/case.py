@@ -177,14 +177,7 @@ class PreparedServer(Drivable):
         vocab = int(self.spec.config["vocab_size"])
         endpoint = self.session.endpoint
         points: list[dict[str, Any]] = []
-        tokenizer = None
-        if load.prompts == "text":
-            from transformers import AutoTokenizer
-
-            if self.tokenizer_dir is None:
-                raise RuntimeError("--serve-prompts text: no model folder to take the tokenizer from; "
-                                   "use --serve-prompts tokens")
-            tokenizer = AutoTokenizer.from_pretrained(str(self.tokenizer_dir))
+        tokenizer = text_tokenizer(self.tokenizer_dir) if load.prompts == "text" else None
         for index, point in enumerate(load.points()):
             requests = client.requests_for(load.requests, load.seed + index, self.spec.seed, vocab,
                                            load.input_lengths, load.output_lengths)
@@ -215,6 +208,25 @@ class PreparedServer(Drivable):
         if failed:
             raise RuntimeError(f"{failed} request(s) failed: {points[0].get('errors') or points[-1].get('errors')}")
         return {"points": points, "knee": knee}
+
+
+def text_tokenizer(folder: Path | None) -> Any:
+    """The model folder's tokenizer, which turns the seeded prompts into text
+    (``--serve-prompts text``); an error that says what is missing otherwise — never token
+    ids in its place, which would time another thing than the record says."""
+    advice = "or send token ids instead: --serve-prompts tokens"
+    if folder is None:
+        raise RuntimeError(f"--serve-prompts text needs the model folder's tokenizer and there is no folder; {advice}")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise RuntimeError(f"--serve-prompts text decodes the prompts with transformers, which is not installed "
+                           f"here ({exc}): pip install 'infermatrix[llm]', {advice}") from exc
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"--serve-prompts text: no tokenizer could be loaded from {folder} ({exc}); "
+                           f"{advice}") from exc
 
 
 def client_floor(requests: int = 64, tokens: int = 32) -> dict[str, float]:

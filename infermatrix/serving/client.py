@@ -190,6 +190,8 @@ async def complete(session: Any, endpoint: Endpoint, request: Request) -> Reques
                     usage = message.get("usage")
                     if usage and usage.get("completion_tokens") is not None:
                         result.output_tokens = int(usage["completion_tokens"])
+                    if usage and usage.get("prompt_tokens") is not None:  # what the server saw (text: its own count)
+                        result.prompt_tokens = int(usage["prompt_tokens"])
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         return result
@@ -307,6 +309,8 @@ def summarize(results: Sequence[RequestResult], duration_s: float, slo: Slo, cli
         "request_throughput": len(done) / duration_s if duration_s > 0 else 0.0,
         "output_tokens_per_s": tokens / duration_s if duration_s > 0 else 0.0,
         "output_tokens": tokens,
+        # the prompts' lengths as the server counted them (text prompts: its tokenizer's count)
+        "prompt_tokens_mean": float(np.mean([r.prompt_tokens for r in done])) if done else None,
         "ttft_ms": _percentiles([r.ttft_s for r in done if r.ttft_s is not None]),
         "tpot_ms": _percentiles([t for r in done if (t := r.tpot_s) is not None]),
         "itl_ms": _percentiles([x for r in done for x in r.itl_s]),
@@ -346,8 +350,8 @@ def requests_for(count: int, seed: int, language_seed: int, vocab_size: int, inp
 def as_text(requests: Sequence[Request], tokenizer: Any) -> list[Request]:
     """The same requests with their prompts as text, decoded by the model's own tokenizer (a
     Hugging Face tokenizer). Decoding and the server's re-encoding need not give the same ids
-    back (a byte-level BPE merges differently, the server may add a BOS token), so the count
-    the server saw is what its usage reports, not ``len(prompt)``."""
+    back (a byte-level BPE merges differently, the server may add a BOS token): a result's
+    ``prompt_tokens`` is the server's count where its usage reports one (see :func:`summarize`)."""
     return [dataclasses.replace(r, text=tokenizer.decode(list(r.prompt), skip_special_tokens=True))
             for r in requests]
 

@@ -19,8 +19,9 @@ Correct before timed: the server must serve the *same model folder* as the suite
 reference (``--model-weights tinyllama=FOLDER`` points the suite at a folder; the default
 tiny Llama's folder is printed in the skip reason and lives in the cache). Its greedy
 tokens for the seeded prompts are compared with torch fp32's. The server must accept
-prompts as token ids (the OpenAI API allows it); where it returns no token ids its text is
-re-encoded with the folder's tokenizer.
+prompts as token ids for that check (the OpenAI API allows it); where it returns no token ids
+its text is re-encoded with the folder's tokenizer. The load then sends the prompts as text
+decoded by the folder's tokenizer (``--serve-prompts text``, the default; ``tokens`` for ids).
 
 No ``--endpoint``: the case skips, saying so. An endpoint that does not answer
 ``/v1/models``: the case skips with the error. The device in the case id is ``remote``.
