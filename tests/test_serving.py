@@ -372,6 +372,9 @@ def test_vllm_serves_the_tiny_llama(tmp_path: Path, llama_cache: Path) -> None:
     info = bench["extra_info"]
     assert info["accuracy"]["passed"] and info["accuracy"]["identical_share"] == 1.0
     assert info["precision_evidence"]["compute"].get("fp32")
+    # the load went as text, which vLLM tokenized itself (its count: the decoded prompts' own, 8-24 tokens)
+    assert info["serve"]["load"]["prompts"] == "text"
+    assert all(5 <= p["prompt_tokens_mean"] <= 40 and p["failed"] == 0 for p in info["serve"]["points"])
     assert Path(info["server_log"]).is_file() and info["server_log_tail"].strip()
     assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
                 .splitlines() if "vllm.entrypoints.openai.api_server" in line and str(llama_cache) in line]
