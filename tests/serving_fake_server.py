@@ -58,8 +58,10 @@ def make_app(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             seen["text_prompts"] += 1
             if tokenizer is not None:
                 prompt = tokenizer.encode(prompt, add_special_tokens=False)
-            else:  # text that is not ids written out (a real tokenizer's): continue from token 0
-                prompt = prompt.split() if all(part.isdigit() for part in prompt.split()) else [0]
+            elif prompt.split() and all(part.isdigit() for part in prompt.split()):
+                prompt = prompt.split()
+            else:  # a real tokenizer's text: continue from the language's first token
+                prompt = [int(language.cycle(args.seed, args.vocab)[0])]
         ids = [int(t) for t in prompt]
         new = int(body["max_tokens"])
         tokens = language.continuation([ids], new + 1, args.seed, args.vocab)[0]
