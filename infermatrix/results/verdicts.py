@@ -897,11 +897,11 @@ def paired(ratios_by_case: Mapping[str, Sequence[float] | Sequence[Sequence[floa
     inside the pairs show."""
     policy = policy or Policy()
     pairs_of = {key: _as_pairs(ratios) for key, ratios in ratios_by_case.items()}
+    values_of = {key: [_pair_value(np.log(p), robust) for p in pairs] for key, pairs in pairs_of.items()
+                 if len(pairs) >= 2}
     spread_of: dict[str, tuple[float, int]] = {}
-    for key, pairs in pairs_of.items():
-        if len(pairs) >= 2:
-            means = [_pair_value(np.log(p), robust)[0] for p in pairs]
-            spread_of[key] = (float(np.var(means, ddof=1)), len(pairs) - 1)
+    for key, values in values_of.items():
+        spread_of[key] = (float(np.var([v for v, _ in values], ddof=1)), len(values) - 1)
     s0, d0 = prior_spread([v for v, _ in spread_of.values()], [d for _, d in spread_of.values()], policy)
     estimates = []
     for key in sorted(pairs_of):
@@ -913,7 +913,7 @@ def paired(ratios_by_case: Mapping[str, Sequence[float] | Sequence[Sequence[floa
             sd = max(float(np.std(logs, ddof=1)), 1e-4) if n > 1 else math.inf
             estimates.append(Estimate(key, float(np.mean(logs)), sd / math.sqrt(n), max(1, n - 1), 0.0, found))
             continue
-        values = [_pair_value(np.log(p), robust) for p in pairs]
+        values = values_of[key]
         means = [v for v, _ in values]
         own, df = spread_of[key]
         moderated = s0 if not math.isfinite(d0) else (d0 * s0 + df * own) / (d0 + df)

@@ -63,8 +63,8 @@ class ServeLoad:
     seed: int = 0
     timeout_s: float = 600.0
     #: how prompts are sent: "text" (decoded by the model folder's tokenizer; the server
-    #: tokenizes it inside every TTFT, as real clients and ``vllm bench serve`` send them, and
-    #: the only form some servers take) or "tokens" (token ids; TTFT without tokenizing)
+    #: tokenizes it inside every TTFT, as real clients and ``vllm bench serve`` send them) or
+    #: "tokens" (token ids; TTFT without tokenizing)
     prompts: str = "text"
 
     @classmethod

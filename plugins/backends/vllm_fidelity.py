@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from infermatrix.cache import resolve_cache_dir
     from infermatrix.case.generation import model_dir
     from infermatrix.machine import physical_cores
+    from infermatrix.serving.case import text_tokenizer
     from plugins.backends import vllm
 
     manager = host.plugin_manager()
@@ -127,11 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(target.skip_reason, file=sys.stderr)
         return 2
     folder = model_dir(model.name, model.generation, cache)
-    tokenizer = None
-    if "text" in forms:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = text_tokenizer(folder) if "text" in forms else None
     sides = ["vllm", *(f"suite-{form}" for form in forms)]
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
